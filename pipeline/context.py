@@ -1,0 +1,96 @@
+"""The conversation of one session: its items, and the chat messages the LLM sees.
+
+Items are what the caller and the agent said (as text, plus the duration of audio where there
+was audio). The assistant's items hold only what was actually heard after a barge-in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from dataclasses import dataclass, field
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+@dataclass(slots=True)
+class Item:
+    id: str
+    role: str  # "user" | "assistant" | "system"
+    text: str = ""
+    audio: bool = False
+    """True when the content is audio (with ``text`` as its transcript)."""
+    status: str = "completed"  # "in_progress" | "completed" | "incomplete"
+    audio_ms: int = 0
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass
+class Conversation:
+    """Ordered items; bounded by ``max_items`` (oldest dropped from the LLM's view first)."""
+
+    instructions: str
+    max_items: int = 64
+    max_history_chars: int = 6000
+    items: list[Item] = field(default_factory=list)
+    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Insert after ``previous_item_id`` (default: at the end); returns the previous id."""
+        if previous_item_id is None:
+            prev = self.last_id()
+            self.items.append(item)
+        else:
+            index = self.index(previous_item_id) + 1
+            self.items.insert(index, item)
+            prev = previous_item_id
+        del self.items[: max(0, len(self.items) - self.max_items)]
+        return prev
+
+    def index(self, item_id: str) -> int:
+        for i, item in enumerate(self.items):
+            if item.id == item_id:
+                return i
+        raise KeyError(item_id)
+
+    def get(self, item_id: str) -> Item | None:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        return None
+
+    def delete(self, item_id: str) -> None:
+        self.items.pop(self.index(item_id))
+
+    def messages(self, instructions: str | None = None) -> list[ChatMessage]:
+        """System prompt + the most recent items that fit ``max_history_chars``."""
+        history: list[ChatMessage] = []
+        budget = self.max_history_chars
+        for item in reversed(self.items):
+            text = item.text.strip()
+            if not text or item.status == "in_progress":
+                continue
+            budget -= len(text)
+            if budget < 0 and history:
+                break
+            history.append(ChatMessage(item.role, text))
+        history.reverse()
+        while history and history[0].role == "assistant":
+            history.pop(0)  # chat templates expect the user to speak first
+        system = ChatMessage(
+            "system", instructions if instructions is not None else self.instructions
+        )
+        return [system, *history]
+
+    def transcript(self) -> list[dict[str, str]]:
+        return [{"role": i.role, "text": i.text, "status": i.status} for i in self.items]

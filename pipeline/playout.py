@@ -1,0 +1,102 @@
+"""Real-time playout of one reply: 20 ms frames on the clock, and what has been heard.
+
+The transport adapters send frames the moment :class:`Playout` emits them, so pacing here is
+what keeps barge-in possible: at most ``lead_ms`` of audio is ever ahead of the listener. The
+played position is computed from the clock, so after an interruption the reply can be cut to the
+text whose audio was actually heard (:meth:`Playout.heard_text`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clock import Clock
+
+
+@dataclass(slots=True)
+class Segment:
+    """A piece of synthesized speech and the text it says."""
+
+    text: str
+    audio: np.ndarray  # int16 at the playout rate
+
+
+class Playout:
+    """Paces segments out as frames. Not thread-safe; one per reply."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        emit: Callable[[np.ndarray], None],
+        *,
+        rate: int,
+        frame_ms: int = 20,
+        lead_ms: int = 60,
+    ) -> None:
+        self._clock = clock
+        self._emit = emit
+        self.rate = rate
+        self.frame_samples = rate * frame_ms // 1000
+        self._lead = lead_ms / 1000.0
+        self._segments: list[tuple[str, int, int]] = []  # (text, first sample, sample count)
+        self.sent_samples = 0
+        self._base_time = 0.0
+        self._base_samples = 0
+        self.stopped = False
+
+    async def play(self, segment: Segment) -> None:
+        """Send one segment in real time. Cancel-safe: a cancelled play sends nothing more."""
+        audio = segment.audio
+        self._segments.append((segment.text, self.sent_samples, len(audio)))
+        now = self._clock.now()
+        if now >= self._due(self.sent_samples):  # first segment, or an underrun: restart timeline
+            self._base_time, self._base_samples = now, self.sent_samples
+        for start in range(0, len(audio), self.frame_samples):
+            await self._clock.sleep_until(self._due(self.sent_samples))
+            if self.stopped:
+                return
+            frame = audio[start : start + self.frame_samples]
+            self.sent_samples += len(frame)
+            self._emit(frame)
+
+    async def drain(self) -> None:
+        """Wait until everything sent has been played (at the listener's pace)."""
+        await self._clock.sleep_until(self._due(self.sent_samples) + self._lead)
+
+    def stop(self) -> None:
+        """Emit nothing from now on (barge-in); takes effect before the task is cancelled."""
+        self.stopped = True
+
+    def played_samples(self) -> int:
+        if not self._segments:
+            return 0
+        elapsed = self._clock.now() - self._base_time
+        heard = self._base_samples + int(elapsed * self.rate)
+        return max(0, min(self.sent_samples, heard))
+
+    def played_ms(self) -> int:
+        return self.played_samples() * 1000 // self.rate
+
+    def heard_text(self, upto_samples: int | None = None) -> str:
+        """The text whose audio has been played (up to ``upto_samples``, default: now).
+
+        Whole segments count fully; within the segment playing at the cut, words are counted in
+        proportion to the samples heard — piece-level alignment with word interpolation.
+        """
+        played = self.played_samples() if upto_samples is None else upto_samples
+        words: list[str] = []
+        for text, first, count in self._segments:
+            if played >= first + count:
+                words.extend(text.split())
+                continue
+            if played > first and count:
+                seg_words = text.split()
+                words.extend(seg_words[: int(len(seg_words) * (played - first) / count)])
+            break
+        return " ".join(words)
+
+    def _due(self, sample: int) -> float:
+        return self._base_time + (sample - self._base_samples) / self.rate - self._lead

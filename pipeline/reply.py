@@ -1,0 +1,166 @@
+"""One reply in flight: LLM stream → clause splitter → TTS → paced playout, as one task group.
+
+Barge-in cancels the group. :meth:`Reply.interrupt` first stops the playout synchronously, so no
+frame leaves after the decision even before the cancellation has unwound the tasks; then the
+heard prefix of the text (:meth:`Reply.heard_text`) is what the conversation keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .audio import resample
+from .clock import Clock
+from .context import ChatMessage
+from .engines import GenerationOptions, LanguageModel, SpeechSynthesizer
+from .errors import EngineError, EngineTimeout, VoiceError
+from .playout import Playout, Segment
+from .text import ClauseSplitter, speakable
+
+
+@dataclass(slots=True)
+class ReplySettings:
+    frame_ms: int = 20
+    lead_ms: int = 60
+    first_clause_chars: int = 16
+    min_clause_chars: int = 40
+    tts_timeout: float = 30.0
+    clause_queue: int = 4
+    audio_queue: int = 2
+
+
+@dataclass(slots=True)
+class Marks:
+    """Clock times of one turn's milestones (None until reached)."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+
+    def set_once(self, name: str, at: float) -> None:
+        if self.values.get(name) is None:
+            self.values[name] = at
+
+
+class Reply:
+    def __init__(
+        self,
+        *,
+        llm: LanguageModel,
+        tts: SpeechSynthesizer,
+        messages: list[ChatMessage],
+        generation: GenerationOptions,
+        settings: ReplySettings,
+        clock: Clock,
+        output_rate: int,
+        on_audio: Callable[[np.ndarray], None],
+        on_text: Callable[[str], None],
+        marks: Marks,
+    ) -> None:
+        self._llm = llm
+        self._tts = tts
+        self._messages = messages
+        self._generation = generation
+        self._settings = settings
+        self._clock = clock
+        self._rate = output_rate
+        self._on_text = on_text
+        self._on_audio = on_audio
+        self.marks = marks
+        self.generated = ""
+        self.spoken_pieces = 0
+        self.playout = Playout(
+            clock,
+            self._emit,
+            rate=output_rate,
+            frame_ms=settings.frame_ms,
+            lead_ms=settings.lead_ms,
+        )
+
+    @property
+    def output_started(self) -> bool:
+        return self.playout.sent_samples > 0
+
+    def interrupt(self) -> None:
+        """Stop emitting audio now; the caller then cancels the task running :meth:`run`."""
+        self.playout.stop()
+
+    def heard_text(self) -> str:
+        return self.playout.heard_text()
+
+    def spoken_text(self) -> str:
+        """All the text that was turned into speech (the full reply when it completed)."""
+        return self.playout.heard_text(self.playout.sent_samples)
+
+    async def run(self) -> None:
+        """Generate, synthesize and play the whole reply. Cancel-safe: cancelling stops all three
+        stages; engine failures raise :class:`EngineError`."""
+        s = self._settings
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(maxsize=s.clause_queue)
+        segments: asyncio.Queue[Segment | None] = asyncio.Queue(maxsize=s.audio_queue)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._generate(clauses))
+                tg.create_task(self._synthesize(clauses, segments))
+                await self._play(segments)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+
+    async def _generate(self, clauses: asyncio.Queue[str | None]) -> None:
+        splitter = ClauseSplitter(
+            min_clause_chars=self._settings.min_clause_chars,
+            first_clause_chars=self._settings.first_clause_chars,
+        )
+        async with aclosing(self._llm.stream(self._messages, self._generation)) as tokens:  # type: ignore[type-var]
+            async for delta in tokens:
+                self.marks.set_once("llm_first_token", self._clock.now())
+                self.generated += delta
+                for clause in splitter.feed(delta):
+                    await clauses.put(clause)
+        for clause in splitter.flush():
+            await clauses.put(clause)
+        await clauses.put(None)
+
+    async def _synthesize(
+        self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
+    ) -> None:
+        while (clause := await clauses.get()) is not None:
+            try:
+                async with asyncio.timeout(self._settings.tts_timeout):
+                    audio = await self._tts.synthesize(speakable(clause))
+            except TimeoutError:
+                raise EngineTimeout(
+                    f"tts: no audio within {self._settings.tts_timeout:.1f} s", engine="tts"
+                ) from None
+            if audio.size == 0:
+                continue
+            self.marks.set_once("tts_first_audio", self._clock.now())
+            audio = resample(audio, self._tts.sample_rate, self._rate)
+            await segments.put(Segment(clause, audio))
+        await segments.put(None)
+
+    async def _play(self, segments: asyncio.Queue[Segment | None]) -> None:
+        while (segment := await segments.get()) is not None:
+            if self.playout.stopped:
+                return
+            self._on_text(segment.text if self.spoken_pieces == 0 else " " + segment.text)
+            self.spoken_pieces += 1
+            await self.playout.play(segment)
+        await self.playout.drain()
+
+    def _emit(self, frame: np.ndarray) -> None:
+        self.marks.set_once("first_audio_sent", self._clock.now())
+        self._on_audio(frame)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if isinstance(exc, VoiceError | asyncio.CancelledError):
+            return exc
+    exc = group.exceptions[0]
+    return EngineError(f"reply failed: {exc!r}", engine="reply")

@@ -1,0 +1,523 @@
+"""The session core: one conversation, whatever transport carries it.
+
+A transport adapter calls the command methods (``append_audio``, ``commit_audio``,
+``create_response`` …; all synchronous, none blocks) and renders what :meth:`Session.next_event`
+returns. Inside, one input task scores caller audio with the VAD and feeds the turn detector;
+turn ends start a *turn task* (ASR, then a reply); a reply is one cancellable task
+(``reply.py``). The session is the only place that decides "the caller is speaking", "the turn
+is over" and "cancel the reply".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .audio import PIPELINE_RATE, Resampler
+from .clock import Clock, MonotonicClock
+from .context import Conversation, Item, new_id
+from .engines import Engines, GenerationOptions
+from .errors import EngineError, LimitExceeded, ProtocolError, VoiceError
+from .input_buffer import InputBuffer
+from .messages import (
+    InputCleared,
+    InputCommitted,
+    ItemAdded,
+    ItemDeleted,
+    ItemTruncated,
+    ReplyAudio,
+    ReplyDone,
+    ReplyStarted,
+    ReplyText,
+    SessionClosed,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TurnMetrics,
+    UserTranscript,
+)
+from .playout import Playout
+from .reply import Marks, Reply, ReplySettings
+from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
+
+MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    """What a client may change with ``session.update``."""
+
+    instructions: str = "You are a helpful voice assistant. Answer in one or two short sentences."
+    turn_detection: TurnSettings | None = field(default_factory=TurnSettings)
+    """None: manual turns (the client commits and asks for responses)."""
+    create_response: bool = True
+    interrupt_response: bool = True
+    output_rate: int = 24_000
+    voice: str = "joe"
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(slots=True)
+class SessionLimits:
+    """Bounds of one session; each has a finite default (see the README)."""
+
+    max_pending_events: int = 4096
+    """Events waiting for the transport; past it the client is too slow and the session closes."""
+    max_pending_input_ms: int = 10_000
+    """Caller audio waiting for the VAD; audio beyond it (sent faster than real time) is dropped."""
+    max_input_buffer_s: float = 60.0
+    """Audio held for one turn; a longer turn is ended there (manual mode: appends are refused)."""
+    asr_timeout: float = 30.0
+    truncation_memory: int = 16
+    """Replies whose audio/text alignment is kept for ``conversation.item.truncate``."""
+
+
+@dataclass(slots=True)
+class _Turn:
+    item_id: str
+    start: int  # absolute sample index, prefix padding included
+    early: asyncio.Task[str] | None = None
+    early_end: int = 0
+
+
+@dataclass(slots=True)
+class _Active:
+    response_id: str
+    item: Item
+    reply: Reply
+    task: asyncio.Task[None]
+    cancel_reason: str | None = None
+
+
+class Session:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: SessionSettings | None = None,
+        *,
+        reply_settings: ReplySettings | None = None,
+        limits: SessionLimits | None = None,
+        clock: Clock | None = None,
+        session_id: str | None = None,
+        early_asr: bool = True,
+    ) -> None:
+        self.id = session_id or new_id("sess")
+        self.settings = settings or SessionSettings()
+        self.limits = limits or SessionLimits()
+        self.reply_settings = reply_settings or ReplySettings()
+        self.clock: Clock = clock or MonotonicClock()
+        self.early_asr = early_asr
+        self.engines = engines
+        self.log = logging.LoggerAdapter(logging.getLogger("voice.session"), {"session": self.id})
+        self.conversation = Conversation(self.settings.instructions)
+        self.closed_reason: str | None = None
+        self._events: asyncio.Queue[SessionEvent] = asyncio.Queue(self.limits.max_pending_events)
+        self._vad = engines.vad.stream()
+        self._detector = self._new_detector()
+        self._buffer = InputBuffer()
+        self._resampler: Resampler | None = None
+        self._pending: list[np.ndarray] = []
+        self._pending_samples = 0
+        self._scored = 0  # absolute index up to which the VAD has scored audio
+        self._wake = asyncio.Event()
+        self._turn: _Turn | None = None
+        self._active: _Active | None = None
+        self._alignments: OrderedDict[str, Playout] = OrderedDict()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._dropped_ms = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Score caller audio until :meth:`close`. Cancel-safe; on exit every child task is
+        cancelled and awaited."""
+        try:
+            while self.closed_reason is None:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._score_pending()
+        finally:
+            await self._stop_children()
+
+    def close(self, reason: str) -> None:
+        """Stop the session; ``next_event`` then returns a final :class:`SessionClosed`."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self.log.info("session closing: %s", reason)
+        if self._active is not None:
+            self._interrupt("session_closed")
+        self._wake.set()
+        self._force_emit(SessionClosed(reason))
+
+    async def next_event(self) -> SessionEvent:
+        """The next event for the transport. Cancel-safe."""
+        return await self._events.get()
+
+    # ---------------------------------------------------------------- commands
+
+    def update(self, settings: SessionSettings) -> None:
+        old = self.settings
+        self.settings = settings
+        self.conversation.instructions = settings.instructions
+        if settings.turn_detection != old.turn_detection:
+            self._detector = self._new_detector()
+            self._discard_turn()
+
+    def append_audio(self, samples: np.ndarray, rate: int) -> None:
+        """Caller audio (int16 mono at ``rate``). Raises :class:`LimitExceeded` when it arrives
+        faster than the VAD can follow or overflows the turn buffer (the audio is dropped)."""
+        if self.closed_reason is not None:
+            return
+        if self._resampler is None or self._resampler.rate_in != rate:
+            self._resampler = Resampler(rate, PIPELINE_RATE)
+        pcm = self._resampler.process(samples)
+        if self.settings.turn_detection is None:
+            if self._buffer.duration() + len(pcm) / PIPELINE_RATE > self.limits.max_input_buffer_s:
+                raise LimitExceeded(
+                    f"input audio buffer is full ({self.limits.max_input_buffer_s:g} s);"
+                    " commit or clear it",
+                    code="input_audio_buffer_full",
+                )
+            self._buffer.append(pcm, self.clock.now())
+            self._scored = self._buffer.end
+            return
+        limit = self.limits.max_pending_input_ms * PIPELINE_RATE // 1000
+        if self._pending_samples + len(pcm) > limit:
+            dropped_ms = len(pcm) * 1000 // PIPELINE_RATE
+            raise LimitExceeded(
+                "audio is arriving faster than real time: more than"
+                f" {self.limits.max_pending_input_ms} ms is waiting; {dropped_ms} ms dropped",
+                code="input_audio_rate_exceeded",
+            )
+        self._buffer.append(pcm, self.clock.now())
+        self._pending.append(pcm)
+        self._pending_samples += len(pcm)
+        self._wake.set()
+
+    def commit_audio(self) -> None:
+        """Make the buffered audio a user item (manual turns, or forcing a turn end)."""
+        start = self._turn.start if self._turn else self._buffer.start
+        if self._buffer.end - start < MIN_COMMIT_SAMPLES:
+            raise ProtocolError(
+                "buffer too small: expected at least 100 ms of audio",
+                code="input_audio_buffer_commit_empty",
+            )
+        turn = self._turn or _Turn(new_id("item"), start)
+        self._turn = None
+        self._detector.reset()
+        self._commit(turn, self._buffer.end, marks=Marks({"turn_end": self.clock.now()}))
+
+    def clear_audio(self) -> None:
+        self._discard_turn()
+        self._buffer.clear()
+        self._detector.reset()
+        self._emit(InputCleared())
+
+    def add_item(self, item: Item, previous_item_id: str | None = None) -> None:
+        """A client-created item; user audio items are transcribed before they are final."""
+        if previous_item_id is not None and self.conversation.get(previous_item_id) is None:
+            raise ProtocolError(
+                f"previous_item_id {previous_item_id!r} does not exist", param="previous_item_id"
+            )
+        if self.conversation.get(item.id) is not None:
+            raise ProtocolError(f"item {item.id!r} already exists", param="item.id")
+        prev = self.conversation.add(item, previous_item_id)
+        self._emit(ItemAdded(item, prev, done=True))
+
+    def add_audio_item(
+        self, item: Item, audio: np.ndarray, rate: int, previous: str | None
+    ) -> None:
+        pcm = Resampler(rate, PIPELINE_RATE).process(audio)
+        item.audio, item.audio_ms = True, len(pcm) * 1000 // PIPELINE_RATE
+        self.add_item(item, previous)
+        self._spawn(self._transcribe_item(item, pcm, None, respond=False))
+
+    def delete_item(self, item_id: str) -> None:
+        if self.conversation.get(item_id) is None:
+            raise ProtocolError(f"item {item_id!r} does not exist", param="item_id")
+        self.conversation.delete(item_id)
+        self._emit(ItemDeleted(item_id))
+
+    def create_response(self, instructions: str | None = None) -> None:
+        if self._active is not None:
+            raise ProtocolError(
+                "Conversation already has an active response",
+                code="conversation_already_has_active_response",
+            )
+        self._start_reply(Marks({"requested": self.clock.now()}), instructions)
+
+    def cancel_response(self) -> None:
+        if self._active is None:
+            raise ProtocolError(
+                "Cancellation failed: no active response found",
+                code="response_cancel_not_active",
+            )
+        self._interrupt("client_cancelled")
+
+    def truncate_item(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
+        """Cut an assistant item to the text of its first ``audio_end_ms`` of audio."""
+        item = self.conversation.get(item_id)
+        if item is None or item.role != "assistant":
+            raise ProtocolError(
+                f"assistant item {item_id!r} not found", code="item_truncate_invalid_item_id"
+            )
+        if self._active is not None and self._active.item.id == item_id:
+            self._interrupt("client_cancelled")
+        playout = self._alignments.get(item_id)
+        if playout is None:
+            raise ProtocolError(f"item {item_id!r} has no audio to truncate", param="item_id")
+        total_ms = playout.sent_samples * 1000 // playout.rate
+        if audio_end_ms > total_ms:
+            raise ProtocolError(
+                f"audio_end_ms {audio_end_ms} is beyond the item's audio ({total_ms} ms)",
+                code="invalid_value",
+                param="audio_end_ms",
+            )
+        item.text = playout.heard_text(audio_end_ms * playout.rate // 1000)
+        item.status = "incomplete"
+        item.audio_ms = audio_end_ms
+        self._emit(ItemTruncated(item_id, content_index, audio_end_ms))
+
+    # ---------------------------------------------------------------- input path
+
+    async def _score_pending(self) -> None:
+        window = self._vad.window
+        while self._pending and self.closed_reason is None:
+            data = np.concatenate(self._pending)
+            usable = len(data) - len(data) % window
+            if usable == 0:
+                return
+            self._pending = [data[usable:]] if usable < len(data) else []
+            self._pending_samples = len(data) - usable
+            windows = data[:usable].reshape(-1, window)
+            probabilities = await self._vad.probabilities(windows)
+            for probability in probabilities:
+                self._scored += window
+                self._on_window(probability, self._scored)
+
+    def _on_window(self, probability: float, end: int) -> None:
+        td = self.settings.turn_detection
+        if td is None:
+            return
+        for event in self._detector.feed(probability, end / PIPELINE_RATE, 512 / PIPELINE_RATE):
+            self._on_turn_event(event, td)
+        if self._turn is None:
+            keep = (td.prefix_padding_ms + td.min_speech_ms) * PIPELINE_RATE // 1000 + 1024
+            self._buffer.trim_before(end - keep)
+        elif self._buffer.end - self._turn.start > self.limits.max_input_buffer_s * PIPELINE_RATE:
+            self.log.info("turn longer than %ss: ending it", self.limits.max_input_buffer_s)
+            self._detector.reset()
+            self._end_turn(end)
+
+    def _on_turn_event(self, event: TurnEvent, td: TurnSettings) -> None:
+        kind = event.kind
+        if kind is TurnEventKind.SPEECH_STARTED:
+            start = max(0, int((event.at * 1000 - td.prefix_padding_ms) * PIPELINE_RATE / 1000))
+            self._turn = _Turn(new_id("item"), max(start, self._buffer.start))
+            self._emit(SpeechStarted(self._turn.item_id, self._turn.start * 1000 // PIPELINE_RATE))
+            active = self._active
+            if active is not None and not active.reply.output_started and td is not None:
+                self._interrupt("turn_detected")  # the caller went on: that reply is stale
+        elif kind is TurnEventKind.INTERRUPT:
+            active = self._active
+            if active is not None and self.settings.interrupt_response:
+                self.log.info(
+                    "barge-in after %d ms of reply audio", active.reply.playout.played_ms()
+                )
+                self._interrupt("turn_detected")
+        elif kind is TurnEventKind.PAUSED and self._turn is not None and self.early_asr:
+            end = int(event.at * PIPELINE_RATE) + PIPELINE_RATE // 10
+            audio = self._buffer.slice(self._turn.start, end)
+            self._turn.early = self._spawn(self._transcribe(audio))
+            self._turn.early_end = end
+        elif kind is TurnEventKind.RESUMED and self._turn is not None:
+            if self._turn.early is not None:
+                self._turn.early.cancel()
+                self._turn.early = None
+        elif kind is TurnEventKind.TURN_ENDED and self._turn is not None:
+            self._end_turn(int(event.at * PIPELINE_RATE))
+
+    def _end_turn(self, speech_end: int) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
+        marks = Marks(
+            {"speech_end": self._buffer.arrival_of(speech_end - 1), "turn_end": self.clock.now()}
+        )
+        end = min(speech_end + PIPELINE_RATE // 10, self._buffer.end)
+        self._commit(turn, end, marks, respond=self.settings.create_response)
+
+    def _commit(self, turn: _Turn, end: int, marks: Marks, respond: bool = False) -> None:
+        audio = self._buffer.slice(turn.start, end)
+        self._buffer.trim_before(end)
+        item = Item(turn.item_id, "user", audio=True, audio_ms=len(audio) * 1000 // PIPELINE_RATE)
+        prev = self.conversation.last_id()
+        self.conversation.add(item)
+        self._emit(InputCommitted(item.id, prev))
+        self._emit(ItemAdded(item, prev, done=True))
+        early = turn.early if turn.early is not None and turn.early_end >= end else None
+        if turn.early is not None and early is None:
+            turn.early.cancel()
+        self._spawn(self._transcribe_item(item, audio, early, respond=respond, marks=marks))
+
+    def _discard_turn(self) -> None:
+        if self._turn is not None and self._turn.early is not None:
+            self._turn.early.cancel()
+        self._turn = None
+
+    async def _transcribe(self, audio: np.ndarray) -> str:
+        async with asyncio.timeout(self.limits.asr_timeout):
+            return await self.engines.asr.transcribe(audio)
+
+    async def _transcribe_item(
+        self,
+        item: Item,
+        audio: np.ndarray,
+        early: asyncio.Task[str] | None,
+        *,
+        respond: bool,
+        marks: Marks | None = None,
+    ) -> None:
+        try:
+            text = await early if early is not None else await self._transcribe(audio)
+        except (EngineError, TimeoutError) as exc:
+            self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
+            text = ""
+        item.text = text
+        if marks is not None:
+            marks.set_once("asr_done", self.clock.now())
+        self.log.info("user: %r", text)
+        self._emit(UserTranscript(item.id, text))
+        if not respond or not text.strip() or self.closed_reason is not None:
+            return
+        if self._active is not None or self._turn is not None:
+            return  # the agent is talking, or the caller already goes on: answer later
+        self._start_reply(marks or Marks(), None)
+
+    # ---------------------------------------------------------------- replies
+
+    def _start_reply(self, marks: Marks, instructions: str | None) -> None:
+        response_id = new_id("resp")
+        item = Item(new_id("item"), "assistant", audio=True, status="in_progress")
+        messages = self.conversation.messages(instructions)
+        self.conversation.add(item)
+        reply = Reply(
+            llm=self.engines.llm,
+            tts=self.engines.tts,
+            messages=messages,
+            generation=replace(self.settings.generation),
+            settings=self.reply_settings,
+            clock=self.clock,
+            output_rate=self.settings.output_rate,
+            on_audio=lambda frame: self._emit(ReplyAudio(response_id, item.id, frame)),
+            on_text=lambda delta: self._emit(ReplyText(response_id, item.id, delta)),
+            marks=marks,
+        )
+        self._remember_alignment(item.id, reply.playout)
+        self._emit(ReplyStarted(response_id, item))
+        task = asyncio.get_running_loop().create_task(self._run_reply(response_id, item, reply))
+        self._active = _Active(response_id, item, reply, task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_reply(self, response_id: str, item: Item, reply: Reply) -> None:
+        status, reason = "completed", None
+        try:
+            await reply.run()
+        except asyncio.CancelledError:
+            status = "cancelled"
+            active = self._active
+            reason = active.cancel_reason if active and active.response_id == response_id else None
+            raise
+        except VoiceError as exc:
+            status, reason = "failed", str(exc)
+            self.log.warning("reply failed: %s", exc)
+            self._emit(SessionError(f"response failed: {exc}", code="response_failed"))
+        finally:
+            self._finish_reply(response_id, item, reply, status, reason)
+
+    def _finish_reply(
+        self, response_id: str, item: Item, reply: Reply, status: str, reason: str | None
+    ) -> None:
+        if status == "completed":
+            item.text, item.status = reply.spoken_text(), "completed"
+        else:
+            item.text, item.status = reply.heard_text(), "incomplete"
+        item.audio_ms = reply.playout.played_ms()
+        if self._active is not None and self._active.response_id == response_id:
+            self._active = None
+        self.log.info("agent (%s): %r", status, item.text)
+        self._emit(ReplyDone(response_id, item, status, reason, reply.output_started))
+        self._emit(TurnMetrics(response_id, item.id, _metrics(reply.marks)))
+
+    def _interrupt(self, reason: str) -> None:
+        active = self._active
+        if active is None:
+            return
+        active.cancel_reason = reason
+        active.reply.interrupt()
+        active.task.cancel()
+
+    def _remember_alignment(self, item_id: str, playout: Playout) -> None:
+        self._alignments[item_id] = playout
+        while len(self._alignments) > self.limits.truncation_memory:
+            self._alignments.popitem(last=False)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _new_detector(self) -> TurnDetector:
+        return TurnDetector(self.settings.turn_detection or TurnSettings())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("task failed", exc_info=exc)
+            self._emit(SessionError(f"internal error: {exc!r}"))
+
+    def _emit(self, event: SessionEvent) -> None:
+        if self.closed_reason is not None and not isinstance(event, ReplyDone | TurnMetrics):
+            return
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.close("client is not reading: too many events pending")
+
+    def _force_emit(self, event: SessionEvent) -> None:
+        while True:
+            try:
+                self._events.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                self._events.get_nowait()
+
+    async def _stop_children(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _metrics(marks: Marks) -> dict[str, float | None]:
+    values = marks.values
+    origin = values.get("speech_end") or values.get("requested") or values.get("turn_end")
+    names = ("turn_end", "asr_done", "llm_first_token", "tts_first_audio", "first_audio_sent")
+    out: dict[str, float | None] = {}
+    for name in names:
+        at = values.get(name)
+        out[name] = None if at is None or origin is None else round((at - origin) * 1000.0, 1)
+    return out

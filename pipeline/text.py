@@ -1,0 +1,73 @@
+"""Cutting streamed LLM text into speakable pieces.
+
+:class:`ClauseSplitter` takes text deltas as they stream and hands out clauses as soon as a
+boundary is certain: sentence ends always, clause punctuation (``, ; :``) once the piece is long
+enough to sound natural. :func:`speakable` strips what a TTS voice should not read (markdown,
+emoji, URLs' punctuation noise).
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s)|\n+")
+_CLAUSE_END = re.compile("[,;:\u2014\u2013]+(?=\\s)")
+_ABBREVIATIONS = frozenset(
+    {"mr.", "mrs.", "ms.", "dr.", "prof.", "sr.", "jr.", "st.", "vs.", "etc.", "e.g.", "i.e."}
+)
+_MARKDOWN = re.compile(r"[*_#`~>|]+")
+_NON_SPEECH = re.compile(r"[^\w\s.,;:!?'\"()%$€£&/+=@-]", re.UNICODE)
+_SPACES = re.compile(r"\s+")
+
+
+def speakable(text: str) -> str:
+    """Text with markdown marks and symbols removed, whitespace collapsed."""
+    text = _MARKDOWN.sub(" ", text)
+    text = _NON_SPEECH.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+class ClauseSplitter:
+    """Incremental splitter. ``min_clause_chars`` is the shortest piece cut at a comma; the very
+    first piece of a reply uses ``first_clause_chars`` so speech can start sooner."""
+
+    def __init__(self, *, min_clause_chars: int = 40, first_clause_chars: int = 16) -> None:
+        self.min_clause_chars = min_clause_chars
+        self.first_clause_chars = first_clause_chars
+        self._pending = ""
+        self._emitted = 0
+
+    def feed(self, delta: str) -> list[str]:
+        """Add a text delta; return the pieces now complete (possibly none)."""
+        self._pending += delta
+        pieces: list[str] = []
+        while (cut := self._next_cut()) is not None:
+            piece, self._pending = self._pending[:cut], self._pending[cut:]
+            self._add(piece, pieces)
+        return pieces
+
+    def flush(self) -> list[str]:
+        """End of stream: whatever is left is the last piece."""
+        pieces: list[str] = []
+        self._add(self._pending, pieces)
+        self._pending = ""
+        return pieces
+
+    def _add(self, piece: str, pieces: list[str]) -> None:
+        if speakable(piece):
+            pieces.append(piece.strip())
+            self._emitted += 1
+
+    def _next_cut(self) -> int | None:
+        text = self._pending
+        for match in _SENTENCE_END.finditer(text):
+            word = text[: match.end()].rsplit(None, 1)[-1].lower() if text.strip() else ""
+            if word in _ABBREVIATIONS:
+                continue
+            if speakable(text[: match.end()]):
+                return match.end()
+        limit = self.first_clause_chars if self._emitted == 0 else self.min_clause_chars
+        for match in _CLAUSE_END.finditer(text):
+            if len(text[: match.end()].strip()) >= limit:
+                return match.end()
+        return None

@@ -1,0 +1,155 @@
+"""Turn-taking: a sans-I/O state machine from VAD scores to turn events.
+
+Feed it one speech probability per VAD window with the window's end time on the *input audio
+time line* (seconds of caller audio received, so results do not depend on the wall clock), and it
+returns the turn events that window caused::
+
+    QUIET ─speech─▶ ONSET ─min_speech─▶ SPEAKING ─silence─▶ PAUSE ─silence_duration─▶ QUIET
+                      │ silence         ▲ (SPEECH_STARTED)    │ (PAUSED after        (TURN_ENDED)
+                      ▼                 └──────speech─────────┘  tentative_silence:
+                    QUIET                     (RESUMED)          ASR may start early)
+
+``INTERRUPT`` fires once per utterance when speech has lasted ``interrupt_min_speech_ms``; the
+session uses it for barge-in (so a cough does not interrupt the agent).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class TurnSettings:
+    """Server-VAD parameters (names follow OpenAI's ``turn_detection``)."""
+
+    threshold: float = 0.5
+    """Speech probability above which a window counts as speech."""
+    hysteresis: float = 0.15
+    """Once speaking, a window stays speech down to ``threshold - hysteresis``."""
+    min_speech_ms: int = 96
+    """Speech must last this long before ``SPEECH_STARTED`` (filters clicks)."""
+    prefix_padding_ms: int = 300
+    """Audio kept before the detected onset, so the first syllable reaches ASR."""
+    silence_duration_ms: int = 500
+    """Silence that ends the turn."""
+    tentative_silence_ms: int = 160
+    """Silence after which the turn is *probably* over: ASR starts early on ``PAUSED``."""
+    interrupt_min_speech_ms: int = 192
+    """Speech needed to interrupt the agent (barge-in)."""
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError("threshold must be between 0 and 1")
+        for name in (
+            "min_speech_ms",
+            "prefix_padding_ms",
+            "silence_duration_ms",
+            "tentative_silence_ms",
+            "interrupt_min_speech_ms",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+class TurnEventKind(enum.Enum):
+    SPEECH_STARTED = "speech_started"
+    INTERRUPT = "interrupt"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    TURN_ENDED = "turn_ended"
+
+
+@dataclass(slots=True, frozen=True)
+class TurnEvent:
+    kind: TurnEventKind
+    at: float
+    """Input-audio time (s): speech onset for SPEECH_STARTED, speech end for PAUSED/TURN_ENDED,
+    the deciding window's end otherwise."""
+
+
+class _State(enum.Enum):
+    QUIET = 0
+    ONSET = 1
+    SPEAKING = 2
+    PAUSE = 3
+
+
+class TurnDetector:
+    """One caller's turn-taking state. Not thread-safe; one per session."""
+
+    def __init__(self, settings: TurnSettings) -> None:
+        settings.validate()
+        self.settings = settings
+        self._state = _State.QUIET
+        self._onset = 0.0
+        self._silence_start = 0.0
+        self._paused_sent = False
+        self._interrupt_sent = False
+
+    @property
+    def speaking(self) -> bool:
+        """True from SPEECH_STARTED until TURN_ENDED (pauses included)."""
+        return self._state in (_State.SPEAKING, _State.PAUSE)
+
+    def reset(self) -> None:
+        self._state = _State.QUIET
+        self._paused_sent = False
+        self._interrupt_sent = False
+
+    def feed(self, probability: float, end: float, duration: float) -> list[TurnEvent]:
+        """Account for one VAD window ending at ``end`` (s) lasting ``duration`` (s)."""
+        s = self.settings
+        start = end - duration
+        if self._state is _State.QUIET:
+            if probability >= s.threshold:
+                self._onset = start
+                self._state = _State.ONSET
+                return self._after_onset_window(end)
+            return []
+        if self._state is _State.ONSET:
+            if probability >= s.threshold - s.hysteresis:
+                return self._after_onset_window(end)
+            self._state = _State.QUIET
+            return []
+        if self._state is _State.SPEAKING:
+            if probability >= s.threshold - s.hysteresis:
+                return self._interrupt_due(end)
+            self._silence_start = start
+            self._state = _State.PAUSE
+            return self._pause_progress(end)
+        # PAUSE
+        if probability >= s.threshold:
+            self._state = _State.SPEAKING
+            events = []
+            if self._paused_sent:
+                events.append(TurnEvent(TurnEventKind.RESUMED, end))
+            self._paused_sent = False
+            return events + self._interrupt_due(end)
+        return self._pause_progress(end)
+
+    def _after_onset_window(self, end: float) -> list[TurnEvent]:
+        if (end - self._onset) * 1000.0 + 1e-6 < self.settings.min_speech_ms:
+            return []
+        self._state = _State.SPEAKING
+        self._paused_sent = False
+        self._interrupt_sent = False
+        return [TurnEvent(TurnEventKind.SPEECH_STARTED, self._onset), *self._interrupt_due(end)]
+
+    def _interrupt_due(self, end: float) -> list[TurnEvent]:
+        if self._interrupt_sent:
+            return []
+        if (end - self._onset) * 1000.0 + 1e-6 < self.settings.interrupt_min_speech_ms:
+            return []
+        self._interrupt_sent = True
+        return [TurnEvent(TurnEventKind.INTERRUPT, end)]
+
+    def _pause_progress(self, end: float) -> list[TurnEvent]:
+        silence_ms = (end - self._silence_start) * 1000.0 + 1e-6
+        if silence_ms >= self.settings.silence_duration_ms:
+            self.reset()
+            return [TurnEvent(TurnEventKind.TURN_ENDED, self._silence_start)]
+        if not self._paused_sent and silence_ms >= self.settings.tentative_silence_ms:
+            self._paused_sent = True
+            return [TurnEvent(TurnEventKind.PAUSED, self._silence_start)]
+        return []

@@ -1,0 +1,216 @@
+"""The Realtime session object: what ``session.created``/``session.updated`` show and what
+``session.update`` may change. GA shape (``audio.input.format`` …); the beta's flat fields
+(``input_audio_format``, ``turn_detection``, ``voice``, ``modalities``) are accepted too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pipeline.engines import GenerationOptions
+from pipeline.errors import ProtocolError
+from pipeline.session import SessionSettings
+from pipeline.turns import TurnSettings
+
+from .formats import PCM, AudioFormat, parse_format
+from .validate import field as get
+
+_SESSION_KEYS = {
+    "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
+    "tools", "tool_choice", "tracing", "truncation", "include", "prompt", "temperature",
+    # beta aliases
+    "modalities", "voice", "input_audio_format", "output_audio_format", "turn_detection",
+    "input_audio_transcription", "max_response_output_tokens", "input_audio_noise_reduction",
+    "speed", "object", "id", "expires_at", "client_secret",
+}  # fmt: skip
+_VAD_KEYS = {
+    "type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
+    "interrupt_response", "idle_timeout_ms",
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class RealtimeConfig:
+    """One connection's view of its session."""
+
+    model: str
+    settings: SessionSettings
+    input_format: AudioFormat = PCM
+    output_format: AudioFormat = PCM
+    speed: float = 1.0
+    transcription_model: str = "whisper"
+    max_tokens_cap: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "type": "realtime",
+            "model": self.model,
+            "instructions": s.instructions,
+            "output_modalities": ["audio"],
+            "max_output_tokens": s.generation.max_tokens,
+            "tools": [],
+            "tool_choice": "auto",
+            "audio": {
+                "input": {
+                    "format": self.input_format.describe(),
+                    "transcription": {"model": self.transcription_model},
+                    "noise_reduction": None,
+                    "turn_detection": _describe_vad(s),
+                },
+                "output": {
+                    "format": self.output_format.describe(),
+                    "voice": s.voice,
+                    "speed": self.speed,
+                },
+            },
+        }
+
+    def apply_update(self, session: Any) -> None:
+        """Apply a ``session.update`` payload. All or nothing: on error nothing changes."""
+        if not isinstance(session, dict):
+            raise ProtocolError("'session' must be an object", param="session")
+        unknown = set(session) - _SESSION_KEYS
+        if unknown:
+            raise ProtocolError(
+                f"unknown parameter 'session.{sorted(unknown)[0]}'",
+                code="unknown_parameter",
+                param=f"session.{sorted(unknown)[0]}",
+            )
+        new = replace(self, settings=replace(self.settings))
+        new.settings.generation = replace(self.settings.generation)
+        new._apply(session)
+        for name in self.__slots__:
+            setattr(self, name, getattr(new, name))
+
+    def _apply(self, session: dict[str, Any]) -> None:
+        s = self.settings
+        kind = get(session, "type", str, path="session", default="realtime")
+        if kind != "realtime":
+            raise ProtocolError(
+                f"session.type {kind!r} is not supported: use 'realtime'", param="session.type"
+            )
+        s.instructions = get(session, "instructions", str, path="session", default=s.instructions)
+        self._apply_modalities(session)
+        for key in ("max_output_tokens", "max_response_output_tokens"):
+            if key in session:
+                s.generation = _max_tokens(session[key], s.generation, self.max_tokens_cap, key)
+        tools = get(session, "tools", list, path="session", default=[])
+        if tools:
+            raise ProtocolError("tools are not supported by this server yet", param="session.tools")
+        audio = get(session, "audio", dict, path="session", default={})
+        audio_in = get(audio, "input", dict, path="session.audio", default={})
+        audio_out = get(audio, "output", dict, path="session.audio", default={})
+        for value, param in (
+            (audio_in.get("format"), "session.audio.input.format"),
+            (session.get("input_audio_format"), "session.input_audio_format"),
+        ):
+            if value is not None:
+                self.input_format = parse_format(value, param)
+        for value, param in (
+            (audio_out.get("format"), "session.audio.output.format"),
+            (session.get("output_audio_format"), "session.output_audio_format"),
+        ):
+            if value is not None:
+                self.output_format = parse_format(value, param)
+        s.output_rate = self.output_format.rate
+        for container, param in ((audio_in, "session.audio.input"), (session, "session")):
+            if "turn_detection" in container:
+                self._apply_vad(container["turn_detection"], f"{param}.turn_detection")
+        for container, param in ((audio_out, "session.audio.output"), (session, "session")):
+            voice = container.get("voice")
+            if voice is not None:
+                s.voice = _voice(voice, f"{param}.voice")
+        speed: float | None = get(
+            audio_out, "speed", (int, float), path="session.audio.output", default=None
+        )
+        if speed is not None:
+            if not 0.25 <= speed <= 1.5:
+                raise ProtocolError(
+                    "speed must be between 0.25 and 1.5", param="session.audio.output.speed"
+                )
+            self.speed = float(speed)
+
+    def _apply_modalities(self, session: dict[str, Any]) -> None:
+        for key in ("output_modalities", "modalities"):
+            value = get(session, key, list, path="session", default=None)
+            if value is not None and "audio" not in value:
+                raise ProtocolError(
+                    "only audio output is supported (output_modalities ['audio'])",
+                    code="invalid_value",
+                    param=f"session.{key}",
+                )
+
+    def _apply_vad(self, value: Any, param: str) -> None:
+        s = self.settings
+        if value is None:
+            s.turn_detection = None
+            return
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{param} must be an object or null", param=param)
+        unknown = set(value) - _VAD_KEYS
+        if unknown:
+            raise ProtocolError(
+                f"unknown parameter '{param}.{sorted(unknown)[0]}'",
+                code="unknown_parameter",
+                param=param,
+            )
+        kind = get(value, "type", str, path=param, default="server_vad")
+        if kind != "server_vad":
+            raise ProtocolError(
+                f"turn detection {kind!r} is not supported: use 'server_vad' or null",
+                code="invalid_value",
+                param=f"{param}.type",
+            )
+        td = replace(s.turn_detection) if s.turn_detection else TurnSettings()
+        td.threshold = float(
+            get(value, "threshold", (int, float), path=param, default=td.threshold)
+        )
+        for key in ("prefix_padding_ms", "silence_duration_ms"):
+            setattr(td, key, get(value, key, int, path=param, default=getattr(td, key)))
+        try:
+            td.validate()
+        except ValueError as exc:
+            raise ProtocolError(f"{param}: {exc}", code="invalid_value", param=param) from None
+        s.turn_detection = td
+        s.create_response = get(
+            value, "create_response", bool, path=param, default=s.create_response
+        )
+        s.interrupt_response = get(
+            value, "interrupt_response", bool, path=param, default=s.interrupt_response
+        )
+
+
+def _describe_vad(s: SessionSettings) -> dict[str, Any] | None:
+    td = s.turn_detection
+    if td is None:
+        return None
+    return {
+        "type": "server_vad",
+        "threshold": td.threshold,
+        "prefix_padding_ms": td.prefix_padding_ms,
+        "silence_duration_ms": td.silence_duration_ms,
+        "create_response": s.create_response,
+        "interrupt_response": s.interrupt_response,
+    }
+
+
+def _voice(value: Any, param: str) -> str:
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    if isinstance(value, str) and value:
+        return value
+    raise ProtocolError(f"{param} must be a voice name", param=param)
+
+
+def _max_tokens(value: Any, current: GenerationOptions, cap: int, key: str) -> GenerationOptions:
+    if value == "inf":
+        return replace(current, max_tokens=cap)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise ProtocolError(
+            f"{key} must be an integer between 1 and 4096, or 'inf'",
+            code="invalid_value",
+            param=f"session.{key}",
+        )
+    return replace(current, max_tokens=min(value, cap))

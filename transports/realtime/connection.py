@@ -1,0 +1,422 @@
+"""One Realtime client's protocol state, without a socket.
+
+The adapter hands every text frame to :meth:`RealtimeConnection.receive` (which applies it to the
+session and returns the server events to send at once — errors, ``session.updated``) and sends
+whatever :meth:`RealtimeConnection.next_events` renders from the session's events. The same
+object serves the WebSocket endpoint and the WebRTC data channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from pipeline import messages as m
+from pipeline.context import Item, new_id
+from pipeline.errors import ProtocolError
+from pipeline.session import Session
+
+from .config import RealtimeConfig
+from .formats import decode_base64
+from .validate import field, parse_event
+
+METRICS_EVENT = "x.voice.turn.metrics"
+"""Extension event (namespaced so other clients ignore it): one per response."""
+
+Event = dict[str, Any]
+
+
+def event_id() -> str:
+    return f"event_{secrets.token_hex(10)}"
+
+
+class RealtimeConnection:
+    def __init__(self, session: Session, config: RealtimeConfig, *, max_event_bytes: int) -> None:
+        self.session = session
+        self.config = config
+        self.max_event_bytes = max_event_bytes
+        self.closed = False
+        session.settings = config.settings
+        self._handlers: dict[str, Callable[[Event], list[Event]]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.truncate": self._item_truncate,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    # ------------------------------------------------------------ client → server
+
+    def hello(self) -> list[Event]:
+        return [
+            {"type": "session.created", "event_id": event_id(), "session": self.config.describe()}
+        ]
+
+    def receive(self, data: str | bytes) -> list[Event]:
+        """Apply one client frame; returns the events to send now (an ``error`` on bad input)."""
+        client_event_id = None
+        try:
+            event = parse_event(data, self.max_event_bytes)
+            client_event_id = event.get("event_id")
+            handler = self._handlers.get(event["type"])
+            if handler is None:
+                raise ProtocolError(
+                    f"unknown event type {event['type']!r}", code="unknown_event", param="type"
+                )
+            return handler(event)
+        except ProtocolError as exc:
+            return [
+                error_event(str(exc), exc.code, "invalid_request_error", client_event_id, exc.param)
+            ]
+
+    def _session_update(self, event: Event) -> list[Event]:
+        self.config.apply_update(field(event, "session", dict))
+        self.session.update(self.config.settings)
+        return [
+            {"type": "session.updated", "event_id": event_id(), "session": self.config.describe()}
+        ]
+
+    def _append(self, event: Event) -> list[Event]:
+        data = decode_base64(field(event, "audio", str), "audio")
+        fmt = self.config.input_format
+        self.session.append_audio(fmt.decode(data), fmt.rate)
+        return []
+
+    def _commit(self, event: Event) -> list[Event]:
+        self.session.commit_audio()
+        return []
+
+    def _clear(self, event: Event) -> list[Event]:
+        self.session.clear_audio()
+        return []
+
+    def _item_create(self, event: Event) -> list[Event]:
+        raw = field(event, "item", dict)
+        previous: str | None = field(event, "previous_item_id", (str, type(None)), default=None)
+        if field(raw, "type", str, path="item", default="message") != "message":
+            raise ProtocolError("only items of type 'message' are supported", param="item.type")
+        role = field(raw, "role", str, path="item")
+        if role not in ("user", "assistant", "system"):
+            raise ProtocolError(f"invalid role {role!r}", code="invalid_value", param="item.role")
+        item_id = field(raw, "id", str, path="item", default=None) or new_id("item")
+        content = field(raw, "content", list, path="item")
+        texts: list[str] = []
+        audio = None
+        for i, part in enumerate(content):
+            path = f"item.content[{i}]"
+            if not isinstance(part, dict):
+                raise ProtocolError(f"{path} must be an object", param=path)
+            kind = field(part, "type", str, path=path)
+            if kind in ("input_text", "text", "output_text"):
+                texts.append(field(part, "text", str, path=path))
+            elif kind == "input_audio" and role == "user":
+                data = decode_base64(field(part, "audio", str, path=path), f"{path}.audio")
+                audio = self.config.input_format.decode(data)
+            else:
+                raise ProtocolError(f"unsupported content type {kind!r}", param=f"{path}.type")
+        item = Item(item_id, role, text=" ".join(texts))
+        if audio is not None:
+            self.session.add_audio_item(item, audio, self.config.input_format.rate, previous)
+        else:
+            self.session.add_item(item, previous)
+        return []
+
+    def _item_delete(self, event: Event) -> list[Event]:
+        self.session.delete_item(field(event, "item_id", str))
+        return []
+
+    def _item_truncate(self, event: Event) -> list[Event]:
+        audio_end_ms = field(event, "audio_end_ms", int)
+        if audio_end_ms < 0:
+            raise ProtocolError(
+                "audio_end_ms must be >= 0", code="invalid_value", param="audio_end_ms"
+            )
+        self.session.truncate_item(
+            field(event, "item_id", str),
+            field(event, "content_index", int, default=0),
+            audio_end_ms,
+        )
+        return []
+
+    def _response_create(self, event: Event) -> list[Event]:
+        response = field(event, "response", dict, default={})
+        instructions = field(response, "instructions", str, path="response", default=None)
+        modalities = field(response, "output_modalities", list, path="response", default=None)
+        if modalities is not None and "audio" not in modalities:
+            raise ProtocolError(
+                "only audio output is supported",
+                code="invalid_value",
+                param="response.output_modalities",
+            )
+        self.session.create_response(instructions)
+        return []
+
+    def _response_cancel(self, event: Event) -> list[Event]:
+        self.session.cancel_response()
+        return []
+
+    # ------------------------------------------------------------ server → client
+
+    async def next_events(self) -> list[Event]:
+        """The server events for the session's next event (cancel-safe)."""
+        return self.render(await self.session.next_event())
+
+    def render(self, ev: m.SessionEvent) -> list[Event]:
+        renderer = _RENDERERS.get(type(ev))
+        return renderer(self, ev) if renderer else []
+
+    def _r_speech_started(self, ev: m.SpeechStarted) -> list[Event]:
+        return [
+            _e(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=ev.audio_start_ms,
+                item_id=ev.item_id,
+            )
+        ]
+
+    def _r_speech_stopped(self, ev: m.SpeechStopped) -> list[Event]:
+        return [
+            _e(
+                "input_audio_buffer.speech_stopped",
+                audio_end_ms=ev.audio_end_ms,
+                item_id=ev.item_id,
+            )
+        ]
+
+    def _r_committed(self, ev: m.InputCommitted) -> list[Event]:
+        return [
+            _e(
+                "input_audio_buffer.committed",
+                previous_item_id=ev.previous_item_id,
+                item_id=ev.item_id,
+            )
+        ]
+
+    def _r_cleared(self, ev: m.InputCleared) -> list[Event]:
+        return [_e("input_audio_buffer.cleared")]
+
+    def _r_item_added(self, ev: m.ItemAdded) -> list[Event]:
+        item = render_item(ev.item)
+        out = [_e("conversation.item.added", previous_item_id=ev.previous_item_id, item=item)]
+        if ev.done:
+            out.append(
+                _e("conversation.item.done", previous_item_id=ev.previous_item_id, item=item)
+            )
+        return out
+
+    def _r_transcript(self, ev: m.UserTranscript) -> list[Event]:
+        item = self.session.conversation.get(ev.item_id)
+        seconds = (item.audio_ms if item else 0) / 1000.0
+        return [
+            _e(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=ev.item_id,
+                content_index=0,
+                transcript=ev.transcript,
+                usage={"type": "duration", "seconds": seconds},
+            )
+        ]
+
+    def _r_reply_started(self, ev: m.ReplyStarted) -> list[Event]:
+        ids = {"response_id": ev.response_id, "output_index": 0}
+        item = render_item(ev.item)
+        return [
+            _e("response.created", response=self._response(ev.response_id, "in_progress", [])),
+            _e("response.output_item.added", item=item, **ids),
+            _e("conversation.item.added", previous_item_id=self._previous(ev.item.id), item=item),
+            _e(
+                "response.content_part.added",
+                item_id=ev.item.id,
+                content_index=0,
+                part={"type": "audio", "transcript": ""},
+                **ids,
+            ),
+        ]
+
+    def _r_audio(self, ev: m.ReplyAudio) -> list[Event]:
+        delta = base64.b64encode(self.config.output_format.encode(ev.audio)).decode()
+        return [
+            _e(
+                "response.output_audio.delta",
+                response_id=ev.response_id,
+                item_id=ev.item_id,
+                output_index=0,
+                content_index=0,
+                delta=delta,
+            )
+        ]
+
+    def _r_text(self, ev: m.ReplyText) -> list[Event]:
+        return [
+            _e(
+                "response.output_audio_transcript.delta",
+                response_id=ev.response_id,
+                item_id=ev.item_id,
+                output_index=0,
+                content_index=0,
+                delta=ev.delta,
+            )
+        ]
+
+    def _r_reply_done(self, ev: m.ReplyDone) -> list[Event]:
+        out: list[Event] = []
+        item = ev.item
+        status_details: dict[str, Any] = {"type": ev.status}
+        if ev.status == "cancelled":
+            status_details["reason"] = ev.reason or "client_cancelled"
+        elif ev.status == "failed":
+            status_details["error"] = {
+                "type": "server_error",
+                "code": "engine_error",
+                "message": ev.reason,
+            }
+        outputs = []
+        if item is not None:
+            ids = {
+                "response_id": ev.response_id,
+                "item_id": item.id,
+                "output_index": 0,
+                "content_index": 0,
+            }
+            rendered = render_item(item)
+            outputs.append(rendered)
+            out += [
+                _e("response.output_audio.done", **ids),
+                _e("response.output_audio_transcript.done", transcript=item.text, **ids),
+                _e(
+                    "response.content_part.done",
+                    part={"type": "audio", "transcript": item.text},
+                    **ids,
+                ),
+                _e(
+                    "conversation.item.done",
+                    previous_item_id=self._previous(item.id),
+                    item=rendered,
+                ),
+                _e(
+                    "response.output_item.done",
+                    response_id=ev.response_id,
+                    output_index=0,
+                    item=rendered,
+                ),
+            ]
+        response = self._response(ev.response_id, ev.status, outputs)
+        response["status_details"] = status_details
+        out.append(_e("response.done", response=response))
+        return out
+
+    def _r_truncated(self, ev: m.ItemTruncated) -> list[Event]:
+        return [
+            _e(
+                "conversation.item.truncated",
+                item_id=ev.item_id,
+                content_index=ev.content_index,
+                audio_end_ms=ev.audio_end_ms,
+            )
+        ]
+
+    def _r_deleted(self, ev: m.ItemDeleted) -> list[Event]:
+        return [_e("conversation.item.deleted", item_id=ev.item_id)]
+
+    def _r_metrics(self, ev: m.TurnMetrics) -> list[Event]:
+        return [
+            _e(METRICS_EVENT, response_id=ev.response_id, item_id=ev.item_id, metrics_ms=ev.marks)
+        ]
+
+    def _r_error(self, ev: m.SessionError) -> list[Event]:
+        return [error_event(ev.message, ev.code, ev.type, ev.event_id, ev.param)]
+
+    def _r_closed(self, ev: m.SessionClosed) -> list[Event]:
+        self.closed = True
+        return []
+
+    def _response(self, response_id: str, status: str, output: list[Event]) -> Event:
+        return {
+            "object": "realtime.response",
+            "id": response_id,
+            "status": status,
+            "output": output,
+            "conversation_id": f"conv_{self.session.id.removeprefix('sess_')}",
+            "output_modalities": ["audio"],
+            "max_output_tokens": self.config.settings.generation.max_tokens,
+            "audio": {
+                "output": {
+                    "format": self.config.output_format.describe(),
+                    "voice": self.config.settings.voice,
+                }
+            },
+        }
+
+    def _previous(self, item_id: str) -> str | None:
+        items = self.session.conversation.items
+        for i, item in enumerate(items):
+            if item.id == item_id:
+                return items[i - 1].id if i else None
+        return None
+
+
+_RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
+    m.SpeechStarted: RealtimeConnection._r_speech_started,
+    m.SpeechStopped: RealtimeConnection._r_speech_stopped,
+    m.InputCommitted: RealtimeConnection._r_committed,
+    m.InputCleared: RealtimeConnection._r_cleared,
+    m.ItemAdded: RealtimeConnection._r_item_added,
+    m.UserTranscript: RealtimeConnection._r_transcript,
+    m.ReplyStarted: RealtimeConnection._r_reply_started,
+    m.ReplyAudio: RealtimeConnection._r_audio,
+    m.ReplyText: RealtimeConnection._r_text,
+    m.ReplyDone: RealtimeConnection._r_reply_done,
+    m.ItemTruncated: RealtimeConnection._r_truncated,
+    m.ItemDeleted: RealtimeConnection._r_deleted,
+    m.TurnMetrics: RealtimeConnection._r_metrics,
+    m.SessionError: RealtimeConnection._r_error,
+    m.SessionClosed: RealtimeConnection._r_closed,
+}
+
+
+def _e(kind: str, **fields: Any) -> Event:
+    return {"type": kind, "event_id": event_id(), **fields}
+
+
+def error_event(
+    message: str, code: str | None, kind: str, client_event_id: str | None, param: str | None
+) -> Event:
+    return _e(
+        "error",
+        error={
+            "type": kind,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        },
+    )
+
+
+def render_item(item: Item) -> Event:
+    """An item as the Realtime API shows it (audio bytes are never echoed back)."""
+    status = item.status
+    if item.role == "assistant":
+        part: Event = (
+            {"type": "output_audio", "transcript": item.text}
+            if item.audio
+            else {"type": "output_text", "text": item.text}
+        )
+    elif item.role == "user" and item.audio:
+        part = {"type": "input_audio", "transcript": item.text or None}
+    else:
+        part = {"type": "input_text", "text": item.text}
+    return {
+        "id": item.id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": item.role,
+        "status": status,
+        "content": [part],
+    }

@@ -1,0 +1,72 @@
+"""Reading client events: JSON, sizes, and typed field access that names the bad parameter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pipeline.errors import LimitExceeded, ProtocolError
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+def parse_event(data: str | bytes, max_bytes: int) -> dict[str, Any]:
+    """One client event from a text frame; raises :class:`ProtocolError` for anything else."""
+    size = len(data) if isinstance(data, bytes) else len(data.encode())
+    if size > max_bytes:
+        raise LimitExceeded(
+            f"event of {size} bytes exceeds the limit of {max_bytes} bytes",
+            code="message_too_large",
+        )
+    try:
+        event = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"invalid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(event, dict):
+        raise ProtocolError("an event must be a JSON object", code="invalid_event")
+    event_id = event.get("event_id")
+    if event_id is not None and not isinstance(event_id, str):
+        raise ProtocolError("event_id must be a string", param="event_id")
+    if not isinstance(event.get("type"), str):
+        raise ProtocolError(
+            "missing required parameter 'type'",
+            code="missing_required_parameter",
+            event_id=event_id,
+            param="type",
+        )
+    return event
+
+
+def field(
+    obj: dict[str, Any],
+    key: str,
+    kind: type[T] | tuple[type, ...],
+    *,
+    path: str = "",
+    default: Any = _MISSING,
+) -> T:
+    """``obj[key]`` checked against ``kind``; a missing key is an error unless ``default``."""
+    name = f"{path}.{key}" if path else key
+    if key not in obj:
+        if default is _MISSING:
+            raise ProtocolError(
+                f"missing required parameter '{name}'",
+                code="missing_required_parameter",
+                param=name,
+            )
+        return default
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ProtocolError(
+            f"invalid type for '{name}': expected {expected}, got {type(value).__name__}",
+            code="invalid_type",
+            param=name,
+        )
+    return value

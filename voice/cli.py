@@ -1,0 +1,112 @@
+"""The ``voice`` command line.
+
+voice serve [--host H] [--port P] [--config FILE] [--set section.key=value ...]
+voice config [--config FILE] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import ConfigError
+
+from . import config as config_mod
+
+
+class _SessionFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "session"):
+            record.session = "-"
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_SessionFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(session)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "httpx", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice", description="A realtime voice agent server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the server with the configured models")
+    serve.add_argument("--host", help="address to listen on (server.host)")
+    serve.add_argument("--port", type=int, help="TCP port (server.port)")
+    serve.add_argument("--config", help="a TOML configuration file")
+    serve.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config key"
+    )
+    show = sub.add_parser("config", help="print the effective configuration")
+    show.add_argument("--config", help="a TOML configuration file")
+    show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    show.add_argument("--markdown", action="store_true", help="the README table of every key")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        out[key.strip()] = value
+    if getattr(args, "host", None):
+        out["server.host"] = args.host
+    if getattr(args, "port", None) is not None:
+        out["server.port"] = str(args.port)
+    return out
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = config_mod.load(args.config, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"voice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        if args.markdown:
+            print(config_mod.markdown())
+        else:
+            for name, _ in config_mod.sections():
+                print(f"[{name}]")
+                for key, value in dataclasses.asdict(getattr(config, name)).items():
+                    print(f"{key} = {value!r}")
+                print()
+        return 0
+    setup_logging(config.server.log_level)
+    from .server import run_server
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(run_server(config))
+    except ConfigError as exc:
+        logging.getLogger("voice").error("configuration error: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Configuration: defaults, then a TOML file, then ``VOICE_SECTION_KEY`` environment variables,
+then command-line flags (flags win). Every key is a field below with its documentation; the README
+table is generated from them (``voice config --markdown``) and a test keeps the two in sync."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from pipeline.errors import ConfigError
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default.copy(), metadata={"doc": text}, **kw)
+    return field(default=default, metadata={"doc": text}, **kw)
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = doc("Address to listen on.", "127.0.0.1")
+    port: int = doc("TCP port.", 8080)
+    max_sessions: int = doc("Concurrent sessions; more are refused with HTTP 503.", 8)
+    max_event_bytes: int = doc(
+        "Largest client event accepted (bytes); a larger one gets an `error` event.", 4 << 20
+    )
+    max_frame_bytes: int = doc(
+        "Largest WebSocket frame read at all; a larger one closes the connection (1009).", 16 << 20
+    )
+    log_level: str = doc("`debug`, `info`, `warning` or `error`.", "info")
+    model_name: str = doc("Model name reported in `session.created`.", "voice-local")
+    warm_up: bool = doc("Run every model once before saying ready.", True)
+
+
+@dataclass(slots=True)
+class AsrConfig:
+    model: str = doc(
+        "`tiny.en` (bundled), `base` (bundled, multilingual) or a CTranslate2 model folder.",
+        "tiny.en",
+    )
+    device: str = doc("`cpu`, `cuda` or `auto` (CUDA when present).", "auto")
+    compute_type: str = doc(
+        "CTranslate2 compute type; `default` = int8 on CPU, float16 on CUDA.", "default"
+    )
+    language: str = doc("Language code for multilingual models; empty = detect.", "en")
+    beam_size: int = doc("Beam size (1 = greedy, fastest).", 1)
+    threads: int = doc("CPU threads per transcription.", 2)
+    workers: int = doc("Concurrent transcriptions.", 1)
+
+
+@dataclass(slots=True)
+class LlmConfig:
+    engine: str = doc(
+        "`llama` (embedded llama.cpp) or `openai` (any OpenAI-compatible server).", "llama"
+    )
+    model_path: str = doc("GGUF file for `llama`; empty = bundled SmolLM2-135M-Instruct.", "")
+    n_ctx: int = doc("Context window (tokens) for `llama`.", 2048)
+    threads: int = doc("llama.cpp threads for generation.", 1)
+    batch_threads: int = doc("llama.cpp threads for prompt evaluation.", 1)
+    gpu_layers: int = doc("Layers offloaded to the GPU (llama.cpp built with CUDA).", 0)
+    base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
+    model: str = doc("Model name for `openai`.", "")
+    api_key: str = doc("API key for `openai` (also read from `OPENAI_API_KEY`).", "")
+    max_tokens: int = doc("Longest reply (tokens).", 120)
+    temperature: float = doc("Sampling temperature.", 0.6)
+    first_token_timeout: float = doc("Seconds to wait for the first token.", 20.0)
+    next_token_timeout: float = doc("Seconds to wait for each next token.", 10.0)
+
+
+@dataclass(slots=True)
+class TtsConfig:
+    voice_path: str = doc("Piper `.onnx` voice; empty = bundled `en_US-joe-medium`.", "")
+    voice_name: str = doc("Name the voice is reported under.", "joe")
+    length_scale: float = doc("Speaking rate (< 1 is faster); 0 keeps the voice's own.", 0.0)
+    threads: int = doc("onnxruntime threads per synthesis.", 1)
+    timeout: float = doc("Seconds to wait for one clause's audio.", 30.0)
+
+
+@dataclass(slots=True)
+class VadConfig:
+    model_path: str = doc("Silero ONNX model; empty = the one in the `silero-vad` package.", "")
+    threshold: float = doc("Speech probability threshold.", 0.5)
+    min_speech_ms: int = doc("Speech needed before `speech_started`.", 96)
+    prefix_padding_ms: int = doc("Audio kept before the speech onset.", 300)
+    silence_duration_ms: int = doc("Silence that ends a turn.", 500)
+    tentative_silence_ms: int = doc("Silence after which ASR starts early.", 160)
+    interrupt_min_speech_ms: int = doc("Speech needed to interrupt the agent (barge-in).", 192)
+
+
+@dataclass(slots=True)
+class PipelineConfig:
+    instructions: str = doc(
+        "Default system instructions.",
+        "You are a friendly voice assistant. Answer in one or two short sentences,"
+        " in plain words, without lists or markdown.",
+    )
+    frame_ms: int = doc("Output frame length (ms).", 20)
+    lead_ms: int = doc("Audio sent ahead of real time (ms), to absorb network jitter.", 60)
+    first_clause_chars: int = doc("Shortest first piece of a reply sent to TTS at a comma.", 16)
+    min_clause_chars: int = doc("Shortest later piece sent to TTS at a comma.", 40)
+    early_asr: bool = doc("Transcribe at the tentative end of speech, before the turn ends.", True)
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    max_pending_input_ms: int = doc(
+        "Caller audio waiting for the VAD before audio is dropped.", 10_000
+    )
+    max_input_buffer_s: float = doc("Longest turn (s); manual mode refuses appends past it.", 60.0)
+    max_pending_events: int = doc("Server events queued for a slow client before closing it.", 4096)
+    asr_timeout: float = doc("Seconds to wait for a transcription.", 30.0)
+
+
+@dataclass(slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+def sections() -> list[tuple[str, type]]:
+    hints = get_type_hints(Config)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Config)]
+
+
+def load(
+    path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> Config:
+    """Defaults ← TOML file ← ``VOICE_SECTION_KEY`` env vars ← ``overrides`` ("section.key")."""
+    config = Config()
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    unknown = set(data) - {name for name, _ in sections()}
+    if unknown:
+        raise ConfigError(f"unknown config section [{sorted(unknown)[0]}]")
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if "." not in key:
+            raise ConfigError(f"override {key!r} must look like section.key")
+    for name, cls in sections():
+        section = getattr(config, name)
+        table = data.get(name, {})
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(section)}
+        for key in table:
+            if key not in known:
+                raise ConfigError(f"unknown config key {name}.{key}")
+        for key in sorted(known):
+            kind = hints[key]
+            if key in table:
+                setattr(section, key, _coerce(table[key], kind, f"{name}.{key}"))
+            env_key = f"VOICE_{name}_{key}".upper()
+            if env_key in env:
+                setattr(section, key, _coerce(env[env_key], kind, env_key))
+            if f"{name}.{key}" in overrides:
+                setattr(
+                    section, key, _coerce(overrides.pop(f"{name}.{key}"), kind, f"{name}.{key}")
+                )
+    if overrides:
+        raise ConfigError(f"unknown config key {sorted(overrides)[0]}")
+    if not config.llm.api_key:
+        config.llm.api_key = env.get("OPENAI_API_KEY", "")
+    return config
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int and isinstance(value, float):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+
+
+def markdown() -> str:
+    """The README's configuration table."""
+    lines = ["| key | env | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, cls in sections():
+        for f in dataclasses.fields(cls):
+            default = f.default
+            shown = f"`{default}`" if default != "" else "(empty)"
+            if isinstance(default, str) and len(default) > 40:
+                shown = "(see `voice config`)"
+            env = f"VOICE_{name.upper()}_{f.name.upper()}"
+            lines.append(f"| `{name}.{f.name}` | `{env}` | {shown} | {f.metadata['doc']} |")
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""The server: loads the engines once, then serves ``/v1/realtime`` (WebSocket) and the web
+client at ``/``. Sessions beyond ``server.max_sessions`` are refused with HTTP 503."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from aiohttp import web
+
+from pipeline.engines import Engines, GenerationOptions, LanguageModel
+from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
+from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
+from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
+from pipeline.engines.tts_piper import PiperOptions, PiperTts
+from pipeline.engines.vad_silero import SileroOptions, SileroVad
+from pipeline.errors import ConfigError
+from pipeline.reply import ReplySettings
+from pipeline.session import Session, SessionLimits, SessionSettings
+from pipeline.turns import TurnSettings
+from transports.realtime.config import RealtimeConfig
+from transports.realtime.connection import RealtimeConnection
+from transports.websocket import serve_realtime
+
+from . import models
+from .config import Config
+
+log = logging.getLogger("voice.server")
+T = TypeVar("T")
+WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return bool(ctranslate2.get_cuda_device_count() > 0)
+    except Exception:  # no CUDA runtime at all
+        return False
+
+
+@dataclass(slots=True)
+class LoadedEngines:
+    engines: Engines
+    asr_device: str
+
+
+def _timed(what: str, source: object, device: str, load: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    engine = load()
+    log.info("loaded %s from %s on %s in %.2f s", what, source, device, time.perf_counter() - start)
+    return engine
+
+
+def load_engines(config: Config) -> LoadedEngines:
+    """Load every model once for the process, logging what, from where, where and how long."""
+    vad_path = Path(config.vad.model_path) if config.vad.model_path else models.silero_onnx()
+    vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)))
+
+    device = config.asr.device
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    asr_model = models.resolve_asr_model(config.asr.model)
+    asr_options = WhisperOptions(
+        model=asr_model,
+        device=device,
+        compute_type=config.asr.compute_type,
+        language=config.asr.language or None,
+        beam_size=config.asr.beam_size,
+        cpu_threads=config.asr.threads,
+        workers=config.asr.workers,
+    )
+    asr = _timed(
+        f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
+    )
+
+    llm: LanguageModel
+    c = config.llm
+    if c.engine == "llama":
+        gguf = Path(c.model_path) if c.model_path else models.smollm2_gguf()
+        options = LlamaOptions(
+            model_path=gguf,
+            n_ctx=c.n_ctx,
+            threads=c.threads,
+            batch_threads=c.batch_threads,
+            gpu_layers=c.gpu_layers,
+            first_token_timeout=c.first_token_timeout,
+            next_token_timeout=c.next_token_timeout,
+        )
+        where = "gpu" if c.gpu_layers else "cpu"
+        llm = _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
+    elif c.engine == "openai":
+        if not c.base_url or not c.model:
+            raise ConfigError("llm.engine = 'openai' needs llm.base_url and llm.model")
+        remote = RemoteLlmOptions(
+            base_url=c.base_url,
+            model=c.model,
+            api_key=c.api_key or "none",
+            first_token_timeout=c.first_token_timeout,
+            next_token_timeout=c.next_token_timeout,
+        )
+        llm = _timed(
+            "LLM remote", f"{c.base_url} ({c.model})", "remote", lambda: OpenAiCompatibleLlm(remote)
+        )
+    else:
+        raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
+
+    voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
+    tts_options = PiperOptions(
+        model_path=voice_path,
+        length_scale=config.tts.length_scale or None,
+        threads=config.tts.threads,
+    )
+    tts = _timed(
+        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
+    )
+    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
+
+
+def warm_up(engines: Engines) -> None:
+    for name in ("asr", "llm", "tts"):
+        engine = getattr(engines, name)
+        if hasattr(engine, "warm_up"):
+            start = time.perf_counter()
+            engine.warm_up()
+            log.info("warmed up %s in %.2f s", name.upper(), time.perf_counter() - start)
+
+
+class VoiceServer:
+    def __init__(self, config: Config, engines: Engines) -> None:
+        self.config = config
+        self.engines = engines
+        self.sessions: dict[str, Session] = {}
+        self.app = web.Application()
+        self.app.router.add_get("/v1/realtime", self._realtime)
+        self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/", self._index)
+        if WEB_CLIENT.is_dir():
+            self.app.router.add_static("/static/", WEB_CLIENT)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def session_settings(self) -> SessionSettings:
+        v, p, c = self.config.vad, self.config.pipeline, self.config.llm
+        turns = TurnSettings(
+            threshold=v.threshold,
+            min_speech_ms=v.min_speech_ms,
+            prefix_padding_ms=v.prefix_padding_ms,
+            silence_duration_ms=v.silence_duration_ms,
+            tentative_silence_ms=v.tentative_silence_ms,
+            interrupt_min_speech_ms=v.interrupt_min_speech_ms,
+        )
+        return SessionSettings(
+            instructions=p.instructions,
+            turn_detection=turns,
+            voice=self.config.tts.voice_name,
+            generation=GenerationOptions(max_tokens=c.max_tokens, temperature=c.temperature),
+        )
+
+    def new_session(self) -> Session:
+        p, lim = self.config.pipeline, self.config.limits
+        return Session(
+            self.engines,
+            self.session_settings(),
+            reply_settings=ReplySettings(
+                frame_ms=p.frame_ms,
+                lead_ms=p.lead_ms,
+                first_clause_chars=p.first_clause_chars,
+                min_clause_chars=p.min_clause_chars,
+                tts_timeout=self.config.tts.timeout,
+            ),
+            limits=SessionLimits(
+                max_pending_events=lim.max_pending_events,
+                max_pending_input_ms=lim.max_pending_input_ms,
+                max_input_buffer_s=lim.max_input_buffer_s,
+                asr_timeout=lim.asr_timeout,
+            ),
+            early_asr=p.early_asr,
+        )
+
+    def open_realtime(self) -> RealtimeConnection:
+        session = self.new_session()
+        config = RealtimeConfig(
+            model=self.config.server.model_name,
+            settings=session.settings,
+            transcription_model=f"whisper-{self.config.asr.model}",
+            max_tokens_cap=max(self.config.llm.max_tokens, 1024),
+        )
+        self.sessions[session.id] = session
+        return RealtimeConnection(
+            session, config, max_event_bytes=self.config.server.max_event_bytes
+        )
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        if len(self.sessions) >= self.config.server.max_sessions:
+            raise web.HTTPServiceUnavailable(
+                text=f"server is at its limit of {self.config.server.max_sessions} sessions"
+            )
+        opened: list[Session] = []
+
+        def open_connection() -> RealtimeConnection:
+            conn = self.open_realtime()
+            opened.append(conn.session)
+            return conn
+
+        try:
+            return await serve_realtime(
+                request, open_connection, max_frame_bytes=self.config.server.max_frame_bytes
+            )
+        finally:
+            for session in opened:
+                self.sessions.pop(session.id, None)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "sessions": len(self.sessions)})
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        index = WEB_CLIENT / "index.html"
+        if not index.is_file():
+            raise web.HTTPNotFound(text="web client not installed")
+        return web.FileResponse(index)
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close("server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
+    loaded = await asyncio.to_thread(load_engines, config)
+    if config.server.warm_up:
+        await asyncio.to_thread(warm_up, loaded.engines)
+    server = VoiceServer(config, loaded.engines)
+    port = await server.start(config.server.host, config.server.port)
+    host = config.server.host
+    log.info(
+        "ready to talk: open http://%s:%d/ or point a Realtime client at ws://%s:%d/v1/realtime",
+        host,
+        port,
+        host,
+        port,
+    )
+    print(f"READY http://{host}:{port}/  ws://{host}:{port}/v1/realtime", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
