@@ -99,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     from .server import run_server
 
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(run_server(config))
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=_loop_factory()) as runner,
+        ):
+            runner.run(run_server(config))
     except ConfigError as exc:
         logging.getLogger("voice").error("configuration error: %s", exc)
         return 2
