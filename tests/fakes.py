@@ -1,0 +1,93 @@
+"""Fake engines for unit tests of one stage: deterministic, instant, no threads.
+
+The VAD calls a window speech when it is loud; the TTS makes one tone per word of fixed length;
+the LLM replays scripted replies and records the messages it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from pipeline.clock import VirtualClock
+from pipeline.context import ChatMessage
+from pipeline.engines import Engines, GenerationOptions
+
+RATE = 16_000
+
+
+def tone(seconds: float, rate: int = RATE, amplitude: int = 8000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 220 * t) * amplitude).astype(np.int16)
+
+
+def silence(seconds: float, rate: int = RATE) -> np.ndarray:
+    return np.zeros(int(seconds * rate), dtype=np.int16)
+
+
+class LoudnessVad:
+    """Speech probability 0.95 for a loud window, 0.02 otherwise."""
+
+    window = 512
+
+    def stream(self) -> LoudnessVad:
+        return self
+
+    async def probabilities(self, windows: np.ndarray) -> list[float]:
+        return [0.95 if np.abs(w).mean() > 1000 else 0.02 for w in windows]
+
+
+class ScriptedAsr:
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+        self.calls: list[int] = []
+
+    async def transcribe(self, audio: np.ndarray) -> str:
+        self.calls.append(len(audio))
+        return self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
+
+
+class ScriptedLlm:
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = list(replies)
+        self.seen: list[list[ChatMessage]] = []
+        self._clock: VirtualClock | None = None
+        self._delay = 0.0
+
+    def delay(self, clock: VirtualClock, seconds: float) -> None:
+        """Wait ``seconds`` of virtual time before the first token."""
+        self._clock, self._delay = clock, seconds
+
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[str]:
+        self.seen.append(list(messages))
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if self._clock is not None:
+            await self._clock.sleep_until(self._clock.now() + self._delay)
+        for word in reply.split(" "):
+            yield word + " "
+
+
+class ToneTts:
+    """``ms_per_word`` of a loud tone per word, at 24 kHz."""
+
+    sample_rate = 24_000
+
+    def __init__(self, ms_per_word: int = 200) -> None:
+        self.ms_per_word = ms_per_word
+        self.texts: list[str] = []
+
+    async def synthesize(self, text: str) -> np.ndarray:
+        self.texts.append(text)
+        return tone(len(text.split()) * self.ms_per_word / 1000, self.sample_rate)
+
+
+def fake_engines(asr: list[str], llm: list[str], ms_per_word: int = 200) -> Engines:
+    return Engines(
+        vad=LoudnessVad(),
+        asr=ScriptedAsr(asr),
+        llm=ScriptedLlm(llm),
+        tts=ToneTts(ms_per_word),
+    )

@@ -1,0 +1,198 @@
+"""The session core on virtual time, with fake engines: turns, replies, barge-in, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import messages as m
+from pipeline.errors import LimitExceeded, ProtocolError
+from pipeline.session import SessionLimits, SessionSettings
+
+from .fakes import fake_engines, silence, tone
+from .harness import Harness
+
+LONG_REPLY = " ".join(f"word{i}" for i in range(20)) + "."  # 20 words, 4 s of speech
+
+
+async def test_a_spoken_turn_is_answered() -> None:
+    engines = fake_engines(["what time is it"], ["It is noon. Have a nice day."])
+    async with Harness(engines) as h:
+        await h.feed(silence(0.3))
+        await h.feed(tone(1.0))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert h.types()[:8] == [
+            "SpeechStarted", "SpeechStopped", "InputCommitted", "ItemAdded",
+            "UserTranscript", "ReplyStarted", "ReplyText", "ReplyText",
+        ]  # fmt: skip
+        done = h.of(m.ReplyDone)[0]
+        assert done.status == "completed"
+        assert done.item is not None and done.item.text == "It is noon. Have a nice day."
+        started = h.of(m.SpeechStarted)[0]
+        assert started.audio_start_ms == 0  # 300 ms of silence before = the prefix padding
+        assert 1300 <= h.of(m.SpeechStopped)[0].audio_end_ms <= 1300 + 32  # one VAD window
+        audio = sum(len(e.audio) for e in h.of(m.ReplyAudio))
+        assert audio == 7 * 200 * 24  # seven words of 200 ms at 24 kHz
+        assert h.of(m.TurnMetrics)[0].marks["first_audio_sent"] is not None
+        user, assistant = h.session.conversation.items
+        assert (user.role, user.text) == ("user", "what time is it")
+        assert (assistant.role, assistant.status) == ("assistant", "completed")
+
+
+async def test_audio_is_paced_in_20ms_frames_in_real_time() -> None:
+    engines = fake_engines(["hi"], ["one two three four five."])
+    async with Harness(engines, lead_ms=0) as h:
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        frames = h.timed(m.ReplyAudio)
+        assert {len(e.audio) for _, e in frames} == {480}
+        start = frames[0][0]
+        for i, (t, _) in enumerate(frames):
+            assert t - start == pytest.approx(i * 0.020, abs=0.0201)  # never ahead of real time
+        assert frames[-1][0] - start >= 0.98  # one second of speech took a second
+
+
+async def test_barge_in_stops_audio_keeps_the_heard_prefix_and_the_next_turn_works() -> None:
+    engines = fake_engines(["tell me a story", "stop please"], [LONG_REPLY, "Okay."])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.8))
+        await h.feed_until(silence(0.02), m.ReplyAudio)
+        await h.feed(silence(1.0))  # one second of the reply is heard
+        onset = h.clock.now()
+        await h.feed(tone(0.4))  # the caller cuts in
+        (decided, done), *_ = h.timed(m.ReplyDone)
+        assert done.status == "cancelled" and done.reason == "turn_detected"
+        # the decision needs 192 ms of speech, give or take one VAD window and one chunk
+        assert abs(decided - onset - 0.192) <= 0.032 + 0.020
+        last_audio = max(t for t, e in h.timed(m.ReplyAudio) if e.response_id == done.response_id)
+        assert decided - 0.020 <= last_audio <= decided  # audio flowed until, and stopped at, it
+        heard = done.item.text.split()
+        assert 0 < len(heard) < 20
+        assert heard == LONG_REPLY.split()[: len(heard)]
+        assert len(heard) == done.item.audio_ms // 200  # 200 ms per word
+        assert done.item.status == "incomplete"
+
+        await h.feed(tone(0.4))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        while len(h.of(m.ReplyDone)) < 2:
+            await h.feed(silence(0.1))
+        second = h.of(m.ReplyDone)[1]
+        assert second.status == "completed" and second.item.text == "Okay."
+        history = [(msg.role, msg.content) for msg in engines.llm.seen[1][1:]]
+        assert history == [
+            ("user", "tell me a story"),
+            ("assistant", " ".join(heard)),
+            ("user", "stop please"),
+        ]
+
+
+async def test_a_reply_not_yet_audible_is_dropped_when_the_caller_goes_on() -> None:
+    engines = fake_engines(["first part", "second part"], ["Answer."])
+    async with Harness(engines) as h:
+        engines.llm.delay(h.clock, 1.0)  # a slow LLM: the reply stays silent for a second
+        await h.feed(tone(0.5))
+        await h.feed(silence(0.6))  # the turn ends after 500 ms of silence …
+        assert h.of(m.ReplyStarted)
+        await h.feed(tone(0.2))  # … but the caller was only pausing
+        done = h.of(m.ReplyDone)[0]
+        assert (done.status, done.reason, done.output_started) == (
+            "cancelled",
+            "turn_detected",
+            False,
+        )
+        assert not h.of(m.ReplyAudio)
+        await h.feed_until(silence(0.02), m.ReplyAudio)
+        last_prompt = [(msg.role, msg.content) for msg in engines.llm.seen[-1][1:]]
+        assert last_prompt == [("user", "first part"), ("user", "second part")]
+
+
+async def test_early_transcription_is_reused_when_the_caller_stays_silent() -> None:
+    engines = fake_engines(["hello there"], ["Hi."])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.5))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert len(engines.asr.calls) == 1
+
+
+async def test_resumed_speech_discards_the_early_transcription() -> None:
+    engines = fake_engines(["one whole sentence"], ["Hi."])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.5))
+        await h.feed(silence(0.3))  # tentative end: ASR starts early …
+        await h.feed(tone(0.5))  # … but the caller goes on
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert len(engines.asr.calls) == 2
+        assert engines.asr.calls[1] > engines.asr.calls[0]  # the whole turn, not its first half
+        assert len(h.of(m.InputCommitted)) == 1
+
+
+async def test_noise_without_words_gets_no_reply() -> None:
+    engines = fake_engines([""], ["Should not be said."])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.5))
+        await h.feed_until(silence(0.02), m.UserTranscript)
+        await h.feed(silence(0.5))
+        assert not h.of(m.ReplyStarted)
+
+
+async def test_manual_turns_commit_and_respond_on_request() -> None:
+    engines = fake_engines(["manual question"], ["Manual answer."])
+    async with Harness(engines, SessionSettings(turn_detection=None)) as h:
+        with pytest.raises(ProtocolError) as err:
+            h.session.commit_audio()
+        assert err.value.code == "input_audio_buffer_commit_empty"
+        await h.feed(tone(0.5))
+        await h.feed(silence(1.0))
+        assert not h.of(m.SpeechStarted) and not h.of(m.InputCommitted)
+        h.session.commit_audio()
+        await h.feed_until(silence(0.02), m.UserTranscript)
+        await h.feed(silence(0.5))
+        assert not h.of(m.ReplyStarted)
+        h.session.create_response()
+        with pytest.raises(ProtocolError) as err:
+            h.session.create_response()
+        assert err.value.code == "conversation_already_has_active_response"
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert h.of(m.ReplyDone)[0].item.text == "Manual answer."
+
+
+async def test_client_cancel_and_truncate() -> None:
+    engines = fake_engines(["q"], [LONG_REPLY])
+    async with Harness(engines, SessionSettings(turn_detection=None)) as h:
+        h.session.create_response()
+        await h.feed_until(silence(0.02), m.ReplyAudio)
+        await h.feed(silence(1.0))
+        h.session.cancel_response()
+        await h.feed(silence(0.02))
+        done = h.of(m.ReplyDone)[0]
+        assert (done.status, done.reason) == ("cancelled", "client_cancelled")
+        with pytest.raises(ProtocolError):
+            h.session.cancel_response()
+        h.session.truncate_item(done.item.id, 0, 400)
+        await h.clock.advance(0)
+        assert h.of(m.ItemTruncated)[0].audio_end_ms == 400
+        assert done.item.text == "word0 word1"
+        with pytest.raises(ProtocolError):
+            h.session.truncate_item(done.item.id, 0, 60_000)
+
+
+async def test_audio_faster_than_real_time_is_refused_beyond_the_limit() -> None:
+    engines = fake_engines(["x"], ["y."])
+    limits = SessionLimits(max_pending_input_ms=1000)
+    async with Harness(engines, limits=limits) as h:
+        h.session.append_audio(silence(0.9), 16_000)  # at once, no time passes
+        with pytest.raises(LimitExceeded) as err:
+            h.session.append_audio(silence(0.2), 16_000)
+        assert err.value.code == "input_audio_rate_exceeded"
+        await h.clock.advance(0.02)  # the VAD catches up …
+        h.session.append_audio(silence(0.2), 16_000)  # … and audio is accepted again
+
+
+async def test_a_client_that_stops_reading_closes_its_session() -> None:
+    engines = fake_engines(["q"], [LONG_REPLY])
+    session_limits = SessionLimits(max_pending_events=50)
+    h = Harness(engines, SessionSettings(turn_detection=None), limits=session_limits)
+    h.session.create_response()  # nobody reads the events
+    for _ in range(100):
+        await h.clock.advance(0.02)
+    assert h.session.closed_reason is not None
+    assert "not reading" in h.session.closed_reason

@@ -1,0 +1,37 @@
+from pipeline.text import ClauseSplitter, speakable
+
+
+def feed_all(splitter: ClauseSplitter, text: str, step: int = 3) -> list[str]:
+    pieces: list[str] = []
+    for i in range(0, len(text), step):
+        pieces += splitter.feed(text[i : i + step])
+    return pieces + splitter.flush()
+
+
+def test_sentences_are_cut_as_soon_as_they_end() -> None:
+    splitter = ClauseSplitter()
+    assert splitter.feed("Paris is the capital") == []
+    assert splitter.feed(" of France. It is") == ["Paris is the capital of France."]
+    assert splitter.flush() == ["It is"]
+
+
+def test_first_piece_is_cut_at_a_comma_once_long_enough() -> None:
+    splitter = ClauseSplitter(first_clause_chars=10, min_clause_chars=40)
+    pieces = feed_all(splitter, "Well, to be honest with you, the answer is four, more or less.")
+    assert pieces == ["Well, to be honest with you,", "the answer is four, more or less."]
+
+
+def test_abbreviations_and_decimals_do_not_end_a_sentence() -> None:
+    pieces = feed_all(ClauseSplitter(), "Dr. Smith measured 3.5 litres. Then he left.")
+    assert pieces == ["Dr. Smith measured 3.5 litres.", "Then he left."]
+
+
+def test_text_is_reassembled_without_loss() -> None:
+    text = "One, two; three: four. Five! Six? Seven\nEight, nine, ten."
+    pieces = feed_all(ClauseSplitter(first_clause_chars=1, min_clause_chars=1), text, step=1)
+    assert " ".join(pieces).split() == text.split()
+
+
+def test_markdown_and_symbols_are_not_spoken() -> None:
+    assert speakable("**Bold** and `code` # heading 🙂") == "Bold and code heading"
+    assert feed_all(ClauseSplitter(), "*** ") == []
