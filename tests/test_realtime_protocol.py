@@ -29,7 +29,7 @@ def connection(settings: SessionSettings | None = None, **limits: Any) -> Realti
         limits=SessionLimits(**limits),
     )
     return RealtimeConnection(
-        session, RealtimeConfig("voice-local", session.settings), max_event_bytes=4096
+        session, RealtimeConfig("voice-local", session.settings), max_event_bytes=65536
     )
 
 
