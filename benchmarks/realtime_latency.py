@@ -154,6 +154,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT may be ignored when run in the background; restore it for stop()."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LocalServer:
     """``python -m voice serve`` as a subprocess; its output goes to a log file."""
 
@@ -168,6 +173,7 @@ class LocalServer:
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
+            preexec_fn=_default_sigint,
         )
         threading.Thread(target=self._pump, daemon=True).start()
 

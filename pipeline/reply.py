@@ -8,6 +8,7 @@ heard prefix of the text (:meth:`Reply.heard_text`) is what the conversation kee
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .engines import GenerationOptions, LanguageModel, SpeechSynthesizer
 from .errors import EngineError, EngineTimeout, VoiceError
 from .playout import Playout, Segment
 from .text import ClauseSplitter, speakable
+
+log = logging.getLogger("voice.reply")
 
 
 @dataclass(slots=True)
@@ -163,4 +166,5 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
         if isinstance(exc, VoiceError | asyncio.CancelledError):
             return exc
     exc = group.exceptions[0]
+    log.error("reply failed", exc_info=exc)
     return EngineError(f"reply failed: {exc!r}", engine="reply")

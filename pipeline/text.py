@@ -61,8 +61,8 @@ class ClauseSplitter:
     def _next_cut(self) -> int | None:
         text = self._pending
         for match in _SENTENCE_END.finditer(text):
-            word = text[: match.end()].rsplit(None, 1)[-1].lower() if text.strip() else ""
-            if word in _ABBREVIATIONS:
+            words = text[: match.end()].split()
+            if words and words[-1].lower() in _ABBREVIATIONS:
                 continue
             if speakable(text[: match.end()]):
                 return match.end()

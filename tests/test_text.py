@@ -32,6 +32,13 @@ def test_text_is_reassembled_without_loss() -> None:
     assert " ".join(pieces).split() == text.split()
 
 
+def test_leading_newlines_and_blank_pieces_are_skipped() -> None:
+    assert feed_all(ClauseSplitter(), "\n\nHello there.\n\n  \nBye.", step=1) == [
+        "Hello there.",
+        "Bye.",
+    ]
+
+
 def test_markdown_and_symbols_are_not_spoken() -> None:
     assert speakable("**Bold** and `code` # heading 🙂") == "Bold and code heading"
     assert feed_all(ClauseSplitter(), "*** ") == []

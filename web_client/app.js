@@ -7,27 +7,23 @@
   const CHUNK_MS = 20; // how much mic audio goes into one append event
   const LEAD_S = 0.04; // playback jitter margin when (re)starting the audio queue
   const MAX_EVENTS = 10000;
-  const STAGES = [
-    ["turn_end", "turn end"],
-    ["asr_done", "ASR"],
-    ["llm_first_token", "LLM 1st token"],
-    ["tts_first_audio", "TTS 1st audio"],
-    ["first_audio_sent", "sent"],
-  ];
+  // Server marks (ms after the end of the caller's speech); first_audio_sent is voice-to-voice.
+  const STAGES = [["turn_end", "turn end"], ["asr_done", "ASR"],
+    ["llm_first_token", "LLM 1st token"], ["tts_first_audio", "TTS 1st audio"]];
 
   const $ = (id) => document.getElementById(id);
+  const el = (tag, cls = "", text = "") => {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text) node.textContent = text;
+    return node;
+  };
 
   // ------------------------------------------------------------------ state
 
-  const client = {
-    state: "disconnected",
-    events: [],
-    turns: [],
-    connect,
-    disconnect,
-    send,
-    applySettings,
-  };
+  // For tests: events = received event types (no audio deltas); turns = one entry per response.
+  const client = { state: "disconnected", events: [], turns: [], bargeIns: 0 };
+  Object.assign(client, { connect, disconnect, send, applySettings });
   window.voiceClient = client;
 
   let ws = null;
@@ -38,48 +34,58 @@
   const muted = new Set(); // response ids whose audio was cut by a barge-in
   let speechStoppedAt = null; // performance.now() of the last unclaimed speech_stopped
   let level = 0;
+  let attempts = 0;
+  const info = { mic: "", session: "" };
 
   // ------------------------------------------------------------------ connection
 
   async function connect() {
     if (client.state !== "disconnected") return;
+    const attempt = ++attempts; // a disconnect() meanwhile bumps it and so aborts this one
     setState("connecting");
     try {
-      audio = await startMicrophone(micConstraints());
-      ws = await openSocket(socketUrl());
+      const mic = await startMicrophone(micConstraints());
+      if (attempt !== attempts) return closeAudio(mic);
+      audio = mic;
+      const sock = await openSocket(socketUrl());
+      if (attempt !== attempts) return closeSocket(sock);
+      ws = sock;
       setState("connected");
     } catch (err) {
+      if (attempt !== attempts) return;
       showError(`Could not connect: ${err.message || err}`);
       teardown();
     }
   }
 
   function disconnect() {
-    if (client.state === "disconnected") return;
-    teardown();
+    if (client.state !== "disconnected") teardown();
   }
 
   function teardown() {
-    if (ws) {
-      ws.onclose = ws.onmessage = ws.onerror = null;
-      if (ws.readyState <= WebSocket.OPEN) ws.close(1000, "client disconnect");
-      ws = null;
-    }
+    attempts++;
+    closeSocket(ws);
+    closeAudio(audio);
+    ws = audio = null;
     stopPlayback();
-    if (audio) {
-      audio.stream.getTracks().forEach((t) => t.stop());
-      audio.nodes.forEach((n) => n.disconnect());
-      audio.ctx.close().catch(() => {});
-      audio = null;
-    }
     showLevel(0);
     setState("disconnected");
   }
 
-  function socketUrl() {
-    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/v1/realtime`;
+  function closeSocket(sock) {
+    if (!sock) return;
+    sock.onopen = sock.onclose = sock.onmessage = sock.onerror = null;
+    if (sock.readyState <= WebSocket.OPEN) sock.close(1000, "client disconnect");
   }
+
+  function closeAudio(mic) {
+    if (!mic) return;
+    mic.stream.getTracks().forEach((t) => t.stop());
+    mic.nodes.forEach((n) => n.disconnect());
+    mic.ctx.close().catch(() => {});
+  }
+
+  const socketUrl = () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime`;
 
   function openSocket(url) {
     return new Promise((resolve, reject) => {
@@ -110,13 +116,11 @@
 
   // ------------------------------------------------------------------ microphone
 
-  function micConstraints() {
-    return {
-      echoCancellation: $("echo-cancellation").checked,
-      noiseSuppression: $("noise-suppression").checked,
-      autoGainControl: $("auto-gain").checked,
-    };
-  }
+  const micConstraints = () => ({
+    echoCancellation: $("echo-cancellation").checked,
+    noiseSuppression: $("noise-suppression").checked,
+    autoGainControl: $("auto-gain").checked,
+  });
 
   async function startMicrophone(constraints) {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
@@ -142,48 +146,30 @@
     source.connect(capture);
     capture.connect(mute);
     const mode = ctx.audioWorklet ? "AudioWorklet" : "ScriptProcessor";
-    setInfo(`mic ${ctx.sampleRate} Hz (${mode}) → ${RATE / 1000} kHz PCM16`);
+    setInfo("mic", `mic ${ctx.sampleRate} Hz (${mode}) → ${RATE / 1000} kHz PCM16`);
     return { ctx, stream, nodes: [source, capture, mute], resampler: new Resampler(ctx.sampleRate, RATE) };
   }
 
-  const WORKLET = `
-    class VoiceCapture extends AudioWorkletProcessor {
-      constructor(options) {
-        super();
-        this.size = options.processorOptions.size;
-        this.buf = new Float32Array(this.size);
-        this.n = 0;
+  // Runs on the audio thread: downmixes to mono and posts CHUNK_MS blocks at the context's rate.
+  const WORKLET = `registerProcessor("voice-capture", class extends AudioWorkletProcessor {
+    constructor(options) { super(); this.size = options.processorOptions.size; this.fresh(); }
+    fresh() { this.buf = new Float32Array(this.size); this.n = 0; }
+    process([chans]) {
+      for (let i = 0; chans && chans.length && i < chans[0].length; i++) {
+        let sum = 0;
+        for (const ch of chans) sum += ch[i];
+        this.buf[this.n++] = sum / chans.length;
+        if (this.n === this.size) { this.port.postMessage(this.buf, [this.buf.buffer]); this.fresh(); }
       }
-      process(inputs) {
-        const chans = inputs[0];
-        if (!chans || chans.length === 0) return true;
-        for (let i = 0; i < chans[0].length; i++) {
-          let sum = 0;
-          for (let c = 0; c < chans.length; c++) sum += chans[c][i];
-          this.buf[this.n++] = sum / chans.length;
-          if (this.n === this.size) {
-            this.port.postMessage(this.buf, [this.buf.buffer]);
-            this.buf = new Float32Array(this.size);
-            this.n = 0;
-          }
-        }
-        return true;
-      }
+      return true;
     }
-    registerProcessor("voice-capture", VoiceCapture);`;
+  });`;
 
   async function workletCapture(ctx, size, onChunk) {
     const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
-    try {
-      await ctx.audioWorklet.addModule(url);
-    } finally {
-      URL.revokeObjectURL(url);
-    }
-    const node = new AudioWorkletNode(ctx, "voice-capture", {
-      numberOfOutputs: 1,
-      outputChannelCount: [1],
-      processorOptions: { size },
-    });
+    try { await ctx.audioWorklet.addModule(url); } finally { URL.revokeObjectURL(url); }
+    const options = { numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { size } };
+    const node = new AudioWorkletNode(ctx, "voice-capture", options);
     node.port.onmessage = (e) => onChunk(e.data);
     return node;
   }
@@ -226,8 +212,7 @@
       const r = this.ratio;
       const span = Math.max(1, r);
       const out = new Float32Array(Math.ceil(buf.length / r) + 1);
-      let p = this.pos;
-      let n = 0;
+      let p = this.pos, n = 0;
       while (p + span < buf.length) {
         out[n++] = r >= 1.5 ? boxAverage(buf, p, r) : lerp(buf, p);
         p += r;
@@ -240,16 +225,14 @@
   }
 
   function boxAverage(buf, p, r) {
-    const a = Math.floor(p);
-    const b = Math.max(a + 1, Math.floor(p + r));
+    const a = Math.floor(p), b = Math.max(a + 1, Math.floor(p + r));
     let sum = 0;
     for (let i = a; i < b; i++) sum += buf[i];
     return sum / (b - a);
   }
 
   function lerp(buf, p) {
-    const i = Math.floor(p);
-    const f = p - i;
+    const i = Math.floor(p), f = p - i;
     return buf[i] * (1 - f) + buf[i + 1] * f;
   }
 
@@ -321,18 +304,12 @@
     player.responseId = ev.response_id;
   }
 
-  function isPlaying() {
-    return player.sources.size > 0;
-  }
+  const isPlaying = () => player.sources.size > 0;
 
   function stopPlayback() {
     for (const src of player.sources) {
       src.onended = null;
-      try {
-        src.stop();
-      } catch (_) {
-        /* never started */
-      }
+      try { src.stop(); } catch (_) { /* never started */ }
     }
     player.sources.clear();
     player.next = 0;
@@ -365,11 +342,11 @@
   }
 
   function onSpeechStarted(ev) {
-    if (isPlaying()) {
-      const id = player.responseId;
+    if (isPlaying()) { // barge-in: silence the agent at once and drop the rest of that reply
+      const r = responses.get(player.responseId);
+      muted.add(player.responseId);
       stopPlayback();
-      muted.add(id);
-      const r = responses.get(id);
+      client.bargeIns++;
       if (r) markBubble(r.bubble, "interrupted");
     }
     userBubble(ev.item_id);
@@ -414,20 +391,17 @@
   function onResponseDone(ev) {
     const resp = ev.response;
     const r = ensureResponse(resp.id);
-    const item = (resp.output || [])[0];
-    const part = item && item.content ? item.content[0] : null;
-    const final = part ? part.transcript || part.text || "" : null;
-    r.turn.status = resp.status;
-    r.turn.transcript = final !== null ? final : r.shown;
-    if (resp.status === "cancelled") {
-      showCut(r, r.turn.transcript);
-      markBubble(r.bubble, "interrupted");
-    } else if (resp.status === "failed") {
-      markBubble(r.bubble, "failed");
-    } else {
-      setText(r.bubble, r.turn.transcript);
-    }
+    const part = (((resp.output || [])[0] || {}).content || [])[0];
+    const final = part ? part.transcript || part.text || "" : r.shown; // for cancelled: what was heard
+    Object.assign(r.turn, { status: resp.status, transcript: final });
     r.bubble.classList.remove("pending");
+    if (resp.status === "cancelled") {
+      showCut(r, final);
+      markBubble(r.bubble, "interrupted");
+    } else {
+      setText(r.bubble, final);
+      if (resp.status === "failed") markBubble(r.bubble, "failed");
+    }
   }
 
   function onMetrics(ev) {
@@ -439,7 +413,8 @@
   function ensureResponse(id) {
     let r = responses.get(id);
     if (!r) {
-      const turn = { response_id: id, status: "in_progress", transcript: "", metrics: null, pageLatencyMs: null };
+      const turn = { response_id: id, status: "in_progress", transcript: "" };
+      Object.assign(turn, { metrics: null, pageLatencyMs: null });
       client.turns.push(turn);
       r = { turn, bubble: addBubble("agent"), shown: "", stopAt: null };
       r.bubble.classList.add("pending");
@@ -464,14 +439,8 @@
     const box = $("transcript");
     const empty = box.querySelector(".empty");
     if (empty) empty.remove();
-    const bubble = document.createElement("div");
-    bubble.className = `msg ${role}`;
-    const who = document.createElement("span");
-    who.className = "who";
-    who.textContent = role === "user" ? "You" : "Agent";
-    const text = document.createElement("p");
-    text.className = "text";
-    bubble.append(who, text);
+    const bubble = el("div", `msg ${role}`);
+    bubble.append(el("span", "who", role === "user" ? "You" : "Agent"), el("p", "text"));
     const stick = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     box.append(bubble);
     if (stick) box.scrollTop = box.scrollHeight;
@@ -481,31 +450,25 @@
   function setText(bubble, said, cut = "") {
     const text = bubble.querySelector(".text");
     text.textContent = said;
-    if (cut) {
-      const del = document.createElement("del");
-      del.className = "cut";
-      del.title = "generated but not heard";
-      del.textContent = cut;
-      text.append(del);
-    }
+    if (!cut) return keepScrolled();
+    const del = el("del", "cut", cut);
+    del.title = "generated but not heard";
+    text.append(said ? " " : "", del);
     keepScrolled();
   }
 
   function showCut(r, heard) {
     const end = heardEnd(r.shown, heard);
-    if (end < 0) setText(r.bubble, heard);
-    else setText(r.bubble, heard, r.shown.slice(end));
+    const cut = end < 0 ? "" : r.shown.slice(end).trim();
+    setText(r.bubble, heard || (cut ? "" : "(stopped before speaking)"), cut);
   }
 
   // Index in `shown` just past the `heard` prefix, ignoring whitespace differences; -1 if no prefix.
   function heardEnd(shown, heard) {
-    let i = 0;
-    let j = 0;
+    let i = 0, j = 0;
     while (j < heard.length && i < shown.length) {
-      if (shown[i] === heard[j]) {
-        i++;
-        j++;
-      } else if (/\s/.test(heard[j])) j++;
+      if (shown[i] === heard[j]) { i++; j++; }
+      else if (/\s/.test(heard[j])) j++;
       else if (/\s/.test(shown[i])) i++;
       else return -1;
     }
@@ -516,10 +479,7 @@
   function markBubble(bubble, label) {
     bubble.classList.add(label);
     if (bubble.querySelector(".marker")) return;
-    const marker = document.createElement("span");
-    marker.className = "marker";
-    marker.textContent = label;
-    bubble.querySelector(".who").after(marker);
+    bubble.querySelector(".who").after(el("span", "marker", label));
   }
 
   function keepScrolled() {
@@ -533,18 +493,10 @@
 
   function renderLatency(r) {
     const m = r.turn.metrics || {};
-    let meta = r.bubble.querySelector(".meta");
-    if (!meta) {
-      meta = document.createElement("p");
-      meta.className = "meta";
-      r.bubble.append(meta);
-    }
-    const head = document.createElement("strong");
-    head.textContent = `voice-to-voice ${fmt(m.first_audio_sent)} · page ${fmt(r.turn.pageLatencyMs)}`;
-    const stages = document.createElement("span");
-    stages.className = "stages";
-    stages.textContent = STAGES.slice(0, 4).map(([key, name]) => `${name} ${fmt(m[key])}`).join(" · ");
-    meta.replaceChildren(head, stages);
+    const meta = r.bubble.querySelector(".meta") || r.bubble.appendChild(el("p", "meta"));
+    const head = `voice-to-voice ${fmt(m.first_audio_sent)} · page ${fmt(r.turn.pageLatencyMs)}`;
+    const stages = STAGES.map(([key, name]) => `${name} ${fmt(m[key])}`).join(" · ");
+    meta.replaceChildren(el("strong", "", head), el("span", "stages", stages));
     renderLatencyPanel(r.turn);
   }
 
@@ -552,30 +504,22 @@
     const m = turn.metrics || {};
     const rows = [
       ["Voice-to-voice (server)", m.first_audio_sent],
-      ["Page: speech stop → 1st audio", turn.pageLatencyMs],
-      ...STAGES.slice(0, 4).map(([key, name]) => [`  ${name}`, m[key]]),
+      ["Page: stop → 1st audio", turn.pageLatencyMs],
+      ...STAGES.map(([key, name]) => [`  ${name}`, m[key]]),
     ];
     const v2v = client.turns.map((t) => t.metrics && t.metrics.first_audio_sent).filter((x) => x != null);
-    const dl = document.createElement("dl");
+    const dl = el("dl");
     for (const [name, value] of rows) {
-      const dt = document.createElement("dt");
-      dt.textContent = name.trim();
-      if (name.startsWith(" ")) dt.className = "stage";
-      const dd = document.createElement("dd");
-      dd.textContent = fmt(value);
-      dl.append(dt, dd);
+      dl.append(el("dt", name.startsWith(" ") ? "stage" : "", name.trim()), el("dd", "", fmt(value)));
     }
-    const summary = document.createElement("p");
-    summary.className = "muted";
-    summary.textContent = v2v.length
+    const summary = el("p", "muted", v2v.length
       ? `Last turn shown. Median voice-to-voice over ${v2v.length} turn(s): ${fmt(median(v2v))}`
-      : "Last turn shown (ms after end of speech).";
+      : "Last turn shown (ms after end of speech).");
     $("latency").replaceChildren(dl, summary);
   }
 
   function median(values) {
-    const s = [...values].sort((a, b) => a - b);
-    const mid = s.length >> 1;
+    const s = [...values].sort((a, b) => a - b), mid = s.length >> 1;
     return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
   }
 
@@ -587,7 +531,7 @@
     const out = (session.audio && session.audio.output) || {};
     if (out.voice) $("voice").value = typeof out.voice === "string" ? out.voice : out.voice.id || "";
     const parts = [session.model && `model ${session.model}`, out.voice && `voice ${$("voice").value}`];
-    setInfo(parts.filter(Boolean).join(" · "));
+    setInfo("session", parts.filter(Boolean).join(" · "));
   }
 
   function applySettings() {
@@ -599,23 +543,22 @@
 
   function setState(state) {
     client.state = state;
-    const el = $("state");
-    el.textContent = state;
-    el.dataset.state = state;
+    const badge = $("state");
+    badge.textContent = state;
+    badge.dataset.state = state;
     $("connect").disabled = state !== "disconnected";
     $("disconnect").disabled = state === "disconnected";
     $("apply").disabled = state !== "connected";
   }
 
-  function setInfo(text) {
-    $("session-info").textContent = text;
+  function setInfo(key, text) {
+    info[key] = text;
+    $("session-info").textContent = [info.session, info.mic].filter(Boolean).join(" · ");
   }
 
   function showError(message) {
     const list = $("errors");
-    const li = document.createElement("li");
-    li.textContent = `${new Date().toLocaleTimeString()} ${message}`;
-    list.prepend(li);
+    list.prepend(el("li", "", `${new Date().toLocaleTimeString()} ${message}`));
     while (list.children.length > 5) list.lastElementChild.remove();
   }
 
