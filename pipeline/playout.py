@@ -42,17 +42,37 @@ class Playout:
         self.frame_samples = rate * frame_ms // 1000
         self._lead = lead_ms / 1000.0
         self._segments: list[tuple[str, int, int]] = []  # (text, first sample, sample count)
+        self._queued = 0  # samples of all segments so far
+        self._carry = np.zeros(0, dtype=np.int16)  # less than a frame, waiting for more audio
         self.sent_samples = 0
         self._base_time = 0.0
         self._base_samples = 0
         self.stopped = False
 
     async def play(self, segment: Segment) -> None:
-        """Send one segment in real time. Cancel-safe: a cancelled play sends nothing more."""
-        audio = segment.audio
-        self._segments.append((segment.text, self.sent_samples, len(audio)))
+        """Send one segment in real time, in whole frames (a remainder waits for the next
+        segment or :meth:`drain`). Cancel-safe: a cancelled play sends nothing more."""
+        self._segments.append((segment.text, self._queued, len(segment.audio)))
+        self._queued += len(segment.audio)
+        audio = np.concatenate([self._carry, segment.audio])
+        whole = len(audio) - len(audio) % self.frame_samples
+        self._carry = audio[whole:]
+        await self._send(audio[:whole])
+
+    async def drain(self) -> None:
+        """Send the last partial frame (padded with silence), then wait until everything sent
+        has been played at the listener's pace."""
+        if len(self._carry):
+            padding = np.zeros(self.frame_samples - len(self._carry), dtype=np.int16)
+            audio, self._carry = np.concatenate([self._carry, padding]), self._carry[:0]
+            await self._send(audio)
+        await self._clock.sleep_until(self._due(self.sent_samples) + self._lead)
+
+    async def _send(self, audio: np.ndarray) -> None:
+        if len(audio) == 0:
+            return
         now = self._clock.now()
-        if now >= self._due(self.sent_samples):  # first segment, or an underrun: restart timeline
+        if now >= self._due(self.sent_samples):  # first audio, or an underrun: restart timeline
             self._base_time, self._base_samples = now, self.sent_samples
         for start in range(0, len(audio), self.frame_samples):
             await self._clock.sleep_until(self._due(self.sent_samples))
@@ -61,10 +81,6 @@ class Playout:
             frame = audio[start : start + self.frame_samples]
             self.sent_samples += len(frame)
             self._emit(frame)
-
-    async def drain(self) -> None:
-        """Wait until everything sent has been played (at the listener's pace)."""
-        await self._clock.sleep_until(self._due(self.sent_samples) + self._lead)
 
     def stop(self) -> None:
         """Emit nothing from now on (barge-in); takes effect before the task is cancelled."""

@@ -41,7 +41,14 @@ def espeak(text: str, rate: int = 16_000, voice: str = "en-us+m3", wpm: int = 16
 
 
 def test_config() -> Config:
-    return load(env={}, overrides={"server.port": "0", "server.warm_up": "true"})
+    return load(
+        env={},
+        overrides={
+            "server.port": "0",
+            "server.max_event_bytes": str(256 * 1024),
+            "server.max_frame_bytes": str(1024 * 1024),
+        },
+    )
 
 
 @pytest.fixture(scope="session")

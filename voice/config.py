@@ -35,6 +35,12 @@ class ServerConfig:
     log_level: str = doc("`debug`, `info`, `warning` or `error`.", "info")
     model_name: str = doc("Model name reported in `session.created`.", "voice-local")
     warm_up: bool = doc("Run every model once before saying ready.", True)
+    transcript_dir: str = doc(
+        "Folder where each ended session's transcript is written as JSON; empty = keep only the"
+        " last `transcripts_kept` in memory (and the log).",
+        "",
+    )
+    transcripts_kept: int = doc("Ended sessions whose transcripts stay in memory.", 100)
 
 
 @dataclass(slots=True)

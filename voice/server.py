@@ -4,8 +4,10 @@ client at ``/``. Sessions beyond ``server.max_sessions`` are refused with HTTP 5
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,8 @@ class VoiceServer:
         self.config = config
         self.engines = engines
         self.sessions: dict[str, Session] = {}
+        self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
+        self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
         self.app = web.Application()
         self.app.router.add_get("/v1/realtime", self._realtime)
         self.app.router.add_get("/healthz", self._health)
@@ -215,6 +219,39 @@ class VoiceServer:
         finally:
             for session in opened:
                 self.sessions.pop(session.id, None)
+                self._keep_transcript(session)
+
+    def _keep_transcript(self, session: Session) -> None:
+        """The conversation survives the connection: kept in memory and, if configured, on disk."""
+        record: dict[str, object] = {
+            "session_id": session.id,
+            "closed_reason": session.closed_reason,
+            "items": session.conversation.transcript(),
+        }
+        self.ended[session.id] = record
+        for waiter in self._end_waiters.pop(session.id, []):
+            if not waiter.done():
+                waiter.set_result(record)
+        while len(self.ended) > self.config.server.transcripts_kept:
+            self.ended.popitem(last=False)
+        folder = self.config.server.transcript_dir
+        if folder:
+            try:
+                path = Path(folder)
+                path.mkdir(parents=True, exist_ok=True)
+                tmp = path / f"{session.id}.json.tmp"
+                tmp.write_text(json.dumps(record, indent=1))
+                tmp.replace(path / f"{session.id}.json")
+            except OSError as exc:
+                log.error("cannot write the transcript of %s: %s", session.id, exc)
+
+    async def wait_ended(self, session_id: str) -> dict[str, object]:
+        """The transcript record of a session, once it has ended. Cancel-safe."""
+        if session_id in self.ended:
+            return self.ended[session_id]
+        future = asyncio.get_running_loop().create_future()
+        self._end_waiters.setdefault(session_id, []).append(future)
+        return await future
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "sessions": len(self.sessions)})
