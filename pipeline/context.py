@@ -6,7 +6,6 @@ was audio). The assistant's items hold only what was actually heard after a barg
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from dataclasses import dataclass, field
 
@@ -34,13 +33,13 @@ class ChatMessage:
 
 @dataclass
 class Conversation:
-    """Ordered items; bounded by ``max_items`` (oldest dropped from the LLM's view first)."""
+    """Ordered items, at most ``max_items`` (the oldest go first); the LLM sees the most recent
+    ones that fit ``max_history_chars``."""
 
     instructions: str
-    max_items: int = 64
+    max_items: int = 1000
     max_history_chars: int = 6000
     items: list[Item] = field(default_factory=list)
-    _counter: itertools.count = field(default_factory=itertools.count, repr=False)
 
     def last_id(self) -> str | None:
         return self.items[-1].id if self.items else None

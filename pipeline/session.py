@@ -515,7 +515,14 @@ class Session:
 def _metrics(marks: Marks) -> dict[str, float | None]:
     values = marks.values
     origin = values.get("speech_end") or values.get("requested") or values.get("turn_end")
-    names = ("turn_end", "asr_done", "llm_first_token", "tts_first_audio", "first_audio_sent")
+    names = (
+        "speech_end",
+        "turn_end",
+        "asr_done",
+        "llm_first_token",
+        "tts_first_audio",
+        "first_audio_sent",
+    )
     out: dict[str, float | None] = {}
     for name in names:
         at = values.get(name)

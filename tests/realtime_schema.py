@@ -15,7 +15,14 @@ from pydantic import BaseModel, TypeAdapter
 from transports.realtime.connection import METRICS_EVENT
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
-_METRICS = {"turn_end", "asr_done", "llm_first_token", "tts_first_audio", "first_audio_sent"}
+_METRICS = {
+    "speech_end",
+    "turn_end",
+    "asr_done",
+    "llm_first_token",
+    "tts_first_audio",
+    "first_audio_sent",
+}
 
 
 def validate_server_event(event: dict[str, Any]) -> None:

@@ -123,6 +123,23 @@ class LimitsConfig:
 
 
 @dataclass(slots=True)
+class WebRtcConfig:
+    ice_servers: str = doc(
+        "Comma-separated STUN/TURN URLs (`stun:host:3478,turn:host:3478`); empty = none, so"
+        " nothing is contacted outside the two peers.",
+        "",
+    )
+    ice_username: str = doc("Username for the TURN servers.", "")
+    ice_credential: str = doc("Credential for the TURN servers.", "")
+    connect_timeout: float = doc(
+        "Seconds for ICE and DTLS to connect before a call is dropped.", 20.0
+    )
+    max_queued_ms: int = doc(
+        "Reply audio queued for the WebRTC track before old frames drop.", 1000
+    )
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
@@ -131,6 +148,7 @@ class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
 
 
 def sections() -> list[tuple[str, type]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
+from aiortc import RTCIceServer
 
 from pipeline.engines import Engines, GenerationOptions, LanguageModel
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
@@ -21,12 +22,14 @@ from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
 from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
 from pipeline.engines.tts_piper import PiperOptions, PiperTts
 from pipeline.engines.vad_silero import SileroOptions, SileroVad
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ProtocolError
 from pipeline.reply import ReplySettings
 from pipeline.session import Session, SessionLimits, SessionSettings
 from pipeline.turns import TurnSettings
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
+from transports.sdp import MAX_SDP_BYTES
+from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
 from . import models
@@ -140,8 +143,13 @@ class VoiceServer:
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
+        self.calls: dict[str, WebRtcCall] = {}
         self.app = web.Application()
         self.app.router.add_get("/v1/realtime", self._realtime)
+        self.app.router.add_post("/v1/realtime/calls", self._call_create)
+        self.app.router.add_post("/v1/realtime/calls/{call_id}", self._call_reoffer)
+        self.app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
+        self.app.router.add_delete("/v1/realtime/calls/{call_id}", self._call_hangup)
         self.app.router.add_get("/healthz", self._health)
         self.app.router.add_get("/", self._index)
         if WEB_CLIENT.is_dir():
@@ -166,14 +174,14 @@ class VoiceServer:
             generation=GenerationOptions(max_tokens=c.max_tokens, temperature=c.temperature),
         )
 
-    def new_session(self) -> Session:
+    def new_session(self, *, lead_ms: int | None = None) -> Session:
         p, lim = self.config.pipeline, self.config.limits
         return Session(
             self.engines,
             self.session_settings(),
             reply_settings=ReplySettings(
                 frame_ms=p.frame_ms,
-                lead_ms=p.lead_ms,
+                lead_ms=p.lead_ms if lead_ms is None else lead_ms,
                 first_clause_chars=p.first_clause_chars,
                 min_clause_chars=p.min_clause_chars,
                 tts_timeout=self.config.tts.timeout,
@@ -187,24 +195,25 @@ class VoiceServer:
             early_asr=p.early_asr,
         )
 
-    def open_realtime(self) -> RealtimeConnection:
-        session = self.new_session()
+    def open_realtime(self, *, webrtc: bool = False) -> RealtimeConnection:
+        # WebRTC has its own jitter buffer on the far side: the track's 20 ms pacing is the lead
+        session = self.new_session(lead_ms=0 if webrtc else None)
         config = RealtimeConfig(
             model=self.config.server.model_name,
             settings=session.settings,
             transcription_model=f"whisper-{self.config.asr.model}",
             max_tokens_cap=max(self.config.llm.max_tokens, 1024),
+            fixed_output_rate=48_000 if webrtc else None,
         )
+        if webrtc:
+            session.settings.output_rate = 48_000
         self.sessions[session.id] = session
         return RealtimeConnection(
             session, config, max_event_bytes=self.config.server.max_event_bytes
         )
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise web.HTTPServiceUnavailable(
-                text=f"server is at its limit of {self.config.server.max_sessions} sessions"
-            )
+        self._check_capacity()
         opened: list[Session] = []
 
         def open_connection() -> RealtimeConnection:
@@ -245,6 +254,78 @@ class VoiceServer:
             except OSError as exc:
                 log.error("cannot write the transcript of %s: %s", session.id, exc)
 
+    def _check_capacity(self) -> None:
+        if len(self.sessions) >= self.config.server.max_sessions:
+            raise web.HTTPServiceUnavailable(
+                text=f"server is at its limit of {self.config.server.max_sessions} sessions"
+            )
+
+    def webrtc_options(self) -> WebRtcOptions:
+        c = self.config.webrtc
+        urls = [u.strip() for u in c.ice_servers.split(",") if u.strip()]
+        servers = [
+            RTCIceServer(
+                urls=u, username=c.ice_username or None, credential=c.ice_credential or None
+            )
+            for u in urls
+        ]
+        return WebRtcOptions(
+            ice_servers=servers, connect_timeout=c.connect_timeout, max_queued_ms=c.max_queued_ms
+        )
+
+    async def _call_create(self, request: web.Request) -> web.Response:
+        """``POST /v1/realtime/calls``: an SDP offer in, the SDP answer out (201)."""
+        if request.content_type != "application/sdp":
+            raise web.HTTPUnsupportedMediaType(
+                text=f"expected Content-Type application/sdp, got {request.content_type or 'none'}"
+            )
+        if (request.content_length or 0) > MAX_SDP_BYTES:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=MAX_SDP_BYTES, actual_size=request.content_length or 0
+            )
+        try:
+            offer = await request.text()
+        except (UnicodeDecodeError, ValueError):
+            raise web.HTTPBadRequest(text="the SDP offer is not valid text") from None
+        self._check_capacity()
+        conn = self.open_realtime(webrtc=True)
+        call = WebRtcCall(conn, self.webrtc_options(), self._call_ended)
+        self.calls[call.id] = call
+        try:
+            answer = await call.answer(offer)
+        except ProtocolError as exc:
+            await call.close(f"bad offer: {exc}")
+            raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
+        except Exception:
+            await call.close("could not answer the offer")
+            raise
+        return web.Response(
+            status=201,
+            text=answer,
+            content_type="application/sdp",
+            headers={"Location": f"/v1/realtime/calls/{call.id}"},
+        )
+
+    async def _call_reoffer(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        if call_id not in self.calls:
+            raise web.HTTPNotFound(text=f"no call {call_id}")
+        raise web.HTTPConflict(
+            text=f"call {call_id} already has a session: renegotiation is not supported"
+        )
+
+    async def _call_hangup(self, request: web.Request) -> web.Response:
+        call = self.calls.get(request.match_info["call_id"])
+        if call is None:
+            raise web.HTTPNotFound(text=f"no call {request.match_info['call_id']}")
+        await call.close("hung up by the client")
+        return web.Response(status=200, text="ok")
+
+    def _call_ended(self, call: WebRtcCall) -> None:
+        self.calls.pop(call.id, None)
+        if self.sessions.pop(call.session.id, None) is not None:
+            self._keep_transcript(call.session)
+
     async def wait_ended(self, session_id: str) -> dict[str, object]:
         """The transcript record of a session, once it has ended. Cancel-safe."""
         if session_id in self.ended:
@@ -254,7 +335,14 @@ class VoiceServer:
         return await future
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "sessions": len(self.sessions)})
+        return web.json_response(
+            {
+                "status": "ok",
+                "sessions": len(self.sessions),
+                "calls": len(self.calls),
+                "tasks": len(asyncio.all_tasks()),
+            }
+        )
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         index = WEB_CLIENT / "index.html"
@@ -273,6 +361,8 @@ class VoiceServer:
         return self.port
 
     async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            await call.close("server shutting down")
         for session in list(self.sessions.values()):
             session.close("server shutting down")
         if self._runner is not None:

@@ -40,6 +40,8 @@ class RealtimeConfig:
     speed: float = 1.0
     transcription_model: str = "whisper"
     max_tokens_cap: int = 1024
+    fixed_output_rate: int | None = None
+    """Set by transports with their own codec (WebRTC: Opus at 48 kHz)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -114,7 +116,7 @@ class RealtimeConfig:
         ):
             if value is not None:
                 self.output_format = parse_format(value, param)
-        s.output_rate = self.output_format.rate
+        s.output_rate = self.fixed_output_rate or self.output_format.rate
         for container, param in ((audio_in, "session.audio.input"), (session, "session")):
             if "turn_detection" in container:
                 self._apply_vad(container["turn_detection"], f"{param}.turn_detection")

@@ -1,0 +1,56 @@
+"""Checking an SDP offer before it reaches the WebRTC stack (sans-I/O, RFC 8866 shape only).
+
+aiortc parses the full SDP; this only decides, with a clear message, whether an offer is one we
+can answer: text SDP, a session version line, and an audio section that can send to us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import ProtocolError
+
+MAX_SDP_BYTES = 64 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class OfferSummary:
+    media: tuple[str, ...]
+    """The kind of each m= section, in order (``audio``, ``video``, ``application``)."""
+    has_data_channel: bool
+
+
+def check_offer(sdp: str) -> OfferSummary:
+    """Raise :class:`ProtocolError` (``code`` = ``invalid_sdp`` or ``no_audio``) for an offer
+    we cannot answer; return what it contains otherwise."""
+    if len(sdp.encode()) > MAX_SDP_BYTES:
+        raise ProtocolError(f"SDP offer larger than {MAX_SDP_BYTES} bytes", code="invalid_sdp")
+    lines = [line.strip() for line in sdp.strip().splitlines() if line.strip()]
+    if not lines or lines[0] != "v=0":
+        raise ProtocolError("not an SDP offer: it must start with 'v=0'", code="invalid_sdp")
+    for line in lines:
+        if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+            raise ProtocolError(f"malformed SDP line {line[:40]!r}", code="invalid_sdp")
+    media: list[str] = []
+    audio_directions: list[str] = []
+    for line in lines:
+        if line.startswith("m="):
+            fields = line[2:].split()
+            if len(fields) < 4:
+                raise ProtocolError(f"malformed media line {line[:60]!r}", code="invalid_sdp")
+            media.append(fields[0])
+            if fields[0] == "audio":
+                audio_directions.append("sendrecv")
+        elif (
+            media
+            and media[-1] == "audio"
+            and line in ("a=recvonly", "a=inactive", "a=sendonly", "a=sendrecv")
+        ):
+            audio_directions[-1] = line[2:]
+    if "audio" not in media:
+        raise ProtocolError("the offer has no audio section", code="no_audio")
+    if not any(d in ("sendrecv", "sendonly") for d in audio_directions):
+        raise ProtocolError(
+            "the offer's audio does not send: nothing to listen to", code="no_audio"
+        )
+    return OfferSummary(tuple(media), "application" in media)

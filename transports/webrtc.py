@@ -1,0 +1,293 @@
+"""The Realtime protocol over WebRTC (aiortc), compatible with OpenAI's WebRTC flow.
+
+``POST /v1/realtime/calls`` with an SDP offer (``Content-Type: application/sdp``) answers with
+the SDP answer and a ``Location`` naming the call. Audio travels as Opus both ways; events travel
+on the client's data channel ``oai-events`` and are the WebSocket endpoint's, handled by the same
+:class:`~transports.realtime.connection.RealtimeConnection` — except audio, which rides the track:
+``response.output_audio.delta`` is never sent, ``output_audio_buffer.started`` / ``stopped`` /
+``cleared`` are. Incoming Opus is decoded by aiortc to 48 kHz stereo, down-mixed here; outgoing
+speech is queued as 20 ms frames that :class:`ReplyTrack` releases in real time, and flushed at
+once on barge-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from pipeline import messages as m
+from pipeline.clock import Clock, MonotonicClock
+from pipeline.context import new_id
+from pipeline.errors import ProtocolError
+
+from .realtime.connection import RealtimeConnection, event_id
+from .sdp import check_offer
+
+log = logging.getLogger("voice.transport.webrtc")
+RATE = 48_000
+FRAME = 960  # 20 ms at 48 kHz
+EVENTS_CHANNEL = "oai-events"
+
+
+@dataclass(slots=True)
+class WebRtcOptions:
+    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    """STUN/TURN servers; empty by default (aiortc would otherwise reach a public STUN server)."""
+    connect_timeout: float = 20.0
+    """Seconds for ICE and DTLS to connect before the call is dropped."""
+    max_queued_ms: int = 1000
+    """Reply audio waiting for the track; older frames are dropped past it."""
+
+
+class ReplyTrack(MediaStreamTrack):
+    """The agent's voice: queued 20 ms frames at 48 kHz, released one per 20 ms (silence when
+    there is nothing to say). ``flush`` drops everything queued at once."""
+
+    kind = "audio"
+
+    def __init__(self, clock: Clock, max_frames: int) -> None:
+        super().__init__()
+        self._clock = clock
+        self._frames: deque[np.ndarray] = deque(maxlen=max_frames)
+        self._start: float | None = None
+        self._sent = 0
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self.released = 0
+
+    def push(self, samples: np.ndarray) -> None:
+        for start in range(0, len(samples), FRAME):
+            frame = samples[start : start + FRAME]
+            if len(frame) < FRAME:
+                frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
+            self._frames.append(frame)
+
+    def flush(self) -> int:
+        dropped = len(self._frames)
+        self._frames.clear()
+        return dropped
+
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = self._clock.now()
+        else:
+            await self._clock.sleep_until(self._start + self._sent * FRAME / RATE)
+        samples = self._frames.popleft() if self._frames else self._silence
+        if self._frames or samples is not self._silence:
+            self.released += 1
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._sent * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._sent += 1
+        return frame
+
+
+def downmix(frame: AudioFrame) -> np.ndarray:
+    """An aiortc audio frame (s16, packed or planar, any channel count) → int16 mono."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if data.dtype != np.int16:
+        data = (np.clip(data.astype(np.float32), -1.0, 1.0) * 32767).astype(np.int16)
+    if channels == 1:
+        return data.reshape(-1)
+    if data.shape[0] == channels:  # planar
+        return data.mean(axis=0).astype(np.int16)
+    return data.reshape(-1, channels).mean(axis=1).astype(np.int16)
+
+
+class WebRtcCall:
+    """One call: a peer connection, its session and the tasks that join them."""
+
+    def __init__(
+        self, conn: RealtimeConnection, options: WebRtcOptions, on_end: Callable[[WebRtcCall], None]
+    ) -> None:
+        self.id = new_id("rtc")
+        self.conn = conn
+        self.session = conn.session
+        self.options = options
+        self._on_end = on_end
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=options.ice_servers))
+        self.track = ReplyTrack(MonotonicClock(), max(1, options.max_queued_ms // 20))
+        self.channel: RTCDataChannel | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._playing: str | None = None
+        self.closing = False
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Apply the offer and return the answer SDP (ICE gathered). Raises ProtocolError."""
+        summary = check_offer(offer_sdp)
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ProtocolError(f"cannot use this SDP offer: {exc}", code="invalid_sdp") from None
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "audio":
+                transceiver.sender.replaceTrack(self.track)
+                transceiver.direction = "sendrecv"
+                break
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        log.info(
+            "call %s (session %s): answered an offer with %s",
+            self.id,
+            self.session.id,
+            summary.media,
+        )
+        self._spawn(self.session.run(), "session")
+        self._spawn(self._pump(), "events")
+        self._spawn(self._watchdog(), "watchdog")
+        return self.pc.localDescription.sdp
+
+    # ------------------------------------------------------------ peer connection events
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._listen(track), "listen")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != EVENTS_CHANNEL:
+            log.info("call %s: ignoring data channel %r", self.id, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self._spawn(self.close("data channel closed"), "close"))
+        self._send(self.conn.hello())
+
+    def _on_message(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._send(
+                [
+                    _error(
+                        "binary messages are not supported: send JSON text events", "invalid_frame"
+                    )
+                ]
+            )
+            return
+        self._send(self.conn.receive(message))
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("call %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            await self.close(f"connection {state}")
+
+    # ------------------------------------------------------------ tasks
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        """Caller audio: decoded Opus → mono → the session. Ends with the track."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, AudioFrame):
+                continue
+            try:
+                self.session.append_audio(downmix(frame), frame.sample_rate)
+            except ProtocolError as exc:
+                self._send([_error(str(exc), exc.code)])
+
+    async def _pump(self) -> None:
+        while True:
+            event = await self.session.next_event()
+            self._send(self._render(event))
+            if isinstance(event, m.SessionClosed):
+                await self.close(event.reason)
+                return
+
+    async def _watchdog(self) -> None:
+        """Drop the call if it has not connected within ``connect_timeout``."""
+        await asyncio.sleep(self.options.connect_timeout)
+        if self.pc.connectionState != "connected":
+            await self.close(f"not connected within {self.options.connect_timeout:g} s")
+
+    def _render(self, event: m.SessionEvent) -> list[dict[str, Any]]:
+        if isinstance(event, m.ReplyAudio):
+            self.track.push(event.audio)
+            if self._playing != event.response_id:
+                self._playing = event.response_id
+                return [_buffer_event("output_audio_buffer.started", event.response_id)]
+            return []
+        out = self.conn.render(event)
+        if isinstance(event, m.ReplyDone) and self._playing == event.response_id:
+            self._playing = None
+            if event.status == "completed":
+                out.append(_buffer_event("output_audio_buffer.stopped", event.response_id))
+            else:
+                dropped = self.track.flush()
+                log.debug("call %s: flushed %d frames", self.id, dropped)
+                out.append(_buffer_event("output_audio_buffer.cleared", event.response_id))
+        return out
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        for event in events:
+            channel.send(json.dumps(event, separators=(",", ":")))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ teardown
+
+    async def close(self, reason: str) -> None:
+        """Hang up: stop the session, its tasks, the track and the peer connection. Idempotent."""
+        if self.closing:
+            await self._closed.wait()
+            return
+        self.closing = True
+        self.session.close(reason)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.track.stop()
+        await self.pc.close()
+        log.info("call %s (session %s) ended: %s", self.id, self.session.id, reason)
+        self._on_end(self)
+        self._closed.set()
+
+
+def _buffer_event(kind: str, response_id: str) -> dict[str, Any]:
+    return {"type": kind, "event_id": event_id(), "response_id": response_id}
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    from .realtime.connection import error_event
+
+    return error_event(message, code, "invalid_request_error", None, None)
