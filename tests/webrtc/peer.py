@@ -96,11 +96,14 @@ class RtcCaller:
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         sdp = self.pc.localDescription.sdp
-        async with aiohttp.ClientSession() as http, http.post(
-            f"{self.base_url}/v1/realtime/calls",
-            data=offer_sdp(sdp) if offer_sdp else sdp,
-            headers={"Content-Type": "application/sdp", "Authorization": "Bearer test"},
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{self.base_url}/v1/realtime/calls",
+                data=offer_sdp(sdp) if offer_sdp else sdp,
+                headers={"Content-Type": "application/sdp", "Authorization": "Bearer test"},
+            ) as response,
+        ):
             body = await response.text()
             if response.status != 201:
                 return response.status
