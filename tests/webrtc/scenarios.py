@@ -123,19 +123,19 @@ async def teardown(server: VoiceServer, base: str, cycles: int = 20) -> dict[str
         ended += 1
         del caller
     # a tab closed mid-reply
-    caller = RtcCaller(base)
-    assert await caller.connect() == 201
-    await caller.wait_for(lambda: caller.of("session.created"), 20, "session.created")
-    call_id = caller.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
+    talker = RtcCaller(base)
+    assert await talker.connect() == 201
+    await talker.wait_for(lambda: talker.of("session.created"), 20, "session.created")
+    call_id = talker.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
     session_id = server.calls[call_id].session.id
-    caller.mic.say(espeak("Please tell me a long story about a brave little dragon.", rate=48_000))
-    await caller.wait_for(
-        lambda: caller.of("output_audio_buffer.started"), 90, "the reply to start"
+    talker.mic.say(espeak("Please tell me a long story about a brave little dragon.", rate=48_000))
+    await talker.wait_for(
+        lambda: talker.of("output_audio_buffer.started"), 90, "the reply to start"
     )
-    await caller.close()
+    await talker.close()
     async with asyncio.timeout(30):
         record = await server.wait_ended(session_id)
-    del caller
+    del talker
     await asyncio.sleep(0.5)  # let aiortc's own transport tasks finish their last callbacks
     gc.collect()
     return {
@@ -150,7 +150,7 @@ async def teardown(server: VoiceServer, base: str, cycles: int = 20) -> dict[str
     }
 
 
-async def main(out: Path) -> None:
+async def main() -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     config = test_config()
     engines = load_engines(config).engines
@@ -165,8 +165,8 @@ async def main(out: Path) -> None:
                 results[name] = await scenario(server, base)
     finally:
         await server.stop()
-        out.write_text(json.dumps(results, indent=1, default=str))
+    return results
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1])))
+    Path(sys.argv[1]).write_text(json.dumps(asyncio.run(main()), indent=1, default=str))
