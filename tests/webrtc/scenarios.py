@@ -99,44 +99,48 @@ async def bad_input(server: VoiceServer, base: str) -> dict[str, Any]:
     return out
 
 
+async def _call_and_leave(server: VoiceServer, base: str, hang_up: bool) -> str:
+    caller = RtcCaller(base)
+    assert await caller.connect() == 201
+    await caller.wait_for(lambda: caller.of("session.created"), 20, "session.created")
+    call_id = caller.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
+    session_id = server.calls[call_id].session.id
+    if hang_up:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{base}{caller.location}/hangup") as r,
+        ):
+            assert r.status == 200
+    await caller.close()  # without a hang-up, the peer just goes away
+    return session_id
+
+
+async def _leave_mid_reply(server: VoiceServer, base: str) -> str:
+    """Like a browser tab closed while the agent speaks."""
+    caller = RtcCaller(base)
+    assert await caller.connect() == 201
+    await caller.wait_for(lambda: caller.of("session.created"), 20, "session.created")
+    call_id = caller.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
+    session_id = server.calls[call_id].session.id
+    caller.mic.say(espeak("Please tell me a long story about a brave little dragon.", rate=48_000))
+    await caller.wait_for(lambda: caller.of("output_audio_buffer.started"), 90, "the reply")
+    await caller.close()
+    return session_id
+
+
 async def teardown(server: VoiceServer, base: str, cycles: int = 20) -> dict[str, Any]:
     gc.collect()
     baseline_tasks = len(asyncio.all_tasks())
     ended = 0
     for i in range(cycles):
-        caller = RtcCaller(base)
-        assert await caller.connect() == 201
-        await caller.wait_for(lambda c=caller: c.of("session.created"), 20, "session.created")  # type: ignore[misc]
-        call_id = caller.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
-        session_id = server.calls[call_id].session.id
-        if i % 2:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(f"{base}{caller.location}/hangup") as r,
-            ):
-                assert r.status == 200
-            await caller.close()
-        else:
-            await caller.close()  # the peer just goes away
+        session_id = await _call_and_leave(server, base, hang_up=bool(i % 2))
         async with asyncio.timeout(30):
             await server.wait_ended(session_id)
         ended += 1
-        del caller
-    # a tab closed mid-reply
-    talker = RtcCaller(base)
-    assert await talker.connect() == 201
-    await talker.wait_for(lambda: talker.of("session.created"), 20, "session.created")
-    call_id = talker.location.rsplit("/", 1)[-1]  # type: ignore[union-attr]
-    session_id = server.calls[call_id].session.id
-    talker.mic.say(espeak("Please tell me a long story about a brave little dragon.", rate=48_000))
-    await talker.wait_for(
-        lambda: talker.of("output_audio_buffer.started"), 90, "the reply to start"
-    )
-    await talker.close()
+    session_id = await _leave_mid_reply(server, base)
     async with asyncio.timeout(30):
         record = await server.wait_ended(session_id)
-    del talker
-    await asyncio.sleep(0.5)  # let aiortc's own transport tasks finish their last callbacks
+    await asyncio.sleep(0.5)  # let aiortc's own transport tasks run their last callbacks
     gc.collect()
     return {
         "ended": ended,
