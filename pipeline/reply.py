@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .clock import Clock
 from .context import ChatMessage
 from .engines import GenerationOptions, LanguageModel, SpeechSynthesizer
 from .errors import EngineError, EngineTimeout, VoiceError
+from .metrics import Marks
 from .playout import Playout, Segment
 from .text import ClauseSplitter, speakable
 
@@ -32,20 +33,10 @@ class ReplySettings:
     lead_ms: int = 60
     first_clause_chars: int = 16
     min_clause_chars: int = 40
+    first_clause_words: int = 0
     tts_timeout: float = 30.0
     clause_queue: int = 4
     audio_queue: int = 2
-
-
-@dataclass(slots=True)
-class Marks:
-    """Clock times of one turn's milestones (None until reached)."""
-
-    values: dict[str, float | None] = field(default_factory=dict)
-
-    def set_once(self, name: str, at: float) -> None:
-        if self.values.get(name) is None:
-            self.values[name] = at
 
 
 class Reply:
@@ -62,6 +53,7 @@ class Reply:
         on_audio: Callable[[np.ndarray], None],
         on_text: Callable[[str], None],
         marks: Marks,
+        gated: bool = False,
     ) -> None:
         self._llm = llm
         self._tts = tts
@@ -73,6 +65,7 @@ class Reply:
         self._on_text = on_text
         self._on_audio = on_audio
         self.marks = marks
+        self._gate: asyncio.Event | None = asyncio.Event() if gated else None
         self.generated = ""
         self.spoken_pieces = 0
         self.playout = Playout(
@@ -84,8 +77,18 @@ class Reply:
         )
 
     @property
+    def gated(self) -> bool:
+        return self._gate is not None
+
+    @property
     def output_started(self) -> bool:
         return self.playout.sent_samples > 0
+
+    def release(self) -> None:
+        """Let a speculative reply be heard: until then it generates and synthesizes, silently."""
+        if self._gate is not None:
+            self._gate.set()
+            self.marks.set_once("released", self._clock.now())
 
     def interrupt(self) -> None:
         """Stop emitting audio now; the caller then cancels the task running :meth:`run`."""
@@ -116,14 +119,18 @@ class Reply:
         splitter = ClauseSplitter(
             min_clause_chars=self._settings.min_clause_chars,
             first_clause_chars=self._settings.first_clause_chars,
+            first_clause_words=self._settings.first_clause_words,
         )
+        self.marks.set_once("llm_start", self._clock.now())
         async with aclosing(self._llm.stream(self._messages, self._generation)) as tokens:  # type: ignore[type-var]
             async for delta in tokens:
                 self.marks.set_once("llm_first_token", self._clock.now())
                 self.generated += delta
                 for clause in splitter.feed(delta):
+                    self.marks.set_once("first_clause", self._clock.now())
                     await clauses.put(clause)
         for clause in splitter.flush():
+            self.marks.set_once("first_clause", self._clock.now())
             await clauses.put(clause)
         await clauses.put(None)
 
@@ -131,6 +138,7 @@ class Reply:
         self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
     ) -> None:
         while (clause := await clauses.get()) is not None:
+            self.marks.set_once("tts_start", self._clock.now())
             try:
                 async with asyncio.timeout(self._settings.tts_timeout):
                     audio = await self._tts.synthesize(speakable(clause))
@@ -146,6 +154,8 @@ class Reply:
         await segments.put(None)
 
     async def _play(self, segments: asyncio.Queue[Segment | None]) -> None:
+        if self._gate is not None:
+            await self._gate.wait()
         while (segment := await segments.get()) is not None:
             if self.playout.stopped:
                 return

@@ -21,7 +21,8 @@ import numpy as np
 
 from .audio import PIPELINE_RATE, Resampler
 from .clock import Clock, MonotonicClock
-from .context import Conversation, Item, new_id
+from .context import ChatMessage, Conversation, Item, new_id
+from .endpointing import EndpointSettings, silence_needed
 from .engines import Engines, GenerationOptions
 from .errors import EngineError, LimitExceeded, ProtocolError, VoiceError
 from .input_buffer import InputBuffer
@@ -43,8 +44,9 @@ from .messages import (
     TurnMetrics,
     UserTranscript,
 )
+from .metrics import Marks, report
 from .playout import Playout
-from .reply import Marks, Reply, ReplySettings
+from .reply import Reply, ReplySettings
 from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
 
 MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
@@ -80,20 +82,40 @@ class SessionLimits:
 
 
 @dataclass(slots=True)
+class Tuning:
+    """Latency techniques, each a switch so a benchmark can compare them in one run."""
+
+    early_asr: bool = True
+    """Transcribe at the tentative end of speech, before the turn is confirmed."""
+    speculative_reply: bool = True
+    """Start the LLM and TTS on that transcript; play only once the turn is confirmed."""
+    eot_adaptive: bool = True
+    """Let the words heard so far set the silence that ends the turn (``endpoint``) instead of
+    the fixed ``silence_duration_ms``; needs ``early_asr``."""
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+
+
+@dataclass(slots=True)
+class _Active:
+    """A reply in flight. A speculative one is not *adopted* (part of the conversation, heard)
+    until its turn is confirmed; discarded before that, it leaves no trace."""
+
+    response_id: str
+    item: Item
+    reply: Reply
+    adopted: bool = False
+    cancel_reason: str | None = None
+    task: asyncio.Task[None] = field(init=False)
+
+
+@dataclass(slots=True)
 class _Turn:
     item_id: str
     start: int  # absolute sample index, prefix padding included
     early: asyncio.Task[str] | None = None
     early_end: int = 0
-
-
-@dataclass(slots=True)
-class _Active:
-    response_id: str
-    item: Item
-    reply: Reply
-    task: asyncio.Task[None]
-    cancel_reason: str | None = None
+    marks: Marks | None = None
+    speculation: _Active | None = None
 
 
 class Session:
@@ -106,14 +128,14 @@ class Session:
         limits: SessionLimits | None = None,
         clock: Clock | None = None,
         session_id: str | None = None,
-        early_asr: bool = True,
+        tuning: Tuning | None = None,
     ) -> None:
         self.id = session_id or new_id("sess")
         self.settings = settings or SessionSettings()
         self.limits = limits or SessionLimits()
         self.reply_settings = reply_settings or ReplySettings()
         self.clock: Clock = clock or MonotonicClock()
-        self.early_asr = early_asr
+        self.tuning = tuning or Tuning()
         self.engines = engines
         self.log = logging.LoggerAdapter(logging.getLogger("voice.session"), {"session": self.id})
         self.conversation = Conversation(self.settings.instructions)
@@ -333,28 +355,67 @@ class Session:
                     "barge-in after %d ms of reply audio", active.reply.playout.played_ms()
                 )
                 self._interrupt("turn_detected")
-        elif kind is TurnEventKind.PAUSED and self._turn is not None and self.early_asr:
-            end = int(event.at * PIPELINE_RATE) + PIPELINE_RATE // 10
-            audio = self._buffer.slice(self._turn.start, end)
-            self._turn.early = self._spawn(self._transcribe(audio))
-            self._turn.early_end = end
+        elif kind is TurnEventKind.PAUSED and self._turn is not None and self.tuning.early_asr:
+            self._start_early(self._turn, int(event.at * PIPELINE_RATE))
         elif kind is TurnEventKind.RESUMED and self._turn is not None:
-            if self._turn.early is not None:
-                self._turn.early.cancel()
-                self._turn.early = None
+            self._drop_early(self._turn)
         elif kind is TurnEventKind.TURN_ENDED and self._turn is not None:
             self._end_turn(int(event.at * PIPELINE_RATE))
+
+    def _start_early(self, turn: _Turn, speech_end: int) -> None:
+        """The caller paused: transcribe now, and maybe start the reply, while the silence is
+        still being judged."""
+        end = speech_end + PIPELINE_RATE // 10
+        if self.tuning.eot_adaptive:  # hold the turn open until the words say how long to wait
+            self._detector.set_silence_target(self.tuning.endpoint.incomplete_ms)  # (not yet due)
+        turn.marks = Marks({"speech_end": self._buffer.arrival_of(speech_end - 1)})
+        turn.marks.set_once("paused", self.clock.now())
+        turn.early = self._spawn(self._early(turn, self._buffer.slice(turn.start, end)))
+        turn.early_end = end
+
+    async def _early(self, turn: _Turn, audio: np.ndarray) -> str:
+        marks = turn.marks or Marks()
+        marks.set_once("asr_start", self.clock.now())
+        text = await self._transcribe(audio)
+        marks.set_once("asr_done", self.clock.now())
+        if self._turn is turn and self.closed_reason is None:
+            if self.tuning.speculative_reply and self._may_answer(text):
+                turn.speculation = self._start_reply(marks, None, pending_user=text)
+            td = self.settings.turn_detection
+            if self.tuning.eot_adaptive and td is not None:
+                target = silence_needed(text, self.tuning.endpoint)
+                for event in self._detector.set_silence_target(target):
+                    self._on_turn_event(event, td)
+        return text
+
+    def _drop_early(self, turn: _Turn) -> None:
+        """Speech resumed: the early transcript and any speculative reply are stale."""
+        if turn.early is not None:
+            turn.early.cancel()
+        if turn.speculation is not None:
+            turn.speculation.reply.interrupt()
+            turn.speculation.task.cancel()
+        turn.early, turn.speculation, turn.marks = None, None, None
+
+    def _may_answer(self, text: str) -> bool:
+        return (
+            self.settings.create_response
+            and bool(text.strip())
+            and self._active is None
+            and self.closed_reason is None
+        )
 
     def _end_turn(self, speech_end: int) -> None:
         turn, self._turn = self._turn, None
         if turn is None:
             return
         self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
-        marks = Marks(
-            {"speech_end": self._buffer.arrival_of(speech_end - 1), "turn_end": self.clock.now()}
-        )
         end = min(speech_end + PIPELINE_RATE // 10, self._buffer.end)
-        self._commit(turn, end, marks, respond=self.settings.create_response)
+        if turn.marks is None or turn.early_end < end:
+            self._drop_early(turn)
+            turn.marks = Marks({"speech_end": self._buffer.arrival_of(speech_end - 1)})
+        turn.marks.set_once("turn_end", self.clock.now())
+        self._commit(turn, end, turn.marks, respond=self.settings.create_response)
 
     def _commit(self, turn: _Turn, end: int, marks: Marks, respond: bool = False) -> None:
         audio = self._buffer.slice(turn.start, end)
@@ -365,13 +426,17 @@ class Session:
         self._emit(InputCommitted(item.id, prev))
         self._emit(ItemAdded(item, prev, done=True))
         early = turn.early if turn.early is not None and turn.early_end >= end else None
-        if turn.early is not None and early is None:
-            turn.early.cancel()
-        self._spawn(self._transcribe_item(item, audio, early, respond=respond, marks=marks))
+        if early is None:
+            self._drop_early(turn)
+        self._spawn(
+            self._transcribe_item(
+                item, audio, early, respond=respond, marks=marks, speculation=turn.speculation
+            )
+        )
 
     def _discard_turn(self) -> None:
-        if self._turn is not None and self._turn.early is not None:
-            self._turn.early.cancel()
+        if self._turn is not None:
+            self._drop_early(self._turn)
         self._turn = None
 
     async def _transcribe(self, audio: np.ndarray) -> str:
@@ -386,30 +451,44 @@ class Session:
         *,
         respond: bool,
         marks: Marks | None = None,
+        speculation: _Active | None = None,
     ) -> None:
+        marks = marks or Marks()
         try:
-            text = await early if early is not None else await self._transcribe(audio)
+            if early is not None:
+                text = await early
+            else:
+                marks.set_once("asr_start", self.clock.now())
+                text = await self._transcribe(audio)
         except (EngineError, TimeoutError) as exc:
             self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
             text = ""
         item.text = text
-        if marks is not None:
-            marks.set_once("asr_done", self.clock.now())
+        marks.set_once("asr_done", self.clock.now())
         self.log.info("user: %r", text)
         self._emit(UserTranscript(item.id, text))
-        if not respond or not text.strip() or self.closed_reason is not None:
+        answer = respond and self._may_answer(text) and self._turn is None
+        if speculation is not None and not speculation.task.done() and answer:
+            self._adopt(speculation)
             return
-        if self._active is not None or self._turn is not None:
-            return  # the agent is talking, or the caller already goes on: answer later
-        self._start_reply(marks or Marks(), None)
+        if speculation is not None:
+            speculation.reply.interrupt()
+            speculation.task.cancel()
+        if answer:  # not while the agent talks, or once the caller already goes on
+            self._start_reply(marks, None)
 
     # ---------------------------------------------------------------- replies
 
-    def _start_reply(self, marks: Marks, instructions: str | None) -> None:
+    def _start_reply(
+        self, marks: Marks, instructions: str | None, *, pending_user: str | None = None
+    ) -> _Active:
+        """Start a reply. With ``pending_user`` (the caller's words before the turn is
+        confirmed) it is speculative: silent and outside the conversation until adopted."""
         response_id = new_id("resp")
         item = Item(new_id("item"), "assistant", audio=True, status="in_progress")
         messages = self.conversation.messages(instructions)
-        self.conversation.add(item)
+        if pending_user is not None:
+            messages.append(ChatMessage("user", pending_user))
         reply = Reply(
             llm=self.engines.llm,
             tts=self.engines.tts,
@@ -421,43 +500,57 @@ class Session:
             on_audio=lambda frame: self._emit(ReplyAudio(response_id, item.id, frame)),
             on_text=lambda delta: self._emit(ReplyText(response_id, item.id, delta)),
             marks=marks,
+            gated=pending_user is not None,
         )
-        self._remember_alignment(item.id, reply.playout)
-        self._emit(ReplyStarted(response_id, item))
-        task = asyncio.get_running_loop().create_task(self._run_reply(response_id, item, reply))
-        self._active = _Active(response_id, item, reply, task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        active = _Active(response_id, item, reply)
+        active.task = asyncio.get_running_loop().create_task(self._run_reply(active))
+        self._tasks.add(active.task)
+        active.task.add_done_callback(self._tasks.discard)
+        if pending_user is None:
+            self._adopt(active)
+        return active
 
-    async def _run_reply(self, response_id: str, item: Item, reply: Reply) -> None:
+    def _adopt(self, active: _Active) -> None:
+        """The reply becomes the conversation's: announced, recorded, and heard."""
+        active.adopted = True
+        if active.reply.gated:
+            active.reply.marks.set_once("speculative", 1.0)
+        self.conversation.add(active.item)
+        self._remember_alignment(active.item.id, active.reply.playout)
+        self._emit(ReplyStarted(active.response_id, active.item))
+        self._active = active
+        active.reply.release()
+
+    async def _run_reply(self, active: _Active) -> None:
         status, reason = "completed", None
         try:
-            await reply.run()
+            await active.reply.run()
         except asyncio.CancelledError:
-            status = "cancelled"
-            active = self._active
-            reason = active.cancel_reason if active and active.response_id == response_id else None
+            status, reason = "cancelled", active.cancel_reason
             raise
         except VoiceError as exc:
             status, reason = "failed", str(exc)
             self.log.warning("reply failed: %s", exc)
-            self._emit(SessionError(f"response failed: {exc}", code="response_failed"))
+            if active.adopted:
+                self._emit(SessionError(f"response failed: {exc}", code="response_failed"))
         finally:
-            self._finish_reply(response_id, item, reply, status, reason)
+            self._finish_reply(active, status, reason)
 
-    def _finish_reply(
-        self, response_id: str, item: Item, reply: Reply, status: str, reason: str | None
-    ) -> None:
+    def _finish_reply(self, active: _Active, status: str, reason: str | None) -> None:
+        reply, item = active.reply, active.item
+        if self._active is active:
+            self._active = None
+        if not active.adopted:
+            self.log.debug("speculative reply %s discarded (%s)", active.response_id, status)
+            return
         if status == "completed":
             item.text, item.status = reply.spoken_text(), "completed"
         else:
             item.text, item.status = reply.heard_text(), "incomplete"
         item.audio_ms = reply.playout.played_ms()
-        if self._active is not None and self._active.response_id == response_id:
-            self._active = None
         self.log.info("agent (%s): %r", status, item.text)
-        self._emit(ReplyDone(response_id, item, status, reason, reply.output_started))
-        self._emit(TurnMetrics(response_id, item.id, _metrics(reply.marks)))
+        self._emit(ReplyDone(active.response_id, item, status, reason, reply.output_started))
+        self._emit(TurnMetrics(active.response_id, item.id, report(reply.marks)))
 
     def _interrupt(self, reason: str) -> None:
         active = self._active
@@ -510,21 +603,3 @@ class Session:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _metrics(marks: Marks) -> dict[str, float | None]:
-    values = marks.values
-    origin = values.get("speech_end") or values.get("requested") or values.get("turn_end")
-    names = (
-        "speech_end",
-        "turn_end",
-        "asr_done",
-        "llm_first_token",
-        "tts_first_audio",
-        "first_audio_sent",
-    )
-    out: dict[str, float | None] = {}
-    for name in names:
-        at = values.get(name)
-        out[name] = None if at is None or origin is None else round((at - origin) * 1000.0, 1)
-    return out

@@ -18,6 +18,7 @@ _ABBREVIATIONS = frozenset(
 _MARKDOWN = re.compile(r"[*_#`~>|]+")
 _NON_SPEECH = re.compile(r"[^\w\s.,;:!?'\"()%$€£&/+=@-]", re.UNICODE)
 _SPACES = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")
 
 
 def speakable(text: str) -> str:
@@ -29,11 +30,20 @@ def speakable(text: str) -> str:
 
 class ClauseSplitter:
     """Incremental splitter. ``min_clause_chars`` is the shortest piece cut at a comma; the very
-    first piece of a reply uses ``first_clause_chars`` so speech can start sooner."""
+    first piece of a reply uses ``first_clause_chars`` so speech can start sooner, and with
+    ``first_clause_words`` it is cut after that many words even without punctuation (the word
+    boundary is certain once the next word has begun)."""
 
-    def __init__(self, *, min_clause_chars: int = 40, first_clause_chars: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        min_clause_chars: int = 40,
+        first_clause_chars: int = 16,
+        first_clause_words: int = 0,
+    ) -> None:
         self.min_clause_chars = min_clause_chars
         self.first_clause_chars = first_clause_chars
+        self.first_clause_words = first_clause_words
         self._pending = ""
         self._emitted = 0
 
@@ -70,4 +80,14 @@ class ClauseSplitter:
         for match in _CLAUSE_END.finditer(text):
             if len(text[: match.end()].strip()) >= limit:
                 return match.end()
+        if self._emitted == 0 and self.first_clause_words > 0:
+            return self._word_cut(text, self.first_clause_words)
+        return None
+
+    @staticmethod
+    def _word_cut(text: str, words: int) -> int | None:
+        """End of the ``words``-th word, once a later word has started (so it is complete)."""
+        spans = [m.end() for m in _WORD.finditer(text)]
+        if len(spans) > words:
+            return spans[words - 1]
         return None

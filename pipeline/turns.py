@@ -86,6 +86,17 @@ class TurnDetector:
         self._silence_start = 0.0
         self._paused_sent = False
         self._interrupt_sent = False
+        self._silence_target: float | None = None
+        self._last_end = 0.0
+
+    def set_silence_target(self, milliseconds: int) -> list[TurnEvent]:
+        """For the current pause only: end the turn after this much silence instead of
+        ``silence_duration_ms`` (a semantic end-of-turn signal); reset when speech resumes.
+        Returns ``TURN_ENDED`` at once when the silence so far is already enough."""
+        if self._state is not _State.PAUSE:
+            return []
+        self._silence_target = float(milliseconds)
+        return self._pause_progress(self._last_end)
 
     @property
     def speaking(self) -> bool:
@@ -96,10 +107,12 @@ class TurnDetector:
         self._state = _State.QUIET
         self._paused_sent = False
         self._interrupt_sent = False
+        self._silence_target = None
 
     def feed(self, probability: float, end: float, duration: float) -> list[TurnEvent]:
         """Account for one VAD window ending at ``end`` (s) lasting ``duration`` (s)."""
         s = self.settings
+        self._last_end = end
         start = end - duration
         if self._state is _State.QUIET:
             if probability >= s.threshold:
@@ -121,6 +134,7 @@ class TurnDetector:
         # PAUSE
         if probability >= s.threshold:
             self._state = _State.SPEAKING
+            self._silence_target = None
             events = []
             if self._paused_sent:
                 events.append(TurnEvent(TurnEventKind.RESUMED, end))
@@ -146,7 +160,8 @@ class TurnDetector:
 
     def _pause_progress(self, end: float) -> list[TurnEvent]:
         silence_ms = (end - self._silence_start) * 1000.0 + 1e-6
-        if silence_ms >= self.settings.silence_duration_ms:
+        target = self._silence_target
+        if silence_ms >= (self.settings.silence_duration_ms if target is None else target):
             self.reset()
             return [TurnEvent(TurnEventKind.TURN_ENDED, self._silence_start)]
         if not self._paused_sent and silence_ms >= self.settings.tentative_silence_ms:

@@ -12,7 +12,7 @@ from pipeline import messages as m
 from pipeline.clock import VirtualClock
 from pipeline.engines import Engines
 from pipeline.reply import ReplySettings
-from pipeline.session import Session, SessionLimits, SessionSettings
+from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 
 E = TypeVar("E")
 CHUNK_S = 0.02
@@ -25,6 +25,7 @@ class Harness:
         settings: SessionSettings | None = None,
         limits: SessionLimits | None = None,
         lead_ms: int = 60,
+        tuning: Tuning | None = None,
     ) -> None:
         self.clock = VirtualClock()
         self.session = Session(
@@ -33,6 +34,7 @@ class Harness:
             reply_settings=ReplySettings(lead_ms=lead_ms),
             limits=limits,
             clock=self.clock,
+            tuning=tuning,
         )
         self.events: list[tuple[float, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []

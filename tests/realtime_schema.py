@@ -12,17 +12,11 @@ from typing import Any
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
 
+from pipeline.metrics import REPORTED
 from transports.realtime.connection import METRICS_EVENT
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
-_METRICS = {
-    "speech_end",
-    "turn_end",
-    "asr_done",
-    "llm_first_token",
-    "tts_first_audio",
-    "first_audio_sent",
-}
+_METRICS = {*REPORTED, "overhead"}
 
 
 def validate_server_event(event: dict[str, Any]) -> None:

@@ -56,8 +56,9 @@ async def test_a_spoken_turn_through_the_sdk(server: VoiceServer, engines: Engin
     assert metrics["response_id"] == response["id"]
     marks = metrics["metrics_ms"]
     assert all(isinstance(marks[k], float | int) for k in marks), marks
-    assert marks["turn_end"] <= marks["asr_done"] <= marks["llm_first_token"]
-    assert marks["tts_first_audio"] <= marks["first_audio_sent"]
+    # the LLM may start before the turn is confirmed (speculation), but nothing is heard before
+    assert marks["asr_done"] <= marks["llm_first_token"] <= marks["tts_first_audio"]
+    assert max(marks["turn_end"], marks["tts_first_audio"]) <= marks["first_audio_sent"]
     expected_order = [
         "session.created", "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
         "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done",

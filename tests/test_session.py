@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import messages as m
 from pipeline.errors import LimitExceeded, ProtocolError
-from pipeline.session import SessionLimits, SessionSettings
+from pipeline.session import SessionLimits, SessionSettings, Tuning
 
 from .fakes import fake_engines, silence, tone
 from .harness import Harness
@@ -87,7 +87,8 @@ async def test_barge_in_stops_audio_keeps_the_heard_prefix_and_the_next_turn_wor
 
 async def test_a_reply_not_yet_audible_is_dropped_when_the_caller_goes_on() -> None:
     engines = fake_engines(["first part", "second part"], ["Answer."])
-    async with Harness(engines) as h:
+    fixed_silence = Tuning(speculative_reply=False, eot_adaptive=False)
+    async with Harness(engines, tuning=fixed_silence) as h:
         engines.llm.delay(h.clock, 1.0)  # a slow LLM: the reply stays silent for a second
         await h.feed(tone(0.5))
         await h.feed(silence(0.6))  # the turn ends after 500 ms of silence …
@@ -196,3 +197,71 @@ async def test_a_client_that_stops_reading_closes_its_session() -> None:
         await h.clock.advance(0.02)
     assert h.session.closed_reason is not None
     assert "not reading" in h.session.closed_reason
+
+
+async def test_a_speculative_reply_is_prepared_during_the_pause_and_heard_once_confirmed() -> None:
+    engines = fake_engines(["Is it raining?"], ["No, it is sunny."])
+    async with Harness(engines) as h:
+        engines.llm.delay(h.clock, 0.05)
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        marks = h.of(m.TurnMetrics)[0].marks
+        # transcript at 160 ms of silence, first token 50 ms later, before the turn ended
+        assert marks["asr_done"] == pytest.approx(160, abs=40)
+        assert marks["llm_first_token"] < marks["turn_end"]
+        assert marks["turn_end"] == pytest.approx(250, abs=40)  # a question: a short silence
+        first_audio = h.timed(m.ReplyAudio)[0][0]
+        stopped = h.timed(m.SpeechStopped)[0][0]
+        assert first_audio >= stopped  # nothing is heard before the turn is confirmed
+        assert h.types()[:7] == [
+            "SpeechStarted", "SpeechStopped", "InputCommitted", "ItemAdded",
+            "UserTranscript", "ReplyStarted", "ReplyText",
+        ]  # fmt: skip
+        assert h.of(m.ReplyDone)[0].item.text == "No, it is sunny."
+        assert marks["overhead"] is not None and marks["overhead"] < 25
+
+
+async def test_a_speculation_is_discarded_without_a_trace_when_the_caller_goes_on() -> None:
+    engines = fake_engines(
+        ["I would like a table.", "I would like a table for two?"], ["For two? Sure.", "Done."]
+    )
+    async with Harness(engines) as h:
+        engines.llm.delay(h.clock, 0.2)
+        await h.feed(tone(0.6))
+        await h.feed(silence(0.45))  # a pause: the early transcript starts a speculative reply
+        assert len(engines.llm.seen) == 1 and not h.of(m.ReplyStarted)
+        await h.feed(tone(0.5))  # … but the caller continues
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert [e.status for e in h.of(m.ReplyDone)] == ["completed"]
+        assert len(h.of(m.ReplyStarted)) == 1
+        assert engines.llm.seen[-1][-1].content == "I would like a table for two?"
+        assert [i.role for i in h.session.conversation.items] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    ("words", "ends_after_ms"),
+    [("Where is the station?", 250), ("I am at the station.", 600), ("I am going to the", 1100)],
+)
+async def test_the_words_heard_set_the_silence_that_ends_the_turn(
+    words: str, ends_after_ms: int
+) -> None:
+    engines = fake_engines([words], ["Okay."])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.SpeechStopped)
+        stopped_at = h.timed(m.SpeechStopped)[0][0]
+        speech_end = 0.6
+        assert (stopped_at - speech_end) * 1000 == pytest.approx(ends_after_ms, abs=40 + 20)
+
+
+async def test_a_mid_sentence_pause_does_not_end_a_turn_that_trails_off() -> None:
+    engines = fake_engines(
+        ["I would like to book a table for", "I would like to book a table for two."], ["Sure."]
+    )
+    async with Harness(engines) as h:
+        await h.feed(tone(0.8))
+        await h.feed(silence(0.5))
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert len(h.of(m.InputCommitted)) == 1
+        assert h.of(m.UserTranscript)[0].transcript.endswith("two.")

@@ -21,6 +21,14 @@ def test_first_piece_is_cut_at_a_comma_once_long_enough() -> None:
     assert pieces == ["Well, to be honest with you,", "the answer is four, more or less."]
 
 
+def test_the_first_piece_can_be_cut_after_a_few_words() -> None:
+    splitter = ClauseSplitter(first_clause_words=4)
+    assert splitter.feed("The capital of France") == []  # "France" may still be growing
+    assert splitter.feed(" is Paris and it is lovely") == ["The capital of France"]
+    assert splitter.feed(" in spring, they say") == []  # later pieces wait for punctuation
+    assert splitter.flush() == ["is Paris and it is lovely in spring, they say"]
+
+
 def test_abbreviations_and_decimals_do_not_end_a_sentence() -> None:
     pieces = feed_all(ClauseSplitter(), "Dr. Smith measured 3.5 litres. Then he left.")
     assert pieces == ["Dr. Smith measured 3.5 litres.", "Then he left."]

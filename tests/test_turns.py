@@ -75,3 +75,26 @@ def test_hysteresis_keeps_a_soft_syllable_inside_the_turn() -> None:
 def test_interrupt_needs_its_own_minimum() -> None:
     d = TurnDetector(TurnSettings(min_speech_ms=96, interrupt_min_speech_ms=400))
     assert kinds(run(d, [(0.9, 0.3), (0.0, 0.6)])) == [K.SPEECH_STARTED, K.PAUSED, K.TURN_ENDED]
+
+
+def test_a_semantic_silence_target_can_end_the_turn_at_once_or_hold_it() -> None:
+    d = TurnDetector(TurnSettings(silence_duration_ms=500, tentative_silence_ms=160))
+    t = 0.0
+
+    def feed(probability: float, windows: int) -> list[TurnEvent]:
+        nonlocal t
+        events: list[TurnEvent] = []
+        for _ in range(windows):
+            t += W
+            events += d.feed(probability, t, W)
+        return events
+
+    feed(0.9, 16)  # 512 ms of speech
+    feed(0.0, 10)  # 320 ms into a pause
+    assert d.set_silence_target(1000) == []
+    assert feed(0.0, 10) == []  # 640 ms: 500 ms would have ended it, the target holds it open
+    assert d.speaking
+    (ended,) = d.set_silence_target(250)  # the words say the turn is over: it ends now
+    assert ended.kind is K.TURN_ENDED and abs(ended.at - 16 * W) < 1e-9
+    assert not d.speaking
+    assert d.set_silence_target(250) == []  # outside a pause it does nothing

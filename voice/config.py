@@ -96,6 +96,16 @@ class VadConfig:
     silence_duration_ms: int = doc("Silence that ends a turn.", 500)
     tentative_silence_ms: int = doc("Silence after which ASR starts early.", 160)
     interrupt_min_speech_ms: int = doc("Speech needed to interrupt the agent (barge-in).", 192)
+    eot_adaptive: bool = doc(
+        "End the turn after a silence chosen by the words heard so far (below) rather than"
+        " `silence_duration_ms` (which then only applies to clients that turn this off).",
+        True,
+    )
+    eot_complete_ms: int = doc("Silence after a finished question or exclamation.", 250)
+    eot_statement_ms: int = doc("Silence after a statement ending in a period.", 600)
+    eot_incomplete_ms: int = doc(
+        "Silence after words that trail off (and, the, a comma …), or before they are known.", 1100
+    )
 
 
 @dataclass(slots=True)
@@ -110,6 +120,13 @@ class PipelineConfig:
     first_clause_chars: int = doc("Shortest first piece of a reply sent to TTS at a comma.", 16)
     min_clause_chars: int = doc("Shortest later piece sent to TTS at a comma.", 40)
     early_asr: bool = doc("Transcribe at the tentative end of speech, before the turn ends.", True)
+    speculative_reply: bool = doc(
+        "Start the LLM and TTS on that early transcript; play only once the turn is confirmed.",
+        True,
+    )
+    first_clause_words: int = doc(
+        "Cut the first piece for TTS after this many words even without punctuation (0 = off).", 6
+    )
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from typing import TypeVar
 from aiohttp import web
 from aiortc import RTCIceServer
 
+from pipeline.endpointing import EndpointSettings
 from pipeline.engines import Engines, GenerationOptions, LanguageModel
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
 from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
@@ -24,11 +25,12 @@ from pipeline.engines.tts_piper import PiperOptions, PiperTts
 from pipeline.engines.vad_silero import SileroOptions, SileroVad
 from pipeline.errors import ConfigError, ProtocolError
 from pipeline.reply import ReplySettings
-from pipeline.session import Session, SessionLimits, SessionSettings
+from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 from pipeline.turns import TurnSettings
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
 from transports.sdp import MAX_SDP_BYTES
+from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
@@ -146,6 +148,7 @@ class VoiceServer:
         self.calls: dict[str, WebRtcCall] = {}
         self.app = web.Application()
         self.app.router.add_get("/v1/realtime", self._realtime)
+        self.app.router.add_get("/v1/twilio/media-stream", self._twilio)
         self.app.router.add_post("/v1/realtime/calls", self._call_create)
         self.app.router.add_post("/v1/realtime/calls/{call_id}", self._call_reoffer)
         self.app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
@@ -175,7 +178,7 @@ class VoiceServer:
         )
 
     def new_session(self, *, lead_ms: int | None = None) -> Session:
-        p, lim = self.config.pipeline, self.config.limits
+        p, lim, v = self.config.pipeline, self.config.limits, self.config.vad
         return Session(
             self.engines,
             self.session_settings(),
@@ -184,6 +187,7 @@ class VoiceServer:
                 lead_ms=p.lead_ms if lead_ms is None else lead_ms,
                 first_clause_chars=p.first_clause_chars,
                 min_clause_chars=p.min_clause_chars,
+                first_clause_words=p.first_clause_words,
                 tts_timeout=self.config.tts.timeout,
             ),
             limits=SessionLimits(
@@ -192,7 +196,16 @@ class VoiceServer:
                 max_input_buffer_s=lim.max_input_buffer_s,
                 asr_timeout=lim.asr_timeout,
             ),
-            early_asr=p.early_asr,
+            tuning=Tuning(
+                early_asr=p.early_asr,
+                speculative_reply=p.speculative_reply and p.early_asr,
+                eot_adaptive=v.eot_adaptive and p.early_asr,
+                endpoint=EndpointSettings(
+                    complete_ms=v.eot_complete_ms,
+                    statement_ms=v.eot_statement_ms,
+                    incomplete_ms=v.eot_incomplete_ms,
+                ),
+            ),
         )
 
     def open_realtime(self, *, webrtc: bool = False) -> RealtimeConnection:
@@ -225,6 +238,24 @@ class VoiceServer:
             return await serve_realtime(
                 request, open_connection, max_frame_bytes=self.config.server.max_frame_bytes
             )
+        finally:
+            for session in opened:
+                self.sessions.pop(session.id, None)
+                self._keep_transcript(session)
+
+    async def _twilio(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/twilio/media-stream``: a Twilio Media Streams WebSocket, one session."""
+        self._check_capacity()
+        opened: list[Session] = []
+
+        def open_session() -> Session:
+            session = self.new_session()
+            self.sessions[session.id] = session
+            opened.append(session)
+            return session
+
+        try:
+            return await serve_twilio(request, open_session)
         finally:
             for session in opened:
                 self.sessions.pop(session.id, None)

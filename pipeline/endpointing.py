@@ -1,0 +1,126 @@
+"""End-of-turn by meaning: how long a pause should last before the turn is over, judged from
+the words heard so far (sans-I/O).
+
+A complete question can be answered after a short silence; a sentence that stops on "and", "the"
+or a comma is probably not finished, so the turn waits longer. Whisper's punctuation carries the
+prosody: it ends a falling statement with a period and a question with a question mark.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TRAILING = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "if",
+        "of",
+        "to",
+        "for",
+        "with",
+        "in",
+        "on",
+        "at",
+        "by",
+        "from",
+        "as",
+        "than",
+        "that",
+        "which",
+        "who",
+        "whose",
+        "where",
+        "when",
+        "while",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "am",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "this",
+        "these",
+        "those",
+        "i",
+        "we",
+        "you",
+        "he",
+        "she",
+        "they",
+        "it",
+        "um",
+        "uh",
+        "er",
+        "like",
+        "about",
+        "into",
+        "onto",
+        "over",
+        "under",
+        "very",
+        "really",
+        "just",
+        "also",
+        "not",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "going",
+        "want",
+        "wanted",
+    ]
+)
+_WORDS = re.compile(r"[a-z']+")
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointSettings:
+    complete_ms: int = 250
+    """Silence that ends a turn whose words sound finished (a question, an exclamation)."""
+    statement_ms: int = 600
+    """Silence after a plain statement ending in a period."""
+    incomplete_ms: int = 1100
+    """Silence after words that trail off (a conjunction, an article, a comma, no punctuation)."""
+
+
+def silence_needed(transcript: str, settings: EndpointSettings) -> int:
+    """Milliseconds of silence that should end a turn whose words so far are ``transcript``."""
+    text = transcript.strip()
+    if not text:
+        return settings.incomplete_ms
+    words = _WORDS.findall(text.lower())
+    last = words[-1] if words else ""
+    if text.endswith(("...", "…", ",", ";", ":", "-")) or last in _TRAILING:
+        return settings.incomplete_ms
+    if text.endswith(("?", "!")):
+        return settings.complete_ms
+    if text.endswith("."):
+        return settings.statement_ms
+    return settings.incomplete_ms

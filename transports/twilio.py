@@ -1,0 +1,299 @@
+"""Twilio Media Streams over a WebSocket (``GET /v1/twilio/media-stream``), on aiohttp.
+
+Point a bidirectional ``<Connect><Stream url="wss://…/v1/twilio/media-stream"/>`` at it. One
+stream is one session. The caller's μ-law 8 kHz audio goes to the session; the agent's replies
+come back as ``media`` messages of 20 ms (160 bytes of μ-law), at the session's real-time pace.
+
+- After each reply's audio a ``mark`` named after the response id is sent; Twilio echoes it once
+  that audio has been played, and the echo is logged with how long after sending it came back.
+- Barge-in: when a reply is cancelled after its audio started, a ``clear`` makes Twilio drop what
+  it still buffers. When the caller starts speaking while Twilio still plays the tail of a reply
+  that has already ended on the server (its mark not echoed yet), ``clear`` is sent as well. While
+  a reply is still running, the session alone decides whether speech is a barge-in (a cough does
+  not cut the agent off), and the cancellation brings the ``clear``.
+- DTMF digits are logged and kept (:attr:`TwilioStream.dtmf`); they do nothing else yet.
+- Twilio never reads replies to its messages, so a malformed message is logged, counted and
+  skipped; the stream goes on. ``stop``, a closed socket, a frame over ``max_frame_bytes``, no
+  ``start`` within ``start_timeout``, silence on the socket for ``idle_timeout`` (Twilio streams
+  media all call long) or a send that cannot complete within ``send_timeout`` end the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from pipeline import messages as m
+from pipeline.errors import LimitExceeded, ProtocolError
+from pipeline.session import Session
+
+from . import g711
+from . import twilio_messages as tw
+
+log = logging.getLogger("voice.transport.twilio")
+
+RATE = tw.SAMPLE_RATE
+MAX_FRAME_BYTES = 64 * 1024
+"""A Twilio message is a few hundred bytes (160 bytes of audio per ``media``)."""
+MAX_DTMF_KEPT = 256
+MAX_MARKS_PENDING = 64
+_LOG_FIRST = 5  # malformed messages logged one by one, then every _LOG_EVERY-th
+_LOG_EVERY = 100
+
+
+@dataclass(slots=True)
+class _PendingMark:
+    sent_at: float
+    audio_ms: int
+
+
+class TwilioStream:
+    """One Twilio media stream mapped onto one session; no I/O of its own.
+
+    :meth:`receive` takes Twilio's text frames; :meth:`render` turns session events into the
+    frames to send back.
+    """
+
+    def __init__(self, session: Session) -> None:
+        session.settings.output_rate = RATE
+        self.session = session
+        self.stream_sid: str | None = None
+        self.call_sid: str | None = None
+        self.custom_parameters: dict[str, str] = {}
+        self.dtmf: deque[str] = deque(maxlen=MAX_DTMF_KEPT)
+        self.malformed = 0
+        self.dropped_media = 0
+        """``media`` messages whose audio the session refused (sent faster than real time)."""
+        self.stopped = False
+        self._playing: str | None = None  # response whose audio is being sent
+        self._sent_ms = 0  # of that response
+        self._marks: dict[str, _PendingMark] = {}  # sent, not echoed yet
+        self.log = logging.LoggerAdapter(log, {"session": session.id})
+
+    # ------------------------------------------------------------ Twilio → session
+
+    def receive(self, data: str | bytes) -> None:
+        """Handle one frame from Twilio; malformed input is logged and counted, never raised."""
+        try:
+            if not isinstance(data, str):
+                raise ProtocolError("binary frame: Twilio sends JSON text", code="invalid_frame")
+            self._receive(tw.parse(data))
+        except LimitExceeded as exc:
+            self.dropped_media += 1
+            self._complain(self.dropped_media, "caller audio dropped", exc)
+        except ProtocolError as exc:
+            self.malformed += 1
+            self._complain(self.malformed, "malformed message skipped", exc)
+
+    def _receive(self, msg: tw.TwilioMessage) -> None:
+        if isinstance(msg, tw.Media):
+            self._check_sid(msg.stream_sid)
+            if msg.track not in (None, "inbound", "inbound_track"):
+                return  # bidirectional streams carry the caller only; nothing to do otherwise
+            if msg.payload:
+                self.session.append_audio(g711.ulaw_decode(msg.payload), RATE)
+        elif isinstance(msg, tw.Mark):
+            self._check_sid(msg.stream_sid)
+            self._mark_played(msg.name)
+        elif isinstance(msg, tw.Dtmf):
+            self._check_sid(msg.stream_sid)
+            self.dtmf.append(msg.digit)
+            self.log.info("stream %s: DTMF digit %s", self.stream_sid, msg.digit)
+        elif isinstance(msg, tw.Start):
+            if self.stream_sid is not None:
+                raise ProtocolError(
+                    f"stream {self.stream_sid} has already started", code="invalid_event"
+                )
+            self.stream_sid, self.call_sid = msg.stream_sid, msg.call_sid
+            self.custom_parameters = msg.custom_parameters
+            self.log.info(
+                "stream %s started: call %s, tracks %s, parameters %s",
+                msg.stream_sid,
+                msg.call_sid,
+                ",".join(msg.tracks) or "-",
+                json.dumps(msg.custom_parameters)[:512],
+            )
+        elif isinstance(msg, tw.Stop):
+            self._check_sid(msg.stream_sid)
+            self.stopped = True
+            self.log.info("stream %s stopped by Twilio", self.stream_sid)
+        else:  # Connected
+            self.log.debug("Twilio connected (protocol %s %s)", msg.protocol, msg.version)
+
+    def _check_sid(self, stream_sid: str) -> None:
+        if self.stream_sid is None:
+            raise ProtocolError("message before the stream's start", code="invalid_event")
+        if stream_sid != self.stream_sid:
+            raise ProtocolError(
+                f"streamSid {stream_sid[:64]!r} is not this stream's ({self.stream_sid})",
+                code="invalid_field",
+                param="streamSid",
+            )
+
+    def _mark_played(self, name: str) -> None:
+        pending = self._marks.pop(name, None)
+        if pending is None:  # a mark echoed because of a clear, or not ours
+            self.log.debug("stream %s: echo of mark %r", self.stream_sid, name[:64])
+            return
+        self.log.info(
+            "stream %s: reply %s played to its end (%d ms of audio; mark echoed %.0f ms after"
+            " it was sent)",
+            self.stream_sid,
+            name,
+            pending.audio_ms,
+            (self.session.clock.now() - pending.sent_at) * 1000.0,
+        )
+
+    def _complain(self, count: int, what: str, exc: ProtocolError) -> None:
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            self.log.warning(
+                "stream %s: %s (%s: %s); %d so far", self.stream_sid, what, exc.code, exc, count
+            )
+
+    # ------------------------------------------------------------ session → Twilio
+
+    def render(self, event: m.SessionEvent) -> list[str]:
+        """The frames that tell Twilio about one session event (most events: none)."""
+        sid = self.stream_sid
+        if sid is None:
+            return []
+        if isinstance(event, m.ReplyAudio):
+            if self._playing != event.response_id:
+                self._playing, self._sent_ms = event.response_id, 0
+            self._sent_ms += len(event.audio) * 1000 // RATE
+            return [tw.media(sid, g711.ulaw_encode(event.audio))]
+        if isinstance(event, m.ReplyDone) and self._playing == event.response_id:
+            self._playing = None
+            if event.status == "cancelled":
+                self.log.info(
+                    "stream %s: reply %s cut off after %d ms sent: clear",
+                    sid,
+                    event.response_id,
+                    self._sent_ms,
+                )
+                self._marks.clear()  # Twilio echoes them on clear; nothing of them plays
+                return [tw.clear(sid)]
+            if len(self._marks) >= MAX_MARKS_PENDING:  # Twilio never echoes: forget the oldest
+                del self._marks[next(iter(self._marks))]
+            self._marks[event.response_id] = _PendingMark(self.session.clock.now(), self._sent_ms)
+            return [tw.mark(sid, event.response_id)]
+        if isinstance(event, m.SpeechStarted) and self._playing is None and self._marks:
+            self.log.info(
+                "stream %s: caller speaks over the end of reply %s: clear",
+                sid,
+                ", ".join(self._marks),
+            )
+            self._marks.clear()
+            return [tw.clear(sid)]
+        return []
+
+
+async def serve_twilio(
+    request: web.Request,
+    open_session: Callable[[], Session],
+    *,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    send_timeout: float = 5.0,
+    start_timeout: float = 10.0,
+    idle_timeout: float = 30.0,
+) -> web.WebSocketResponse:
+    """Run one Twilio media stream over the request's WebSocket until either side leaves."""
+    ws = web.WebSocketResponse(max_msg_size=max_frame_bytes)
+    await ws.prepare(request)
+    stream = TwilioStream(open_session())
+    session = stream.session
+    log.info("session %s: Twilio media stream from %s connected", session.id, request.remote)
+
+    async def pump() -> None:
+        while True:
+            event = await session.next_event()
+            for frame in stream.render(event):
+                async with asyncio.timeout(send_timeout):
+                    await ws.send_str(frame)
+            if isinstance(event, m.SessionClosed):
+                await ws.close(code=WSCloseCode.OK, message=event.reason.encode()[:120])
+                return
+
+    runner = asyncio.create_task(session.run(), name=f"session-{session.id}")
+    writer = asyncio.create_task(pump(), name=f"twilio-writer-{session.id}")
+    reason = "Twilio disconnected"
+    try:
+        reason = await _read(ws, stream, writer, start_timeout, idle_timeout)
+    finally:
+        session.close(reason)
+        for task in (writer, runner):
+            task.cancel()
+        for task in (writer, runner):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await ws.close()
+        log.info(
+            "session %s ended (%s): stream %s, call %s, %d malformed messages, %d media messages"
+            " dropped, DTMF %r; transcript: %s",
+            session.id,
+            session.closed_reason,
+            stream.stream_sid,
+            stream.call_sid,
+            stream.malformed,
+            stream.dropped_media,
+            "".join(stream.dtmf),
+            json.dumps(session.conversation.transcript()),
+        )
+    return ws
+
+
+async def _read(
+    ws: web.WebSocketResponse,
+    stream: TwilioStream,
+    writer: asyncio.Task[None],
+    start_timeout: float,
+    idle_timeout: float,
+) -> str:
+    """Feed Twilio's frames to the stream; returns why the stream ended."""
+    loop = asyncio.get_running_loop()
+    start_by = loop.time() + start_timeout
+    while not writer.done():
+        waiting_start = stream.stream_sid is None
+        timeout = min(idle_timeout, start_by - loop.time()) if waiting_start else idle_timeout
+        reader = asyncio.ensure_future(ws.receive())
+        done, _ = await asyncio.wait(
+            {reader, writer}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
+        if reader not in done:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if writer.done():
+                return _writer_end(stream, writer)
+            if waiting_start and loop.time() >= start_by:
+                return f"no start message within {start_timeout:g} s"
+            return f"no message from Twilio for {idle_timeout:g} s"
+        msg = reader.result()
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            stream.receive(msg.data)
+            if stream.stopped:
+                return "stop received from Twilio"
+        elif msg.type == WSMsgType.ERROR:
+            stream.log.info("WebSocket error: %s", msg.data)
+            if getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+                return "frame too large"
+            return "WebSocket error"
+        else:  # CLOSE, CLOSING, CLOSED
+            return "Twilio disconnected"
+    return _writer_end(stream, writer)
+
+
+def _writer_end(stream: TwilioStream, writer: asyncio.Task[None]) -> str:
+    """Why the writer stopped: the session closed, or a send failed or timed out."""
+    if not writer.cancelled() and (exc := writer.exception()) is not None:
+        if isinstance(exc, TimeoutError):
+            return "Twilio is not reading: a send timed out"
+        return f"cannot send to Twilio: {exc!r}"
+    return stream.session.closed_reason or "session ended"
