@@ -8,6 +8,7 @@ text whose audio was actually heard (:meth:`Playout.heard_text`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,20 @@ class Playout:
         self._base_time = 0.0
         self._base_samples = 0
         self.stopped = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self) -> None:
+        """Hold the audio (the caller may be cutting in); nothing is lost, :meth:`resume` goes on
+        from the same sample."""
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
 
     async def play(self, segment: Segment) -> None:
         """Send one segment in real time, in whole frames (a remainder waits for the next
@@ -76,6 +91,9 @@ class Playout:
             self._base_time, self._base_samples = now, self.sent_samples
         for start in range(0, len(audio), self.frame_samples):
             await self._clock.sleep_until(self._due(self.sent_samples))
+            if not self._resumed.is_set():
+                await self._resumed.wait()
+                self._base_time, self._base_samples = self._clock.now(), self.sent_samples
             if self.stopped:
                 return
             frame = audio[start : start + self.frame_samples]

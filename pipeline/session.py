@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,6 +93,9 @@ class Tuning:
     """Let the words heard so far set the silence that ends the turn (``endpoint``) instead of
     the fixed ``silence_duration_ms``; needs ``early_asr``."""
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    pause_on_onset: bool = True
+    """Hold the agent's audio from the caller's first speech window; cancel the reply once the
+    speech lasts ``interrupt_min_speech_ms``, go on if it was a click or a cough."""
 
 
 @dataclass(slots=True)
@@ -153,7 +156,14 @@ class Session:
         self._active: _Active | None = None
         self._alignments: OrderedDict[str, Playout] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._dropped_ms = 0
+        self._turn_handlers: dict[TurnEventKind, Callable[[TurnEvent, TurnSettings], None]] = {
+            TurnEventKind.ONSET: self._on_onset,
+            TurnEventKind.SPEECH_STARTED: self._on_speech_started,
+            TurnEventKind.INTERRUPT: self._on_interrupt,
+            TurnEventKind.PAUSED: self._on_paused,
+            TurnEventKind.RESUMED: self._on_resumed,
+            TurnEventKind.TURN_ENDED: self._on_turn_ended,
+        }
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -340,26 +350,43 @@ class Session:
             self._end_turn(end)
 
     def _on_turn_event(self, event: TurnEvent, td: TurnSettings) -> None:
-        kind = event.kind
-        if kind is TurnEventKind.SPEECH_STARTED:
-            start = max(0, int((event.at * 1000 - td.prefix_padding_ms) * PIPELINE_RATE / 1000))
-            self._turn = _Turn(new_id("item"), max(start, self._buffer.start))
-            self._emit(SpeechStarted(self._turn.item_id, self._turn.start * 1000 // PIPELINE_RATE))
-            active = self._active
-            if active is not None and not active.reply.output_started and td is not None:
-                self._interrupt("turn_detected")  # the caller went on: that reply is stale
-        elif kind is TurnEventKind.INTERRUPT:
-            active = self._active
-            if active is not None and self.settings.interrupt_response:
-                self.log.info(
-                    "barge-in after %d ms of reply audio", active.reply.playout.played_ms()
-                )
-                self._interrupt("turn_detected")
-        elif kind is TurnEventKind.PAUSED and self._turn is not None and self.tuning.early_asr:
+        active = self._active
+        ends = (TurnEventKind.NOISE, TurnEventKind.PAUSED, TurnEventKind.TURN_ENDED)
+        if event.kind in ends and active is not None and active.reply.playout.paused:
+            active.reply.playout.resume()  # not a real interruption: the agent goes on
+        handler = self._turn_handlers.get(event.kind)
+        if handler is not None:
+            handler(event, td)
+
+    def _on_onset(self, event: TurnEvent, td: TurnSettings) -> None:
+        active = self._active
+        if active is not None and active.reply.output_started and self._may_duck():
+            active.reply.playout.pause()  # hold the agent's voice at the first speech window
+
+    def _on_speech_started(self, event: TurnEvent, td: TurnSettings) -> None:
+        start = max(0, int((event.at * 1000 - td.prefix_padding_ms) * PIPELINE_RATE / 1000))
+        self._turn = _Turn(new_id("item"), max(start, self._buffer.start))
+        self._emit(SpeechStarted(self._turn.item_id, self._turn.start * 1000 // PIPELINE_RATE))
+        active = self._active
+        if active is not None and not active.reply.output_started:
+            self._interrupt("turn_detected")  # the caller went on: that reply is stale
+
+    def _on_interrupt(self, event: TurnEvent, td: TurnSettings) -> None:
+        active = self._active
+        if active is not None and self.settings.interrupt_response:
+            self.log.info("barge-in after %d ms of reply audio", active.reply.playout.played_ms())
+            self._interrupt("turn_detected")
+
+    def _on_paused(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None and self.tuning.early_asr:
             self._start_early(self._turn, int(event.at * PIPELINE_RATE))
-        elif kind is TurnEventKind.RESUMED and self._turn is not None:
+
+    def _on_resumed(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None:
             self._drop_early(self._turn)
-        elif kind is TurnEventKind.TURN_ENDED and self._turn is not None:
+
+    def _on_turn_ended(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None:
             self._end_turn(int(event.at * PIPELINE_RATE))
 
     def _start_early(self, turn: _Turn, speech_end: int) -> None:
@@ -396,6 +423,9 @@ class Session:
             turn.speculation.reply.interrupt()
             turn.speculation.task.cancel()
         turn.early, turn.speculation, turn.marks = None, None, None
+
+    def _may_duck(self) -> bool:
+        return self.settings.interrupt_response and self.tuning.pause_on_onset
 
     def _may_answer(self, text: str) -> bool:
         return (

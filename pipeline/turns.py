@@ -53,6 +53,10 @@ class TurnSettings:
 
 
 class TurnEventKind(enum.Enum):
+    ONSET = "onset"
+    """A first speech window: maybe speech, maybe a click (the session may hold its audio)."""
+    NOISE = "noise"
+    """The onset did not last ``min_speech_ms``: it was not speech."""
     SPEECH_STARTED = "speech_started"
     INTERRUPT = "interrupt"
     PAUSED = "paused"
@@ -118,13 +122,13 @@ class TurnDetector:
             if probability >= s.threshold:
                 self._onset = start
                 self._state = _State.ONSET
-                return self._after_onset_window(end)
+                return [TurnEvent(TurnEventKind.ONSET, start), *self._after_onset_window(end)]
             return []
         if self._state is _State.ONSET:
             if probability >= s.threshold - s.hysteresis:
                 return self._after_onset_window(end)
             self._state = _State.QUIET
-            return []
+            return [TurnEvent(TurnEventKind.NOISE, end)]
         if self._state is _State.SPEAKING:
             if probability >= s.threshold - s.hysteresis:
                 return self._interrupt_due(end)

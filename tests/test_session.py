@@ -61,10 +61,11 @@ async def test_barge_in_stops_audio_keeps_the_heard_prefix_and_the_next_turn_wor
         await h.feed(tone(0.4))  # the caller cuts in
         (decided, done), *_ = h.timed(m.ReplyDone)
         assert done.status == "cancelled" and done.reason == "turn_detected"
-        # the decision needs 192 ms of speech, give or take one VAD window and one chunk
-        assert abs(decided - onset - 0.192) <= 0.032 + 0.020
+        # the audio is held at the first speech window (one VAD window and one chunk after the
+        # onset) and the reply cancelled after 192 ms of speech
         last_audio = max(t for t, e in h.timed(m.ReplyAudio) if e.response_id == done.response_id)
-        assert decided - 0.020 <= last_audio <= decided  # audio flowed until, and stopped at, it
+        assert onset - 0.020 <= last_audio <= onset + 0.032 + 0.020
+        assert abs(decided - onset - 0.192) <= 0.032 + 0.020
         heard = done.item.text.split()
         assert 0 < len(heard) < 20
         assert heard == LONG_REPLY.split()[: len(heard)]
@@ -265,3 +266,22 @@ async def test_a_mid_sentence_pause_does_not_end_a_turn_that_trails_off() -> Non
         await h.feed_until(silence(0.02), m.ReplyDone)
         assert len(h.of(m.InputCommitted)) == 1
         assert h.of(m.UserTranscript)[0].transcript.endswith("two.")
+
+
+async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> None:
+    engines = fake_engines(["tell me a story"], [LONG_REPLY])
+    async with Harness(engines) as h:
+        await h.feed(tone(0.8))
+        await h.feed_until(silence(0.02), m.ReplyAudio)
+        await h.feed(silence(1.0))
+        cough = h.clock.now()
+        await h.feed(tone(0.1))  # shorter than interrupt_min_speech_ms
+        await h.feed(silence(0.4))
+        frames = [t for t, _ in h.timed(m.ReplyAudio)]
+        held = [b - a for a, b in zip(frames, frames[1:], strict=False) if a >= cough - 0.1]
+        assert max(held) > 0.1  # the agent paused …
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        done = h.of(m.ReplyDone)[0]
+        assert done.status == "completed"  # … then finished its sentence, losing nothing
+        assert done.item.text == LONG_REPLY
+        assert sum(len(e.audio) for e in h.of(m.ReplyAudio)) == 20 * 200 * 24

@@ -96,6 +96,11 @@ class VadConfig:
     silence_duration_ms: int = doc("Silence that ends a turn.", 500)
     tentative_silence_ms: int = doc("Silence after which ASR starts early.", 160)
     interrupt_min_speech_ms: int = doc("Speech needed to interrupt the agent (barge-in).", 192)
+    pause_on_onset: bool = doc(
+        "Hold the agent's audio from the caller's first speech window (resumed if it was not"
+        " speech); the reply is cancelled only after `interrupt_min_speech_ms`.",
+        True,
+    )
     eot_adaptive: bool = doc(
         "End the turn after a silence chosen by the words heard so far (below) rather than"
         " `silence_duration_ms` (which then only applies to clients that turn this off).",

@@ -200,6 +200,7 @@ class VoiceServer:
                 early_asr=p.early_asr,
                 speculative_reply=p.speculative_reply and p.early_asr,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
+                pause_on_onset=v.pause_on_onset,
                 endpoint=EndpointSettings(
                     complete_ms=v.eot_complete_ms,
                     statement_ms=v.eot_statement_ms,
