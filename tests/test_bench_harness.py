@@ -40,6 +40,7 @@ from benchmarks.harness.server import (
     REFERENCE,
     default_configs,
     parse_config,
+    server_keys,
     unknown_keys,
 )
 from benchmarks.harness.stats import (
@@ -351,7 +352,9 @@ def test_named_configurations() -> None:
     optimized, reference = default_configs({*REFERENCE, "vad.eot_adaptive"})
     assert optimized.settings == {}
     assert reference.settings == {**REFERENCE, "vad.eot_adaptive": "false"}
-    assert "asr.interim_ms" in reference.skipped
+    assert "vad.pause_on_onset" in reference.skipped
+    _, full = default_configs(server_keys())
+    assert not full.skipped  # this server knows every switch
     assert unknown_keys([cfg], {"vad.silence_duration_ms"}) == ["pipeline.early_asr"]
 
 

@@ -25,14 +25,16 @@ REFERENCE = {
     "pipeline.first_clause_chars": "1000",
     "pipeline.min_clause_chars": "1000",
 }
-"""The reference configuration: the server without its latency optimizations."""
+"""The reference configuration: the server without its latency optimizations (same models, no
+early ASR, sentence-level TTS, a fixed silence)."""
 REFERENCE_IF_KNOWN = {
     "pipeline.speculative_reply": "false",
     "vad.eot_adaptive": "false",
-    "asr.interim_ms": "0",
+    "vad.pause_on_onset": "false",
     "pipeline.first_clause_words": "0",
 }
-"""Also part of the reference, for a server whose ``voice config`` knows them."""
+"""Also part of the reference, where the server's ``voice config`` knows them (older servers
+predate some of these switches)."""
 
 
 @dataclass(slots=True)
