@@ -35,11 +35,19 @@ install: $(VENV)/.installed
 
 install-test: system-deps $(VENV)/.installed-test
 
-# espeak-ng speaks the test questions in a voice other than the agent's.
+# espeak-ng speaks the test questions in a voice other than the agent's; Debian's chromium runs
+# the web client in the browser tests (Playwright drives it; `playwright install` is never used);
+# ip and unshare make the private network namespace the WebRTC tests run in.
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
 	  else echo "please install espeak-ng (apt-get install espeak-ng)"; exit 1; fi; }
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "please install chromium (apt-get install chromium)"; exit 1; fi; }
+	@command -v ip >/dev/null && command -v unshare >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iproute2 util-linux; \
+	  else echo "please install iproute2 and util-linux"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

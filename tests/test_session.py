@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pipeline import messages as m
@@ -278,7 +280,7 @@ async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> Non
         await h.feed(tone(0.1))  # shorter than interrupt_min_speech_ms
         await h.feed(silence(0.4))
         frames = [t for t, _ in h.timed(m.ReplyAudio)]
-        held = [b - a for a, b in zip(frames, frames[1:], strict=False) if a >= cough - 0.1]
+        held = [b - a for a, b in itertools.pairwise(frames) if a >= cough - 0.1]
         assert max(held) > 0.1  # the agent paused …
         await h.feed_until(silence(0.02), m.ReplyDone)
         done = h.of(m.ReplyDone)[0]

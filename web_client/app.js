@@ -1,12 +1,26 @@
-// Browser client for the voice agent: OpenAI Realtime API (GA events) over a WebSocket.
-// Mic → mono → 24 kHz PCM16 → input_audio_buffer.append; response.output_audio.delta → WebAudio.
+// Browser client for the voice agent: the OpenAI Realtime API (GA events) over WebRTC (default)
+// or a WebSocket (?transport=ws, or the Transport box).
+//   WebRTC: the mic track and the agent's Opus track ride a peer connection made with
+//     POST /v1/realtime/calls (SDP offer → answer); events travel on the data channel "oai-events".
+//   WebSocket: mic → mono → 24 kHz PCM16 → input_audio_buffer.append;
+//     response.output_audio.delta → WebAudio.
+// Both: AnalyserNodes follow the mic and the agent's voice (level meter, page-side latency), and
+// MediaRecorder records the agent's voice (window.voiceClient.recording(), for tests).
 "use strict";
 
 (() => {
-  const RATE = 24000; // wire format: audio/pcm, 24 kHz, mono, 16-bit little-endian
+  const RATE = 24000; // WebSocket wire format: audio/pcm, 24 kHz, mono, 16-bit little-endian
   const CHUNK_MS = 20; // how much mic audio goes into one append event
   const LEAD_S = 0.04; // playback jitter margin when (re)starting the audio queue
   const MAX_EVENTS = 10000;
+  const LOUD = 0.015; // a peak above this (≈ 500 in PCM16) is sound, not silence
+  const POLL_MS = 10; // how often the analysers are read
+  const MIC_QUIET_MS = 300; // a reply can only start after this much caller silence
+  const LEVEL_STEP_MS = 50; // resolution of voiceClient.levels
+  const MAX_LEVELS = 24000; // 20 minutes of levels
+  const ICE_WAIT_MS = 3000; // longest wait for ICE gathering before the offer goes anyway
+  const OPEN_WAIT_MS = 20000; // longest wait for the data channel to open
+  const CALLS = "/v1/realtime/calls";
   // Server marks (ms after the end of the caller's speech); first_audio_sent is voice-to-voice.
   const STAGES = [["turn_end", "turn end"], ["asr_done", "ASR"],
     ["llm_first_token", "LLM 1st token"], ["tts_first_audio", "TTS 1st audio"]];
@@ -21,38 +35,64 @@
 
   // ------------------------------------------------------------------ state
 
-  // For tests: events = received event types (no audio deltas); turns = one entry per response.
-  const client = { state: "disconnected", events: [], turns: [], bargeIns: 0 };
-  Object.assign(client, { connect, disconnect, send, applySettings });
+  // For tests and benchmarks:
+  //   events     received event types (no audio deltas); eventLog: {type, t, response_id, status}
+  //   turns      one entry per response: status, transcript, server metrics, pageLatencyMs
+  //   latencies  page-side voice-to-voice: last caller speech → first agent audio heard
+  //   levels     peak level per LEVEL_STEP_MS of the mic and of the agent's voice since t0
+  //   localCandidates  the a=candidate lines of the WebRTC offer
+  // Times are performance.now() milliseconds.
+  const client = {
+    state: "disconnected", transport: null, events: [], eventLog: [], turns: [], bargeIns: 0,
+    latencies: [], levels: null, localCandidates: [], connectedAt: null, callLocation: null,
+  };
+  Object.assign(client, { connect, disconnect, send, applySettings, recording });
   window.voiceClient = client;
 
   let ws = null;
-  let audio = null; // {ctx, stream, nodes[], resampler}
+  let rtc = null; // {pc, channel, location}
+  let audio = null; // {ctx, stream, nodes[], micAnalyser, agentAnalyser, agentBus, resampler, timer}
+  let rec = null; // {recorder, chunks, stopped: Promise}
   const player = { next: 0, sources: new Set(), responseId: null };
-  const responses = new Map(); // response_id → {turn, bubble, shown, stopAt}
+  const responses = new Map(); // response_id → {turn, bubble, shown}
   const userBubbles = new Map(); // item_id → bubble
-  const muted = new Set(); // response ids whose audio was cut by a barge-in
-  let speechStoppedAt = null; // performance.now() of the last unclaimed speech_stopped
+  const muted = new Set(); // response ids whose audio was cut by a barge-in (WebSocket)
+  const heard = { micLastLoud: -Infinity, agentLastLoud: -Infinity, awaiting: false, pending: null };
+  let agentResponseId = null; // the response whose audio is playing
   let level = 0;
   let attempts = 0;
   const info = { mic: "", session: "" };
 
   // ------------------------------------------------------------------ connection
 
+  function chosenTransport() {
+    return $("transport").value === "ws" ? "ws" : "webrtc";
+  }
+
   async function connect() {
     if (client.state !== "disconnected") return;
     const attempt = ++attempts; // a disconnect() meanwhile bumps it and so aborts this one
+    const stale = () => attempt !== attempts;
+    const transport = chosenTransport();
+    client.transport = transport;
     setState("connecting");
     try {
-      const mic = await startMicrophone(micConstraints());
-      if (attempt !== attempts) return closeAudio(mic);
+      const mic = await startAudio(micConstraints(), transport === "ws");
+      if (stale()) return closeAudio(mic);
       audio = mic;
-      const sock = await openSocket(socketUrl());
-      if (attempt !== attempts) return closeSocket(sock);
-      ws = sock;
+      if (transport === "ws") {
+        const sock = await openSocket(socketUrl());
+        if (stale()) return closeSocket(sock);
+        ws = sock;
+        record(audio.agentStream);
+      } else {
+        await openCall(stale);
+        if (stale()) return;
+      }
+      client.connectedAt = performance.now();
       setState("connected");
     } catch (err) {
-      if (attempt !== attempts) return;
+      if (stale()) return;
       showError(`Could not connect: ${err.message || err}`);
       teardown();
     }
@@ -65,24 +105,36 @@
   function teardown() {
     attempts++;
     closeSocket(ws);
+    closeCall(rtc);
+    stopRecorder();
     closeAudio(audio);
-    ws = audio = null;
+    ws = rtc = audio = null;
     stopPlayback();
+    agentResponseId = null;
+    Object.assign(heard, { micLastLoud: -Infinity, agentLastLoud: -Infinity, awaiting: false, pending: null });
     showLevel(0);
     setState("disconnected");
   }
+
+  function send(event) {
+    const text = JSON.stringify(event);
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(text);
+      return true;
+    }
+    if (rtc && rtc.channel && rtc.channel.readyState === "open") {
+      rtc.channel.send(text);
+      return true;
+    }
+    return false;
+  }
+
+  // ------------------------------------------------------------------ WebSocket
 
   function closeSocket(sock) {
     if (!sock) return;
     sock.onopen = sock.onclose = sock.onmessage = sock.onerror = null;
     if (sock.readyState <= WebSocket.OPEN) sock.close(1000, "client disconnect");
-  }
-
-  function closeAudio(mic) {
-    if (!mic) return;
-    mic.stream.getTracks().forEach((t) => t.stop());
-    mic.nodes.forEach((n) => n.disconnect());
-    mic.ctx.close().catch(() => {});
   }
 
   const socketUrl = () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime`;
@@ -108,13 +160,108 @@
     }
   }
 
-  function send(event) {
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(event));
-    return true;
+  // ------------------------------------------------------------------ WebRTC
+
+  // The OpenAI-compatible flow: mic track + data channel "oai-events", then the SDP offer is
+  // POSTed (after ICE gathering, so it carries our candidates) and the answer applied.
+  async function openCall(stale) {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const call = { pc, channel: null, location: null };
+    rtc = call;
+    const track = audio.stream.getAudioTracks()[0];
+    pc.addTrack(track, audio.stream);
+    const channel = pc.createDataChannel("oai-events");
+    call.channel = channel;
+    channel.onmessage = (msg) => {
+      if (typeof msg.data === "string") onEvent(JSON.parse(msg.data));
+    };
+    const opened = new Promise((resolve, reject) => {
+      channel.onopen = resolve;
+      channel.onclose = () => reject(new Error("the data channel closed"));
+      setTimeout(() => reject(new Error(`no data channel after ${OPEN_WAIT_MS / 1000} s`)), OPEN_WAIT_MS);
+    });
+    opened.catch(() => {}); // handled below; avoids an unhandled rejection if we bail out first
+    pc.ontrack = (e) => onRemoteTrack(e.streams[0] || new MediaStream([e.track]));
+    pc.onconnectionstatechange = () => {
+      if (rtc !== call) return;
+      if (pc.connectionState === "failed" && client.state !== "disconnected") {
+        showError("WebRTC connection failed");
+        teardown();
+      }
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGathered(pc, ICE_WAIT_MS);
+    if (stale()) return;
+    const offer = pc.localDescription.sdp;
+    client.localCandidates = offer.split(/\r?\n/).filter((l) => l.startsWith("a=candidate"));
+    const resp = await fetch(CALLS, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp" },
+      body: offer,
+    });
+    const answer = await resp.text();
+    if (resp.status !== 201) throw new Error(`POST ${CALLS}: ${resp.status} ${answer.trim()}`);
+    call.location = resp.headers.get("Location");
+    client.callLocation = call.location;
+    if (stale()) return hangUp(call.location);
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    await opened;
+    if (stale()) return;
+    channel.onclose = () => {
+      if (rtc === call && client.state !== "disconnected") {
+        showError("The call ended (data channel closed)");
+        teardown();
+      }
+    };
+    setInfo("mic", `mic → WebRTC (Opus ${track.getSettings().sampleRate || 48000} Hz)`);
   }
 
-  // ------------------------------------------------------------------ microphone
+  function iceGathered(pc, waitMs) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      };
+      const check = () => pc.iceGatheringState === "complete" && done();
+      pc.addEventListener("icegatheringstatechange", check);
+      setTimeout(done, waitMs);
+    });
+  }
+
+  function onRemoteTrack(stream) {
+    const speaker = $("agent-audio");
+    speaker.srcObject = stream;
+    speaker.play().catch((err) => showError(`Cannot play the agent's audio: ${err.message || err}`));
+    if (!audio) return;
+    // WebAudio reads a remote stream only while a media element plays it too (Chromium)
+    const source = audio.ctx.createMediaStreamSource(stream);
+    source.connect(audio.agentAnalyser);
+    audio.nodes.push(source);
+    record(stream);
+  }
+
+  function closeCall(call) {
+    if (!call) return;
+    const { pc, channel } = call;
+    if (channel) channel.onopen = channel.onclose = channel.onmessage = null;
+    pc.ontrack = pc.onconnectionstatechange = null;
+    $("agent-audio").srcObject = null;
+    if (!call.location) return pc.close();
+    // hang up before closing, so the server ends the call on our word, not on a dead channel
+    const timer = setTimeout(() => pc.close(), 2000);
+    hangUp(call.location).finally(() => {
+      clearTimeout(timer);
+      pc.close();
+    });
+  }
+
+  function hangUp(where) {
+    if (!where) return Promise.resolve();
+    return fetch(`${where}/hangup`, { method: "POST", keepalive: true }).catch(() => {});
+  }
+
+  // ------------------------------------------------------------------ microphone + analysers
 
   const micConstraints = () => ({
     echoCancellation: $("echo-cancellation").checked,
@@ -122,7 +269,9 @@
     autoGainControl: $("auto-gain").checked,
   });
 
-  async function startMicrophone(constraints) {
+  // The AudioContext, the mic stream and the analysers; with `capture`, also the PCM capture
+  // the WebSocket transport sends, and the bus its playback goes through.
+  async function startAudio(constraints, capture) {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new Error("microphone access needs HTTPS or localhost");
     }
@@ -136,18 +285,49 @@
       throw err;
     }
     const source = ctx.createMediaStreamSource(stream);
-    const mute = ctx.createGain(); // capture nodes must reach the destination to be pulled
+    const mute = ctx.createGain(); // nodes must reach the destination to be pulled
     mute.gain.value = 0;
     mute.connect(ctx.destination);
-    const chunk = Math.round((ctx.sampleRate * CHUNK_MS) / 1000);
-    const capture = ctx.audioWorklet
-      ? await workletCapture(ctx, chunk, onMicChunk)
-      : scriptCapture(ctx, onMicChunk);
-    source.connect(capture);
-    capture.connect(mute);
-    const mode = ctx.audioWorklet ? "AudioWorklet" : "ScriptProcessor";
-    setInfo("mic", `mic ${ctx.sampleRate} Hz (${mode}) → ${RATE / 1000} kHz PCM16`);
-    return { ctx, stream, nodes: [source, capture, mute], resampler: new Resampler(ctx.sampleRate, RATE) };
+    const micAnalyser = analyser(ctx, mute);
+    const agentAnalyser = analyser(ctx, mute);
+    source.connect(micAnalyser);
+    const mic = { ctx, stream, nodes: [source, mute, micAnalyser, agentAnalyser], micAnalyser, agentAnalyser };
+    if (capture) {
+      const chunk = Math.round((ctx.sampleRate * CHUNK_MS) / 1000);
+      const node = ctx.audioWorklet
+        ? await workletCapture(ctx, chunk, onMicChunk)
+        : scriptCapture(ctx, onMicChunk);
+      source.connect(node);
+      node.connect(mute);
+      const bus = ctx.createGain(); // WebSocket playback: → speakers, analyser and recorder
+      bus.connect(ctx.destination);
+      bus.connect(agentAnalyser);
+      const tap = ctx.createMediaStreamDestination();
+      bus.connect(tap);
+      Object.assign(mic, { agentBus: bus, agentStream: tap.stream, resampler: new Resampler(ctx.sampleRate, RATE) });
+      mic.nodes.push(node, bus, tap);
+      const mode = ctx.audioWorklet ? "AudioWorklet" : "ScriptProcessor";
+      setInfo("mic", `mic ${ctx.sampleRate} Hz (${mode}) → ${RATE / 1000} kHz PCM16`);
+    }
+    const t0 = performance.now();
+    client.levels = { t0, stepMs: LEVEL_STEP_MS, loud: LOUD, mic: [], agent: [] };
+    mic.timer = setInterval(() => pollLevels(mic), POLL_MS);
+    return mic;
+  }
+
+  function analyser(ctx, sink) {
+    const node = ctx.createAnalyser();
+    node.fftSize = 1024; // ~21 ms at 48 kHz: two polls overlap, so no sound slips between them
+    node.connect(sink);
+    return node;
+  }
+
+  function closeAudio(mic) {
+    if (!mic) return;
+    clearInterval(mic.timer);
+    mic.stream.getTracks().forEach((t) => t.stop());
+    mic.nodes.forEach((n) => n.disconnect());
+    mic.ctx.close().catch(() => {});
   }
 
   // Runs on the audio thread: downmixes to mono and posts CHUNK_MS blocks at the context's rate.
@@ -189,12 +369,96 @@
   }
 
   function onMicChunk(samples) {
-    if (!audio) return;
-    showLevel(rmsLevel(samples));
+    if (!audio || !audio.resampler) return;
     const pcm = audio.resampler.push(samples);
     if (pcm.length && client.state === "connected") {
       send({ type: "input_audio_buffer.append", audio: toBase64(encodePcm16(pcm)) });
     }
+  }
+
+  // Page-side latency: the last time the mic carried speech → the first agent sound after it.
+  // An agent sound counts as a reply only after MIC_QUIET_MS of caller silence (the server needs
+  // more to end a turn) and if the agent was silent since the caller's speech ended — so the
+  // agent's own voice still playing while the caller cuts in is not taken for a reply.
+  function pollLevels(mic) {
+    const now = performance.now();
+    const buf = new Float32Array(mic.micAnalyser.fftSize);
+    mic.micAnalyser.getFloatTimeDomainData(buf);
+    const micPeak = peakOf(buf);
+    showLevel(rmsLevel(buf));
+    mic.agentAnalyser.getFloatTimeDomainData(buf);
+    const agentPeak = peakOf(buf);
+    if (micPeak > LOUD) {
+      heard.micLastLoud = now;
+      heard.awaiting = true;
+    }
+    if (agentPeak > LOUD) {
+      if (heard.awaiting && now - heard.micLastLoud >= MIC_QUIET_MS && heard.agentLastLoud < heard.micLastLoud) {
+        heard.awaiting = false;
+        onAgentHeard(heard.micLastLoud, now);
+      }
+      heard.agentLastLoud = now;
+    }
+    keepLevels(now, micPeak, agentPeak);
+  }
+
+  function keepLevels(now, micPeak, agentPeak) {
+    const lv = client.levels;
+    const i = Math.floor((now - lv.t0) / LEVEL_STEP_MS);
+    if (i >= MAX_LEVELS) return;
+    while (lv.mic.length <= i) { lv.mic.push(0); lv.agent.push(0); }
+    lv.mic[i] = Math.max(lv.mic[i], round3(micPeak));
+    lv.agent[i] = Math.max(lv.agent[i], round3(agentPeak));
+  }
+
+  const round3 = (x) => Math.round(x * 1000) / 1000;
+
+  function onAgentHeard(speechEnd, at) {
+    const entry = { ms: Math.round(at - speechEnd), speechEnd, heardAt: at, response_id: null };
+    client.latencies.push(entry);
+    const r = agentResponseId && responses.get(agentResponseId);
+    if (r && r.turn.pageLatencyMs === null) assignLatency(r, entry);
+    else heard.pending = entry; // the response's first event has not arrived yet
+  }
+
+  function assignLatency(r, entry) {
+    entry.response_id = r.turn.response_id;
+    r.turn.pageLatencyMs = entry.ms;
+    renderLatency(r);
+  }
+
+  function agentStarted(responseId) {
+    agentResponseId = responseId;
+    const r = ensureResponse(responseId);
+    const entry = heard.pending;
+    heard.pending = null;
+    if (entry && r.turn.pageLatencyMs === null && performance.now() - entry.heardAt < 5000) {
+      assignLatency(r, entry);
+    }
+  }
+
+  function peakOf(samples) {
+    let peak = 0;
+    for (let i = 0; i < samples.length; i++) {
+      const a = Math.abs(samples[i]);
+      if (a > peak) peak = a;
+    }
+    return peak;
+  }
+
+  function rmsLevel(samples) {
+    let sum = 0;
+    for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
+    const db = 10 * Math.log10(sum / Math.max(1, samples.length) + 1e-10);
+    return Math.min(1, Math.max(0, (db + 60) / 60)); // -60 dBFS … 0 dBFS
+  }
+
+  function showLevel(value) {
+    level = Math.max(value, level * 0.85);
+    if (value === 0) level = 0;
+    const meter = $("meter");
+    meter.firstElementChild.style.width = `${(level * 100).toFixed(1)}%`;
+    meter.setAttribute("aria-valuenow", String(Math.round(level * 100)));
   }
 
   // Streaming resampler: box-filter decimation when shrinking a lot, linear interpolation otherwise.
@@ -236,19 +500,45 @@
     return buf[i] * (1 - f) + buf[i + 1] * f;
   }
 
-  function rmsLevel(samples) {
-    let sum = 0;
-    for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
-    const db = 10 * Math.log10(sum / Math.max(1, samples.length) + 1e-10);
-    return Math.min(1, Math.max(0, (db + 60) / 60)); // -60 dBFS … 0 dBFS
+  // ------------------------------------------------------------------ recording the agent
+
+  function record(stream) {
+    stopRecorder();
+    if (typeof MediaRecorder === "undefined") return;
+    const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm"]
+      .find((t) => MediaRecorder.isTypeSupported(t));
+    const recorder = new MediaRecorder(stream, type ? { mimeType: type } : {});
+    const chunks = [];
+    recorder.ondataavailable = (e) => e.data.size && chunks.push(e.data);
+    const stopped = new Promise((resolve) => (recorder.onstop = resolve));
+    recorder.start(1000);
+    rec = { recorder, chunks, stopped };
   }
 
-  function showLevel(value) {
-    level = Math.max(value, level * 0.85);
-    if (value === 0) level = 0;
-    const meter = $("meter");
-    meter.firstElementChild.style.width = `${(level * 100).toFixed(1)}%`;
-    meter.setAttribute("aria-valuenow", String(Math.round(level * 100)));
+  function stopRecorder() {
+    if (rec && rec.recorder.state !== "inactive") rec.recorder.stop();
+  }
+
+  // The agent's voice recorded so far (this call, or the last one): 16 kHz mono PCM16, base64.
+  async function recording() {
+    if (!rec) throw new Error("nothing recorded: connect first");
+    const { recorder, chunks, stopped } = rec;
+    if (recorder.state === "recording") {
+      const flushed = new Promise((resolve) => recorder.addEventListener("dataavailable", resolve, { once: true }));
+      recorder.requestData();
+      await flushed;
+    } else {
+      await stopped;
+    }
+    const blob = new Blob(chunks, { type: recorder.mimeType });
+    const ctx = new OfflineAudioContext(1, 1, 16000); // decodeAudioData resamples to 16 kHz
+    const decoded = await ctx.decodeAudioData(await blob.arrayBuffer());
+    const mono = new Float32Array(decoded.length);
+    for (let c = 0; c < decoded.numberOfChannels; c++) {
+      const data = decoded.getChannelData(c);
+      for (let i = 0; i < mono.length; i++) mono[i] += data[i] / decoded.numberOfChannels;
+    }
+    return { sampleRate: 16000, mimeType: recorder.mimeType, seconds: decoded.duration, pcm: toBase64(encodePcm16(mono)) };
   }
 
   // ------------------------------------------------------------------ PCM16 + base64
@@ -284,10 +574,10 @@
     return out;
   }
 
-  // ------------------------------------------------------------------ playback
+  // ------------------------------------------------------------------ playback (WebSocket)
 
   function playDelta(ev) {
-    if (!audio || muted.has(ev.response_id)) return;
+    if (!audio || !audio.agentBus || muted.has(ev.response_id)) return;
     const samples = decodePcm16(fromBase64(ev.delta));
     if (samples.length === 0) return;
     const ctx = audio.ctx;
@@ -295,7 +585,7 @@
     buffer.copyToChannel(samples, 0);
     const src = ctx.createBufferSource();
     src.buffer = buffer;
-    src.connect(ctx.destination);
+    src.connect(audio.agentBus);
     if (player.next < ctx.currentTime + 0.005) player.next = ctx.currentTime + LEAD_S;
     src.start(player.next);
     player.next += buffer.duration;
@@ -321,13 +611,15 @@
     "session.created": (ev) => showSession(ev.session),
     "session.updated": (ev) => showSession(ev.session),
     "input_audio_buffer.speech_started": onSpeechStarted,
-    "input_audio_buffer.speech_stopped": () => (speechStoppedAt = performance.now()),
     "conversation.item.added": onItemAdded,
     "conversation.item.input_audio_transcription.completed": onUserTranscript,
-    "response.created": onResponseCreated,
+    "response.created": (ev) => ensureResponse(ev.response.id),
     "response.output_audio.delta": onAudioDelta,
     "response.output_audio_transcript.delta": onTranscriptDelta,
     "response.done": onResponseDone,
+    "output_audio_buffer.started": (ev) => agentStarted(ev.response_id),
+    "output_audio_buffer.stopped": (ev) => agentStopped(ev.response_id),
+    "output_audio_buffer.cleared": onAudioCleared,
     "x.voice.turn.metrics": onMetrics,
     error: (ev) => showError((ev.error && ev.error.message) || "unknown error"),
   };
@@ -335,14 +627,18 @@
   function onEvent(ev) {
     if (ev.type !== "response.output_audio.delta") {
       client.events.push(ev.type);
+      const rid = ev.response_id || (ev.response && ev.response.id) || undefined;
+      const status = ev.response && ev.response.status;
+      client.eventLog.push({ type: ev.type, t: performance.now(), response_id: rid, status });
       if (client.events.length > MAX_EVENTS) client.events.shift();
+      if (client.eventLog.length > MAX_EVENTS) client.eventLog.shift();
     }
     const handler = handlers[ev.type];
     if (handler) handler(ev);
   }
 
   function onSpeechStarted(ev) {
-    if (isPlaying()) { // barge-in: silence the agent at once and drop the rest of that reply
+    if (isPlaying()) { // WebSocket barge-in: silence the agent at once, drop the rest of that reply
       const r = responses.get(player.responseId);
       muted.add(player.responseId);
       stopPlayback();
@@ -350,6 +646,18 @@
       if (r) markBubble(r.bubble, "interrupted");
     }
     userBubble(ev.item_id);
+  }
+
+  // WebRTC barge-in: the server flushed the agent's audio (the caller cut in)
+  function onAudioCleared(ev) {
+    const r = ensureResponse(ev.response_id);
+    client.bargeIns++;
+    markBubble(r.bubble, "interrupted");
+    agentStopped(ev.response_id);
+  }
+
+  function agentStopped(responseId) {
+    if (agentResponseId === responseId) agentResponseId = null;
   }
 
   function onItemAdded(ev) {
@@ -367,18 +675,8 @@
     bubble.classList.toggle("unheard", !text);
   }
 
-  function onResponseCreated(ev) {
-    const r = ensureResponse(ev.response.id);
-    r.stopAt = speechStoppedAt;
-    speechStoppedAt = null;
-  }
-
   function onAudioDelta(ev) {
-    const r = ensureResponse(ev.response_id);
-    if (r.turn.pageLatencyMs === null && r.stopAt !== null) {
-      r.turn.pageLatencyMs = Math.round(performance.now() - r.stopAt);
-      renderLatency(r);
-    }
+    if (agentResponseId !== ev.response_id && !muted.has(ev.response_id)) agentStarted(ev.response_id);
     playDelta(ev);
   }
 
@@ -416,7 +714,7 @@
       const turn = { response_id: id, status: "in_progress", transcript: "" };
       Object.assign(turn, { metrics: null, pageLatencyMs: null });
       client.turns.push(turn);
-      r = { turn, bubble: addBubble("agent"), shown: "", stopAt: null };
+      r = { turn, bubble: addBubble("agent"), shown: "" };
       r.bubble.classList.add("pending");
       responses.set(id, r);
     }
@@ -457,23 +755,23 @@
     keepScrolled();
   }
 
-  function showCut(r, heard) {
-    const end = heardEnd(r.shown, heard);
+  function showCut(r, heardText) {
+    const end = heardEnd(r.shown, heardText);
     const cut = end < 0 ? "" : r.shown.slice(end).trim();
-    setText(r.bubble, heard || (cut ? "" : "(stopped before speaking)"), cut);
+    setText(r.bubble, heardText || (cut ? "" : "(stopped before speaking)"), cut);
   }
 
   // Index in `shown` just past the `heard` prefix, ignoring whitespace differences; -1 if no prefix.
-  function heardEnd(shown, heard) {
+  function heardEnd(shown, heardText) {
     let i = 0, j = 0;
-    while (j < heard.length && i < shown.length) {
-      if (shown[i] === heard[j]) { i++; j++; }
-      else if (/\s/.test(heard[j])) j++;
+    while (j < heardText.length && i < shown.length) {
+      if (shown[i] === heardText[j]) { i++; j++; }
+      else if (/\s/.test(heardText[j])) j++;
       else if (/\s/.test(shown[i])) i++;
       else return -1;
     }
-    while (j < heard.length && /\s/.test(heard[j])) j++;
-    return j >= heard.length ? i : -1;
+    while (j < heardText.length && /\s/.test(heardText[j])) j++;
+    return j >= heardText.length ? i : -1;
   }
 
   function markBubble(bubble, label) {
@@ -504,7 +802,7 @@
     const m = turn.metrics || {};
     const rows = [
       ["Voice-to-voice (server)", m.first_audio_sent],
-      ["Page: stop → 1st audio", turn.pageLatencyMs],
+      ["Page: speech end → 1st sound", turn.pageLatencyMs],
       ...STAGES.map(([key, name]) => [`  ${name}`, m[key]]),
     ];
     const v2v = client.turns.map((t) => t.metrics && t.metrics.first_audio_sent).filter((x) => x != null);
@@ -530,7 +828,11 @@
     if (typeof session.instructions === "string") $("instructions").value = session.instructions;
     const out = (session.audio && session.audio.output) || {};
     if (out.voice) $("voice").value = typeof out.voice === "string" ? out.voice : out.voice.id || "";
-    const parts = [session.model && `model ${session.model}`, out.voice && `voice ${$("voice").value}`];
+    const parts = [
+      client.transport && (client.transport === "ws" ? "WebSocket" : "WebRTC"),
+      session.model && `model ${session.model}`,
+      out.voice && `voice ${$("voice").value}`,
+    ];
     setInfo("session", parts.filter(Boolean).join(" · "));
   }
 
@@ -549,6 +851,7 @@
     $("connect").disabled = state !== "disconnected";
     $("disconnect").disabled = state === "disconnected";
     $("apply").disabled = state !== "connected";
+    $("transport").disabled = state !== "disconnected";
   }
 
   function setInfo(key, text) {
@@ -563,12 +866,15 @@
   }
 
   function init() {
+    const wanted = new URLSearchParams(location.search).get("transport");
+    if (wanted === "ws" || wanted === "webrtc") $("transport").value = wanted;
     $("connect").addEventListener("click", () => connect());
     $("disconnect").addEventListener("click", () => disconnect());
     $("settings").addEventListener("submit", (e) => {
       e.preventDefault();
       applySettings();
     });
+    window.addEventListener("pagehide", () => rtc && hangUp(rtc.location));
     setState("disconnected");
   }
 

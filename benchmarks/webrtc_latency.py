@@ -1,0 +1,321 @@
+"""Voice-to-voice latency over WebRTC, measured in a real browser, beside the WebSocket figure
+from the same run.
+
+The web client runs in Debian's Chromium (Playwright) with a fake microphone that plays one WAV
+file: K questions spoken by espeak-ng (the caller voice of ``realtime_latency``), separated by
+pauses long enough for each answer. The page measures each turn itself: from the last mic audio
+frame with speech (an AnalyserNode on the mic, peak above 0.015 ≈ 500 in PCM16) to the first
+agent sound played (an AnalyserNode on the remote track). The server's own stage breakdown
+(``x.voice.turn.metrics``) is kept beside it. Then the same questions go through
+``/v1/realtime`` over a WebSocket with ``benchmarks.realtime_latency``'s caller (last audible
+chunk sent → first audible delta received).
+
+Both run against one in-process server inside a private network namespace
+(``tests/netns.py``: WebRTC's ICE needs a real interface, loopback does not do).
+
+    python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--out F]
+
+Needs ``unshare``/``ip`` with user namespaces, ``espeak-ng``, ``/usr/bin/chromium`` and the
+``playwright`` Python package (``pip install -e '.[test]'``; no ``playwright install``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from benchmarks import realtime_latency as ws_bench
+
+RESULTS = ws_bench.RESULTS
+LEAD_S = 3.0
+"""Silence before the first question: the page connects meanwhile."""
+DEFAULT_PAUSE_S = 25.0
+LOUD = 0.015
+log = logging.getLogger("benchmarks.webrtc_latency")
+
+
+# ---------------------------------------------------------------- inside the namespace
+
+
+def to_mic_rate(audio: np.ndarray) -> np.ndarray:
+    from tests.browser.page import MIC_RATE
+
+    out = soxr.resample(audio.astype(np.float32), ws_bench.RATE, MIC_RATE)
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+
+async def browser_session(
+    origin: str, questions: list[ws_bench.Question], pause_s: float, work: Path
+) -> dict[str, Any]:
+    """One page, one WebRTC call, all the questions; what the page measured."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.page import launch, open_and_connect, page_state, wait_for, write_mic_wav
+
+    parts: list[np.ndarray | float] = [LEAD_S]
+    for q in questions:
+        parts += [to_mic_rate(q.audio), pause_s]
+    wav = work / "questions.wav"
+    script = write_mic_wav(wav, parts)
+    last_end_ms = script["speech_end_s"][-1] * 1000
+    async with async_playwright() as pw:
+        context, page = await launch(pw, wav, origin, work / "profile")
+        try:
+            await open_and_connect(page, f"{origin}/")
+            # the file has been played up to the end of the last question…
+            await wait_for(
+                page,
+                "(end) => performance.now() - voiceClient.levels.t0 > end + 1000",
+                last_end_ms / 1000 + 120,
+                last_end_ms,
+            )
+            # …and every reply is finished and measured
+            await wait_for(
+                page,
+                """() => voiceClient.turns.length > 0 && voiceClient.turns.every(
+                     (t) => t.status !== 'in_progress' && t.metrics)""",
+                pause_s + 120,
+            )
+            state = await page_state(page)
+            await page.click("#disconnect")
+        finally:
+            await context.close()
+    return {"mic": script, "page": state}
+
+
+def webrtc_turns(questions: list[ws_bench.Question], state: dict[str, Any]) -> list[dict[str, Any]]:
+    users: list[str] = state["user"]
+    same = len(users) == len(state["turns"])
+    turns = []
+    for i, t in enumerate(state["turns"]):
+        metrics = t.get("metrics") or {}
+        heard = users[i] if same else None
+        asked = questions[i].text if same and i < len(questions) else None
+        turns.append(
+            {
+                "index": i,
+                "question": asked,
+                "user_transcript": heard,
+                "wer": ws_bench.word_error_rate(asked, heard) if asked and heard else None,
+                "status": t["status"],
+                "page_voice_to_voice_ms": t.get("pageLatencyMs"),
+                "stages_ms": {k: metrics[k] for k in ws_bench.STAGES if k in metrics},
+                "reply_transcript": t.get("transcript", ""),
+            }
+        )
+    return turns
+
+
+def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
+    """Latency over every reply that was heard: one cut short later by the next question (its
+    answer outlasted the pause) still measured its first sound, so it counts."""
+    heard = [t for t in turns if t["page_voice_to_voice_ms"] is not None]
+    return {
+        "questions": asked,
+        "responses": len(turns),
+        "completed": sum(t["status"] == "completed" for t in turns),
+        "measured": len(heard),
+        "cut_by_next_question": sum(t["status"] == "cancelled" for t in turns),
+        "page_voice_to_voice_ms": ws_bench.percentiles(
+            [t["page_voice_to_voice_ms"] for t in heard]
+        ),
+        "stages_ms": {
+            name: ws_bench.percentiles(
+                [t["stages_ms"][name] for t in heard if name in t["stages_ms"]]
+            )
+            for name in ws_bench.STAGES
+        },
+    }
+
+
+async def inside(turns: int, pause_s: float) -> dict[str, Any]:
+    from tests.netns import SERVER_IP
+    from voice.config import load
+    from voice.server import VoiceServer, load_engines, warm_up
+
+    config = load(overrides={"server.port": "0"})
+    loaded = load_engines(config)
+    warm_up(loaded.engines)
+    server = VoiceServer(config, loaded.engines)
+    port = await server.start(SERVER_IP, 0)
+    report: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="webrtc-latency-") as tmp:
+            work = Path(tmp)
+            questions = ws_bench.make_questions(turns, work)
+            print(f"WebRTC: {turns} questions in one page session ...", flush=True)
+            began = time.perf_counter()
+            session = await browser_session(f"http://{SERVER_IP}:{port}", questions, pause_s, work)
+            rtc = webrtc_turns(questions, session["page"])
+            report["webrtc"] = {
+                "took_s": round(time.perf_counter() - began, 1),
+                "summary": webrtc_summary(rtc, len(questions)),
+                "turns": rtc,
+                "user_transcripts": session["page"]["user"],
+                "errors": session["page"]["errors"],
+                "local_candidates": session["page"]["localCandidates"],
+            }
+            print("WebSocket: the same questions through /v1/realtime ...", flush=True)
+            began = time.perf_counter()
+            url = f"ws://{SERVER_IP}:{port}/v1/realtime"
+            created, results = await ws_bench.converse(url, questions)
+            report["websocket"] = {
+                "took_s": round(time.perf_counter() - began, 1),
+                "summary": ws_bench.summarize(results, ws_bench.MemoryReading()),
+                "turns": [dataclasses.asdict(r) for r in results],
+                "server_session": created,
+            }
+    finally:
+        await server.stop()
+    return report
+
+
+# ---------------------------------------------------------------- on the host
+
+
+def chromium_version() -> str:
+    from tests.browser.page import CHROMIUM
+
+    try:
+        text = subprocess.run(
+            [CHROMIUM, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return next((line.strip() for line in text.splitlines() if "Chromium" in line), "unknown")
+
+
+def _ms(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.0f}"
+
+
+def _line(name: str, stats: dict[str, float | None]) -> str:
+    return f"  {name:<54} p50 {_ms(stats['p50'])}  p95 {_ms(stats['p95'])}  max {_ms(stats['max'])}"
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    rtc, ws = report["webrtc"]["summary"], report["websocket"]["summary"]
+    for t in report["webrtc"]["turns"]:
+        server = t["stages_ms"].get("first_audio_sent")
+        print(
+            f"WebRTC turn {t['index'] + 1}: page {_ms(t['page_voice_to_voice_ms']).strip()} ms,"
+            f" server {_ms(server).strip()} ms ({t['status']})  heard: {t['user_transcript']!r}"
+        )
+    print("\n== voice-to-voice latency: WebRTC in Chromium, beside the WebSocket ==")
+    print(f"machine: {m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['platform']},")
+    print(f"         Python {m['python']}, {report['settings']['chromium']}")
+    cut = rtc["cut_by_next_question"]
+    print(f"WebRTC ({rtc['measured']}/{rtc['questions']} turns measured, {cut} cut by the next):")
+    print(_line("page: last speech frame sent -> first agent sound", rtc["page_voice_to_voice_ms"]))
+    print(_line("server: first_audio_sent", rtc["stages_ms"]["first_audio_sent"]))
+    print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
+    print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
+    print(_line("server: first_audio_sent", ws["stages_ms"]["first_audio_sent"]))
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out or RESULTS / f"webrtc_latency-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2) + "\n"
+    path.write_text(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "webrtc_latency-latest.json").write_text(text)
+    return path
+
+
+def host(args: argparse.Namespace) -> int:
+    from tests import netns
+    from tests.browser.page import CHROMIUM
+
+    for tool, hint in (
+        ("espeak-ng", "apt-get install espeak-ng"),
+        (CHROMIUM, "apt-get install chromium"),
+    ):
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed ({hint})")
+            return 2
+    reason = netns.available()
+    if reason is not None:
+        print(f"cannot run: {reason}")
+        return 2
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    per_turn = 5 + args.pause
+    budget = 300 + args.turns * (per_turn + 60)
+    with tempfile.TemporaryDirectory(prefix="webrtc-latency-") as tmp:
+        out = Path(tmp) / "inside.json"
+        inner = ["--inside", "--turns", str(args.turns), "--pause", str(args.pause)]
+        try:
+            measured = netns.run_scenarios("benchmarks.webrtc_latency", out, *inner, timeout=budget)
+        except AssertionError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    report = {
+        "started_utc": started,
+        "machine": ws_bench.machine_info(),
+        "settings": {
+            "turns": args.turns,
+            "pause_s": args.pause,
+            "lead_s": LEAD_S,
+            "caller_voice": " ".join(ws_bench.CALLER_VOICE),
+            "page_loud_threshold": LOUD,
+            "ws_loud_threshold": ws_bench.LOUD,
+            "chromium": chromium_version(),
+            "network": "veth pair in a private network namespace (tests/netns.py)",
+        },
+        **measured,
+    }
+    print_summary(report)
+    print(f"results: {write_report(report, args.out)}")
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.webrtc_latency", description=__doc__
+    )
+    parser.add_argument("inside_out", nargs="?", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--turns", type=int, default=5, help="questions to ask (default 5)")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=DEFAULT_PAUSE_S,
+        help=f"seconds of silence after each question (default {DEFAULT_PAUSE_S:g})",
+    )
+    parser.add_argument("--out", type=Path, help="the JSON report (default benchmarks/results/)")
+    args = parser.parse_args(argv)
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
+    if args.inside and args.inside_out is None:
+        parser.error("--inside needs the output path first")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.inside:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        report = asyncio.run(inside(args.turns, args.pause))
+        args.inside_out.write_text(json.dumps(report, indent=1))
+        return 0
+    return host(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The web client in a real browser (Debian's Chromium, driven by Playwright) against the server,
+over WebRTC and a WebSocket, inside a private network namespace (``tests/netns.py``). Chromium's
+fake microphone plays a WAV file of espeak-ng speech; the scenarios run in one process
+(``scenarios.py``, models loaded once) and the tests below check what they observed."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+
+from tests import netns
+from tests.browser.page import CHROMIUM
+
+pytestmark = [pytest.mark.e2e, pytest.mark.models]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail(f"{CHROMIUM} is needed (apt-get install chromium; make system-deps does)")
+    out = tmp_path_factory.mktemp("browser") / "results.json"
+    return netns.run_scenarios("tests.browser.scenarios", out, timeout=900)
+
+
+def _scenario(results: dict[str, Any], name: str) -> dict[str, Any]:
+    result = results[name]
+    assert "error" not in result, f"{result['error']}\npage: {result.get('page')}"
+    return result
+
+
+def _no_trouble(result: dict[str, Any]) -> None:
+    page = result["page"]
+    assert page["errors"] == [], page["errors"]
+    assert not [line for line in result["console"] if line.startswith(("error", "pageerror"))]
+    # the call was up before the fake mic began to speak, so nothing of the question was lost
+    assert page["connectedAt"] - page["t0"] < result["mic"]["speech_s"][0] * 1000
+    # Disconnect ended the session on the server, and nothing is left of it
+    if page["transport"] == "webrtc":  # by hanging up: POST {Location}/hangup
+        assert result["ended_because"] == "hung up by the client", result["ended_because"]
+    assert result["calls_after_hangup"] == result["sessions_after_hangup"] == 0
+
+
+def test_one_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
+    turn = _scenario(results, "turn")
+    page = turn["page"]
+    assert page["transport"] == "webrtc"
+    _no_trouble(turn)
+    # Chromium offered its real addresses, not mDNS .local names (which aioice cannot resolve)
+    candidates = page["localCandidates"]
+    assert candidates and not [c for c in candidates if ".local" in c], candidates
+    assert any(f" {netns.CLIENT_IP} " in c for c in candidates), candidates
+    # audio rode the tracks: no audio deltas on the data channel, the playout buffer events instead
+    assert "response.output_audio.delta" not in page["events"]
+    assert "output_audio_buffer.started" in page["events"]
+    assert "output_audio_buffer.stopped" in page["events"]
+
+    # both sides of the conversation are on the page
+    assert len(page["user"]) == 1 and "capital" in page["user"][0].lower(), page["user"]
+    assert page["agent"] and page["agent"][0].strip(), page["agent"]
+    (reply,) = page["turns"]
+    assert reply["status"] == "completed"
+
+    # the reply was spoken: the page recorded the agent's voice, and it is understandable speech
+    assert turn["recorded_sound_s"] > 0.5
+    assert turn["recorded_asr"].strip(), "the recorded reply should be speech"
+
+    # latency: the server's breakdown and the page's own figure are shown
+    metrics = reply["metrics"]
+    stages = ("turn_end", "asr_done", "llm_first_token", "tts_first_audio", "first_audio_sent")
+    values = [metrics[k] for k in stages]
+    assert min(values) > 0 and max(values) == metrics["first_audio_sent"], metrics
+    assert reply["pageLatencyMs"] is not None
+    # heard after the server sent it (it crossed the network and a jitter buffer)
+    assert metrics["first_audio_sent"] - 500 < reply["pageLatencyMs"] < 15_000
+    assert f"page {reply['pageLatencyMs']} ms" in page["agentMeta"][0]
+    assert f"{round(metrics['first_audio_sent'])} ms" in page["latencyPanel"]
+
+
+def test_barge_in_over_webrtc(results: dict[str, Any]) -> None:
+    barge = _scenario(results, "barge_in")
+    page, a = barge["page"], barge["analysis"]
+    _no_trouble(barge)
+    assert "problem" not in a, a
+    # the caller cut in while the agent was telling its story
+    assert a["agent_spoke_before_cut_in_ms"] >= 1000, a
+    assert a["agent_speaking_at_cut_in"], a
+    # the server flushed the agent's audio and cancelled that response…
+    assert a["status"] == "cancelled", a
+    assert "output_audio_buffer.cleared" in page["events"]
+    assert a["cleared_after_cut_in_ms"] < 1500, a
+    # …so its voice stopped soon after the cut-in, and stayed silent until the next reply
+    assert a["stop_after_cut_in_ms"] <= 1500, a
+    assert a["quiet_until_next_reply_ms"] >= 1000, a
+    # the page marks the interruption, and strikes through what was generated but not heard
+    marked = [m for m in page["markers"] if m["text"].lower() == "interrupted" and m["visible"]]
+    assert marked, page["markers"]
+    assert page["bargeIns"] == 1
+    cancelled = next(t for t in page["turns"] if t["response_id"] == a["response_id"])
+    assert cancelled["status"] == "cancelled"
+    # the interruption was itself a turn, and it was answered
+    assert len(page["user"]) >= 2, page["user"]
+    assert {"stop", "wait", "moment"} & set(page["user"][-1].lower().replace(",", " ").split())
+    assert page["turns"][-1]["status"] == "completed"
+
+
+def test_the_websocket_transport_still_works(results: dict[str, Any]) -> None:
+    ws = _scenario(results, "websocket")
+    page = ws["page"]
+    assert page["transport"] == "ws"
+    _no_trouble(ws)
+    assert "output_audio_buffer.started" not in page["events"]  # the audio came as deltas
+    assert "capital" in page["user"][0].lower(), page["user"]
+    (reply,) = page["turns"]
+    assert reply["status"] == "completed" and page["agent"][0].strip()
+    assert reply["pageLatencyMs"] is not None and reply["metrics"]["first_audio_sent"] > 0
+    assert ws["recorded_asr"].strip()
