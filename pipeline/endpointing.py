@@ -117,10 +117,10 @@ def silence_needed(transcript: str, settings: EndpointSettings) -> int:
         return settings.incomplete_ms
     words = _WORDS.findall(text.lower())
     last = words[-1] if words else ""
-    if text.endswith(("...", "…", ",", ";", ":", "-")) or last in _TRAILING:
-        return settings.incomplete_ms
     if text.endswith(("?", "!")):
         return settings.complete_ms
+    if text.endswith(("...", "…", ",", ";", ":", "-")) or last in _TRAILING:
+        return settings.incomplete_ms
     if text.endswith("."):
         return settings.statement_ms
     return settings.incomplete_ms

@@ -10,6 +10,7 @@ S = EndpointSettings(complete_ms=250, statement_ms=600, incomplete_ms=1100)
     [
         ("What is the capital of France?", 250),
         ("Stop!", 250),
+        ("How many legs does a spider have?", 250),  # a question, whatever its last word
         ("I live in Paris.", 600),
         ("I would like to book a table for", 1100),
         ("I would like to book a table for.", 1100),  # Whisper's period after a trailing word

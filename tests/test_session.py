@@ -209,8 +209,8 @@ async def test_a_speculative_reply_is_prepared_during_the_pause_and_heard_once_c
         await h.feed(tone(0.6))
         await h.feed_until(silence(0.02), m.ReplyDone)
         marks = h.of(m.TurnMetrics)[0].marks
-        # transcript at 160 ms of silence, first token 50 ms later, before the turn ended
-        assert marks["asr_done"] == pytest.approx(160, abs=40)
+        # transcript at 96 ms of silence, first token 50 ms later, before the turn ended
+        assert marks["asr_done"] == pytest.approx(96, abs=40)
         assert marks["llm_first_token"] < marks["turn_end"]
         assert marks["turn_end"] == pytest.approx(250, abs=40)  # a question: a short silence
         first_audio = h.timed(m.ReplyAudio)[0][0]

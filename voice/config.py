@@ -67,7 +67,11 @@ class LlmConfig:
     model_path: str = doc("GGUF file for `llama`; empty = bundled SmolLM2-135M-Instruct.", "")
     n_ctx: int = doc("Context window (tokens) for `llama`.", 2048)
     threads: int = doc("llama.cpp threads for generation.", 1)
-    batch_threads: int = doc("llama.cpp threads for prompt evaluation.", 1)
+    batch_threads: int = doc(
+        "llama.cpp threads for prompt evaluation (it runs once the transcript is known, when the"
+        " ASR has released its cores).",
+        2,
+    )
     gpu_layers: int = doc("Layers offloaded to the GPU (llama.cpp built with CUDA).", 0)
     base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
     model: str = doc("Model name for `openai`.", "")
@@ -94,7 +98,7 @@ class VadConfig:
     min_speech_ms: int = doc("Speech needed before `speech_started`.", 96)
     prefix_padding_ms: int = doc("Audio kept before the speech onset.", 300)
     silence_duration_ms: int = doc("Silence that ends a turn.", 500)
-    tentative_silence_ms: int = doc("Silence after which ASR starts early.", 160)
+    tentative_silence_ms: int = doc("Silence after which ASR (and a speculative reply) starts.", 96)
     interrupt_min_speech_ms: int = doc("Speech needed to interrupt the agent (barge-in).", 192)
     pause_on_onset: bool = doc(
         "Hold the agent's audio from the caller's first speech window (resumed if it was not"
@@ -130,7 +134,7 @@ class PipelineConfig:
         True,
     )
     first_clause_words: int = doc(
-        "Cut the first piece for TTS after this many words even without punctuation (0 = off).", 6
+        "Cut the first piece for TTS after this many words even without punctuation (0 = off).", 4
     )
 
 
