@@ -186,3 +186,65 @@ async def test_a_turn_renders_as_valid_openai_events() -> None:
     done = rendered[-2]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"] == "It is noon."
+
+
+async def test_client_items_text_and_audio_join_the_conversation() -> None:
+    engines = fake_engines(["a spoken note"], ["Noted."])
+    async with Harness(engines, SessionSettings(turn_detection=None)) as h:
+        conn = RealtimeConnection(
+            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+        )
+        out = send(
+            conn,
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "typed words"}],
+                },
+            },
+        )
+        assert out == []
+        audio = b64(tone(0.5, rate=24_000))
+        send(
+            conn,
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "id": "item_audio",
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_audio", "audio": audio}],
+                },
+            },
+        )
+        await h.clock.advance(0.02)
+        error = only_error(
+            send(
+                conn,
+                {
+                    "type": "conversation.item.create",
+                    "previous_item_id": "nope",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "x"}],
+                    },
+                },
+            )
+        )
+        assert error["param"] == "previous_item_id"
+        send(conn, {"type": "response.create"})
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        rendered = [e for _, ev in h.events for e in conn.render(ev)]
+    for event in rendered:
+        validate_server_event(event)
+    transcripts = [
+        e for e in rendered if e["type"] == "conversation.item.input_audio_transcription.completed"
+    ]
+    assert [(e["item_id"], e["transcript"]) for e in transcripts] == [
+        ("item_audio", "a spoken note")
+    ]
+    prompt = [(msg.role, msg.content) for msg in engines.llm.seen[0][1:]]
+    assert prompt == [("user", "typed words"), ("user", "a spoken note")]
