@@ -145,7 +145,8 @@ def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
 async def inside(turns: int, pause_s: float) -> dict[str, Any]:
     from tests.netns import SERVER_IP
     from voice.config import load
-    from voice.server import VoiceServer, load_engines, warm_up
+    from voice.engines import load_engines, warm_up
+    from voice.server import VoiceServer
 
     config = load(overrides={"server.port": "0"})
     loaded = load_engines(config)

@@ -17,7 +17,8 @@ import pytest
 from pipeline.audio import resample
 from pipeline.engines import Engines
 from voice.config import Config, load
-from voice.server import VoiceServer, load_engines, warm_up
+from voice.engines import load_engines, warm_up
+from voice.server import VoiceServer
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 

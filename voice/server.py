@@ -1,29 +1,25 @@
-"""The server: loads the engines once, then serves ``/v1/realtime`` (WebSocket) and the web
-client at ``/``. Sessions beyond ``server.max_sessions`` are refused with HTTP 503."""
+"""The server: one aiohttp application over the engines loaded once (``engines.py``).
+
+Routes: ``GET /`` (the web client), ``GET /v1/realtime`` (Realtime over WebSocket),
+``POST /v1/realtime/calls`` (Realtime over WebRTC), ``GET /v1/twilio/media-stream`` (Twilio Media
+Streams), ``GET /healthz``. Sessions beyond ``server.max_sessions`` are refused with HTTP 503;
+every ended session's transcript is kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from aiohttp import web
 from aiortc import RTCIceServer
 
 from pipeline.endpointing import EndpointSettings
-from pipeline.engines import Engines, GenerationOptions, LanguageModel
-from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
-from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
-from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
-from pipeline.engines.tts_piper import PiperOptions, PiperTts
-from pipeline.engines.vad_silero import SileroOptions, SileroVad
-from pipeline.errors import ConfigError, ProtocolError
+from pipeline.engines import Engines, GenerationOptions
+from pipeline.errors import ProtocolError
 from pipeline.reply import ReplySettings
 from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 from pipeline.turns import TurnSettings
@@ -34,108 +30,11 @@ from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
-from . import models
 from .config import Config
+from .engines import load_engines, warm_up
 
 log = logging.getLogger("voice.server")
-T = TypeVar("T")
 WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
-
-
-def cuda_available() -> bool:
-    try:
-        import ctranslate2
-
-        return bool(ctranslate2.get_cuda_device_count() > 0)
-    except Exception:  # no CUDA runtime at all
-        return False
-
-
-@dataclass(slots=True)
-class LoadedEngines:
-    engines: Engines
-    asr_device: str
-
-
-def _timed(what: str, source: object, device: str, load: Callable[[], T]) -> T:
-    start = time.perf_counter()
-    engine = load()
-    log.info("loaded %s from %s on %s in %.2f s", what, source, device, time.perf_counter() - start)
-    return engine
-
-
-def load_engines(config: Config) -> LoadedEngines:
-    """Load every model once for the process, logging what, from where, where and how long."""
-    vad_path = Path(config.vad.model_path) if config.vad.model_path else models.silero_onnx()
-    vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)))
-
-    device = config.asr.device
-    if device == "auto":
-        device = "cuda" if cuda_available() else "cpu"
-    asr_model = models.resolve_asr_model(config.asr.model)
-    asr_options = WhisperOptions(
-        model=asr_model,
-        device=device,
-        compute_type=config.asr.compute_type,
-        language=config.asr.language or None,
-        beam_size=config.asr.beam_size,
-        cpu_threads=config.asr.threads,
-        workers=config.asr.workers,
-    )
-    asr = _timed(
-        f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
-    )
-
-    llm: LanguageModel
-    c = config.llm
-    if c.engine == "llama":
-        gguf = Path(c.model_path) if c.model_path else models.smollm2_gguf()
-        options = LlamaOptions(
-            model_path=gguf,
-            n_ctx=c.n_ctx,
-            threads=c.threads,
-            batch_threads=c.batch_threads,
-            gpu_layers=c.gpu_layers,
-            first_token_timeout=c.first_token_timeout,
-            next_token_timeout=c.next_token_timeout,
-        )
-        where = "gpu" if c.gpu_layers else "cpu"
-        llm = _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
-    elif c.engine == "openai":
-        if not c.base_url or not c.model:
-            raise ConfigError("llm.engine = 'openai' needs llm.base_url and llm.model")
-        remote = RemoteLlmOptions(
-            base_url=c.base_url,
-            model=c.model,
-            api_key=c.api_key or "none",
-            first_token_timeout=c.first_token_timeout,
-            next_token_timeout=c.next_token_timeout,
-        )
-        llm = _timed(
-            "LLM remote", f"{c.base_url} ({c.model})", "remote", lambda: OpenAiCompatibleLlm(remote)
-        )
-    else:
-        raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
-
-    voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
-    tts_options = PiperOptions(
-        model_path=voice_path,
-        length_scale=config.tts.length_scale or None,
-        threads=config.tts.threads,
-    )
-    tts = _timed(
-        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
-    )
-    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
-
-
-def warm_up(engines: Engines) -> None:
-    for name in ("asr", "llm", "tts"):
-        engine = getattr(engines, name)
-        if hasattr(engine, "warm_up"):
-            start = time.perf_counter()
-            engine.warm_up()
-            log.info("warmed up %s in %.2f s", name.upper(), time.perf_counter() - start)
 
 
 class VoiceServer:

