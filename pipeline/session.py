@@ -403,7 +403,11 @@ class Session:
     async def _early(self, turn: _Turn, audio: np.ndarray) -> str:
         marks = turn.marks or Marks()
         marks.set_once("asr_start", self.clock.now())
-        text = await self._transcribe(audio)
+        try:
+            text = await self._transcribe(audio)
+        except (EngineError, TimeoutError) as exc:
+            self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
+            return ""
         marks.set_once("asr_done", self.clock.now())
         if self._turn is turn and self.closed_reason is None:
             if self.tuning.speculative_reply and self._may_answer(text):

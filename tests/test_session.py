@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from pipeline import messages as m
-from pipeline.errors import LimitExceeded, ProtocolError
+from pipeline.errors import EngineError, LimitExceeded, ProtocolError
 from pipeline.session import SessionLimits, SessionSettings, Tuning
 
 from .fakes import fake_engines, silence, tone
@@ -287,3 +287,21 @@ async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> Non
         assert done.status == "completed"  # … then finished its sentence, losing nothing
         assert done.item.text == LONG_REPLY
         assert sum(len(e.audio) for e in h.of(m.ReplyAudio)) == 20 * 200 * 24
+
+
+async def test_a_failing_recognizer_is_reported_once_and_the_session_goes_on() -> None:
+    engines = fake_engines(["unused"], ["Hi."])
+
+    async def broken(audio: object) -> str:
+        raise EngineError("model crashed", engine="asr")
+
+    engines.asr.transcribe = broken  # type: ignore[method-assign]
+    async with Harness(engines) as h:
+        await h.feed(tone(0.5))
+        await h.feed_until(silence(0.02), m.UserTranscript)
+        errors = h.of(m.SessionError)
+        assert [e.code for e in errors] == ["asr_failed"]
+        assert h.of(m.UserTranscript)[0].transcript == ""
+        assert h.session.closed_reason is None
+        await h.feed(silence(0.3))
+        assert not h.of(m.ReplyStarted)
