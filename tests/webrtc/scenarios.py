@@ -131,7 +131,7 @@ async def _leave_mid_reply(server: VoiceServer, base: str) -> str:
 
 async def teardown(server: VoiceServer, base: str, cycles: int = 20) -> dict[str, Any]:
     gc.collect()
-    baseline_tasks = len(asyncio.all_tasks())
+    baseline = asyncio.all_tasks()
     ended = 0
     for i in range(cycles):
         session_id = await _call_and_leave(server, base, hang_up=bool(i % 2))
@@ -141,14 +141,18 @@ async def teardown(server: VoiceServer, base: str, cycles: int = 20) -> dict[str
     session_id = await _leave_mid_reply(server, base)
     async with asyncio.timeout(30):
         record = await server.wait_ended(session_id)
-    await asyncio.sleep(0.5)  # let aiortc's own transport tasks run their last callbacks
+    # aiortc's transports finish their own last tasks after close(): wait for them (bounded)
+    leftover = asyncio.all_tasks() - baseline - {asyncio.current_task()}
+    if leftover:
+        await asyncio.wait(leftover, timeout=10)
     gc.collect()
     return {
         "ended": ended,
         "calls": len(server.calls),
         "sessions": len(server.sessions),
-        "tasks_before": baseline_tasks,
+        "tasks_before": len(baseline),
         "tasks_after": len(asyncio.all_tasks()),
+        "tasks_left": sorted(t.get_name() for t in asyncio.all_tasks() - baseline if not t.done()),
         "peer_connections": sum(isinstance(o, RTCPeerConnection) for o in gc.get_objects()),
         "tracks": sum(isinstance(o, ReplyTrack) for o in gc.get_objects()),
         "mid_reply_record": record,

@@ -56,6 +56,7 @@ def test_nothing_is_left_behind_after_20_calls(results: dict[str, Any]) -> None:
     assert (t["calls"], t["sessions"]) == (0, 0)
     assert t["peer_connections"] == 0
     assert t["tracks"] == 0
+    assert t["tasks_left"] == []  # every task a call started has finished
     assert t["tasks_after"] <= t["tasks_before"]
 
 
