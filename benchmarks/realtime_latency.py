@@ -24,12 +24,9 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import wave
 from collections import deque
@@ -44,6 +41,8 @@ import numpy as np
 import psutil
 import soxr
 from openai import AsyncOpenAI
+
+from benchmarks.local_server import LocalServer
 
 RATE = 24_000
 CHUNK_MS = 20
@@ -146,82 +145,6 @@ def chunked(audio: np.ndarray) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------- the server under test
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _default_sigint() -> None:
-    """In the child: SIGINT may be ignored when run in the background; restore it for stop()."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class LocalServer:
-    """``python -m voice serve`` as a subprocess; its output goes to a log file."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self._ready = threading.Event()
-        self._log = log_path.open("w")
-        command = [sys.executable, "-m", "voice", "serve", "--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            [*command, "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            preexec_fn=_default_sigint,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/realtime"
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("READY"):
-                self._ready.set()
-            self._log.write(line)
-            self._log.flush()
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.5):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not READY after {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def rss_mb(self) -> float | None:
-        try:
-            proc = psutil.Process(self.proc.pid)
-            procs = [proc, *proc.children(recursive=True)]
-            total = 0
-            for p in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    total += p.memory_info().rss
-            return total / 2**20
-        except psutil.NoSuchProcess:
-            return None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 def base_url_for(ws_url: str) -> str:
@@ -543,17 +466,17 @@ async def converse_with_local_server(
     questions: list[Question], workdir: Path, memory: MemoryReading
 ) -> tuple[str, Event, list[TurnResult]]:
     """Start the server, converse, read its memory after warm-up and after the run, stop it."""
-    server = LocalServer(workdir / "server.log")
+    server = LocalServer({}, workdir / "server.log")
     sampler: asyncio.Task[None] | None = None
     try:
         print(f"starting the server on port {server.port} ...", flush=True)
         await asyncio.to_thread(server.wait_ready, READY_TIMEOUT_S)
         memory.after_warm_up_mb = server.rss_mb()
         sampler = asyncio.create_task(sample_memory(server, memory))
-        session, results = await converse(server.url, questions)
+        session, results = await converse(server.url("realtime"), questions)
         memory.after_run_mb = server.rss_mb()
         memory.peak_mb = max(memory.peak_mb or 0.0, memory.after_run_mb or 0.0)
-        return server.url, session, results
+        return server.url("realtime"), session, results
     except BaseException:
         print(f"server log (last lines):\n{server.tail()}", file=sys.stderr)
         raise

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.local_server import LocalServer
 from benchmarks.realtime_latency import machine_info
 
 from .audio import CHUNK_MS, LOUD
@@ -20,7 +21,7 @@ from .clients import REALTIME_RATE, TWILIO_RATE
 from .report import format_turn
 from .runner import Timing, run_conversation
 from .scenarios import DEFAULT_SCENARIOS, RenderedScenario, Renderer, Scenario, select_turns
-from .server import READY_TIMEOUT_S, LocalServer, NamedConfig
+from .server import READY_TIMEOUT_S, NamedConfig
 from .stats import ratios, sessions_per_core, summarize
 from .timeline import REALTIME
 
