@@ -1,0 +1,12 @@
+// The page's state as tests and benchmarks see it (window.voiceClient; app.js adds the methods):
+//   events     received event types (no audio deltas); eventLog: {type, t, response_id, status}
+//   turns      one entry per response: status, transcript, server metrics, pageLatencyMs
+//   latencies  page-side voice-to-voice: last caller speech → first agent audio heard
+//   levels     peak level per step of the mic and of the agent's voice since t0
+//   localCandidates  the a=candidate lines of the WebRTC offer
+// Times are performance.now() milliseconds.
+
+export const client = {
+  state: "disconnected", transport: null, events: [], eventLog: [], turns: [], bargeIns: 0,
+  latencies: [], levels: null, localCandidates: [], connectedAt: null, callLocation: null,
+};

@@ -1,0 +1,29 @@
+// The WebSocket transport: JSON events both ways, the audio inside them as base64 PCM16.
+
+export const socketUrl = () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime`;
+
+// Resolves with the open socket; `onClosed(closeEvent)` fires if it closes after that.
+export function openSocket(url, { onEvent, onClosed }) {
+  return new Promise((resolve, reject) => {
+    const sock = new WebSocket(url);
+    sock.onopen = () => {
+      sock.onclose = onClosed;
+      resolve(sock);
+    };
+    sock.onerror = () => reject(new Error(`WebSocket to ${url} failed`));
+    sock.onclose = (e) => reject(new Error(`WebSocket closed (${e.code})`));
+    sock.onmessage = (msg) => onEvent(JSON.parse(msg.data));
+  });
+}
+
+export function closeSocket(sock) {
+  if (!sock) return;
+  sock.onopen = sock.onclose = sock.onmessage = sock.onerror = null;
+  if (sock.readyState <= WebSocket.OPEN) sock.close(1000, "client disconnect");
+}
+
+export function sendOnSocket(sock, text) {
+  if (!sock || sock.readyState !== WebSocket.OPEN) return false;
+  sock.send(text);
+  return true;
+}
