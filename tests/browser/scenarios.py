@@ -177,6 +177,29 @@ async def barge_in(
     return await run(parts, body)
 
 
+async def tab_closed(
+    pw: Playwright, server: VoiceServer, engines: Engines, work: Path
+) -> dict[str, Any]:
+    """The tab is closed while the agent speaks: no hang-up, the server must notice by itself."""
+    run = Run(pw, server, work, "tab_closed")
+
+    async def body(page: Page) -> None:
+        await open_and_connect(page, f"{run.origin}/")
+        await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
+        (session,) = server.sessions.values()
+        await wait_for(
+            page, "() => voiceClient.events.includes('output_audio_buffer.started')", TURN_TIMEOUT_S
+        )
+        await page.close()  # mid-reply, like a closed tab
+        ended = await asyncio.wait_for(server.wait_ended(session.id), 60)
+        run.result["ended_because"] = ended["closed_reason"]
+        run.result["items"] = ended["items"]
+        run.result["calls_after"] = len(server.calls)
+        run.result["sessions_after"] = len(server.sessions)
+
+    return await run([LEAD_S, espeak(STORY, rate=MIC_RATE), TAIL_S], body)
+
+
 def analyse_barge_in(page: dict[str, Any], lv: dict[str, Any]) -> dict[str, Any]:
     """From the page's level timelines (peak per ``stepMs``) and event times: when the caller cut
     in while the agent spoke, and when the agent's voice stopped."""
@@ -225,7 +248,12 @@ def analyse_barge_in(page: dict[str, Any], lv: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-SCENARIOS: dict[str, Scenario] = {"turn": turn, "barge_in": barge_in, "websocket": websocket}
+SCENARIOS: dict[str, Scenario] = {
+    "turn": turn,
+    "barge_in": barge_in,
+    "websocket": websocket,
+    "tab_closed": tab_closed,
+}
 
 
 async def main(names: list[str]) -> dict[str, Any]:

@@ -119,3 +119,13 @@ def test_the_websocket_transport_still_works(results: dict[str, Any]) -> None:
     assert reply["status"] == "completed" and page["agent"][0].strip()
     assert reply["pageLatencyMs"] is not None and reply["metrics"]["first_audio_sent"] > 0
     assert ws["recorded_asr"].strip()
+
+
+def test_a_tab_closed_mid_reply_tears_the_call_down(results: dict[str, Any]) -> None:
+    closed = results["tab_closed"]
+    assert "error" not in closed, closed.get("error")
+    assert closed["ended_because"]  # the server noticed on its own (no hang-up was sent)
+    assert (closed["calls_after"], closed["sessions_after"]) == (0, 0)
+    user, agent = closed["items"][:2]
+    assert user["role"] == "user" and "dragon" in user["text"].lower()
+    assert agent["role"] == "assistant" and agent["status"] == "incomplete"
