@@ -5,6 +5,7 @@ fake microphone plays a WAV file of espeak-ng speech; the scenarios run in one p
 
 from __future__ import annotations
 
+import math
 import shutil
 from typing import Any
 
@@ -78,7 +79,8 @@ def test_one_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
     # heard after the server sent it (it crossed the network and a jitter buffer)
     assert metrics["first_audio_sent"] - 500 < reply["pageLatencyMs"] < 15_000
     assert f"page {reply['pageLatencyMs']} ms" in page["agentMeta"][0]
-    assert f"{round(metrics['first_audio_sent'])} ms" in page["latencyPanel"]
+    shown = math.floor(metrics["first_audio_sent"] + 0.5)  # JavaScript's Math.round, not Python's
+    assert f"{shown} ms" in page["latencyPanel"]
 
 
 def test_barge_in_over_webrtc(results: dict[str, Any]) -> None:
