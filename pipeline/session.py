@@ -47,6 +47,7 @@ from .messages import (
 from .metrics import Marks, report
 from .playout import Playout
 from .reply import Reply, ReplySettings
+from .tasks import cancel_and_wait
 from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
 
 MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
@@ -633,7 +634,4 @@ class Session:
                 self._events.get_nowait()
 
     async def _stop_children(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))

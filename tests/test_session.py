@@ -305,3 +305,35 @@ async def test_a_failing_recognizer_is_reported_once_and_the_session_goes_on() -
         assert h.session.closed_reason is None
         await h.feed(silence(0.3))
         assert not h.of(m.ReplyStarted)
+
+
+async def test_a_failing_llm_fails_that_reply_only_and_the_next_turn_works() -> None:
+    engines = fake_engines(["first?", "second?"], ["Fine."])
+    calls = 0
+    original = engines.llm.stream
+
+    async def flaky(messages, options):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first turn's reply
+            raise EngineError("llama.cpp crashed", engine="llm")
+            yield ""
+        async for token in original(messages, options):
+            yield token
+
+    engines.llm.stream = flaky  # type: ignore[method-assign]
+    async with Harness(engines, tuning=Tuning(speculative_reply=False)) as h:
+        await h.feed(tone(0.5))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        failed = h.of(m.ReplyDone)[0]
+        assert failed.status == "failed" and "crashed" in (failed.reason or "")
+        assert [e.code for e in h.of(m.SessionError)] == ["response_failed"]
+        await h.feed(silence(0.3))
+        await h.feed(tone(0.5))
+        while len(h.of(m.ReplyDone)) < 2:
+            await h.feed(silence(0.1))
+        assert h.of(m.ReplyDone)[1].status == "completed"
+        assert [i.text for i in h.session.conversation.items if i.role == "user"] == [
+            "first?",
+            "second?",
+        ]

@@ -33,6 +33,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pipeline import messages as m
 from pipeline.errors import LimitExceeded, ProtocolError
 from pipeline.session import Session
+from pipeline.tasks import cancel_and_wait
 
 from . import g711
 from . import twilio_messages as tw
@@ -228,11 +229,7 @@ async def serve_twilio(
         reason = await _read(ws, stream, writer, start_timeout, idle_timeout)
     finally:
         session.close(reason)
-        for task in (writer, runner):
-            task.cancel()
-        for task in (writer, runner):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait((writer, runner))
         await ws.close()
         log.info(
             "session %s ended (%s): stream %s, call %s, %d malformed messages, %d media messages"

@@ -13,7 +13,6 @@ once on barge-in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import json
 import logging
@@ -38,6 +37,7 @@ from pipeline import messages as m
 from pipeline.clock import Clock, MonotonicClock
 from pipeline.context import new_id
 from pipeline.errors import ProtocolError
+from pipeline.tasks import cancel_and_wait
 
 from .realtime.connection import RealtimeConnection, event_id
 from .sdp import check_offer
@@ -269,13 +269,7 @@ class WebRtcCall:
             return
         self.closing = True
         self.session.close(reason)
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._tasks))
         self.track.stop()
         await self.pc.close()
         log.info("call %s (session %s) ended: %s", self.id, self.session.id, reason)

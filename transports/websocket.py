@@ -9,13 +9,14 @@ A send that cannot complete within ``send_timeout`` (a client that stopped readi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from pipeline.tasks import cancel_and_wait
 
 from .realtime.connection import RealtimeConnection, error_event
 
@@ -60,11 +61,7 @@ async def serve_realtime(
         await _read(ws, conn, send, writer)
     finally:
         session.close(_close_reason(ws))
-        for task in (writer, runner):
-            task.cancel()
-        for task in (writer, runner):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait((writer, runner))
         await ws.close()
         log.info(
             "session %s ended (%s); transcript: %s",

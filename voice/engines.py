@@ -72,7 +72,22 @@ def load_engines(config: Config) -> LoadedEngines:
         f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
     )
 
-    llm: LanguageModel
+    llm = _load_llm(config)
+
+    voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
+    tts_options = PiperOptions(
+        model_path=voice_path,
+        length_scale=config.tts.length_scale or None,
+        threads=config.tts.threads,
+    )
+    tts = _timed(
+        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
+    )
+    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
+
+
+def _load_llm(config: Config) -> LanguageModel:
+    """The embedded llama.cpp engine or a remote OpenAI-compatible one."""
     c = config.llm
     if c.engine == "llama":
         gguf = Path(c.model_path) if c.model_path else models.smollm2_gguf()
@@ -86,8 +101,8 @@ def load_engines(config: Config) -> LoadedEngines:
             next_token_timeout=c.next_token_timeout,
         )
         where = "gpu" if c.gpu_layers else "cpu"
-        llm = _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
-    elif c.engine == "openai":
+        return _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
+    if c.engine == "openai":
         if not c.base_url or not c.model:
             raise ConfigError("llm.engine = 'openai' needs llm.base_url and llm.model")
         remote = RemoteLlmOptions(
@@ -97,22 +112,10 @@ def load_engines(config: Config) -> LoadedEngines:
             first_token_timeout=c.first_token_timeout,
             next_token_timeout=c.next_token_timeout,
         )
-        llm = _timed(
+        return _timed(
             "LLM remote", f"{c.base_url} ({c.model})", "remote", lambda: OpenAiCompatibleLlm(remote)
         )
-    else:
-        raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
-
-    voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
-    tts_options = PiperOptions(
-        model_path=voice_path,
-        length_scale=config.tts.length_scale or None,
-        threads=config.tts.threads,
-    )
-    tts = _timed(
-        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
-    )
-    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
+    raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
 
 
 def warm_up(engines: Engines) -> None:

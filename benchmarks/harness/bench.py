@@ -140,25 +140,7 @@ async def run_config(
             sampler = asyncio.create_task(_sample_rss(server, peak))
             result["server"] = {"command": server.command[1:], "ready_s": server.ready_s}
             echo(f"[{config.name}] ready in {server.ready_s} s: {url}")
-        for i, level in enumerate(opts.levels):
-            now = _now()
-            if now >= deadline:
-                echo(f"[{config.name}] time limit: concurrency {level} not run")
-                break
-            level_deadline = now + (deadline - now) / (len(opts.levels) - i)
-            echo(f"[{config.name}] {level} concurrent session(s)")
-            records, time_up = await run_level(
-                opts, url, rendered, level, level_deadline, config.name, echo
-            )
-            result["levels"].append(
-                {
-                    "concurrency": level,
-                    "wall_s": round(_now() - now, 1),
-                    "time_up": time_up,
-                    "summary": summarize(records, opts.protocol),
-                }
-            )
-            result["turns"] += records
+        await _run_levels(opts, url, rendered, deadline, config.name, echo, result)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         echo(f"[{config.name}] FAILED: {result['error']}")
@@ -178,6 +160,35 @@ async def run_config(
             result["server"] = {**(result["server"] or {}), "rss_mb": rss}
     finish_config(result, cores=_cores())
     return result
+
+
+async def _run_levels(
+    opts: BenchOptions,
+    url: str,
+    rendered: list[RenderedScenario],
+    deadline: float,
+    name: str,
+    echo: Print,
+    result: dict[str, Any],
+) -> None:
+    """Each concurrency level in turn, sharing what time is left equally."""
+    for i, level in enumerate(opts.levels):
+        now = _now()
+        if now >= deadline:
+            echo(f"[{name}] time limit: concurrency {level} not run")
+            break
+        level_deadline = now + (deadline - now) / (len(opts.levels) - i)
+        echo(f"[{name}] {level} concurrent session(s)")
+        records, time_up = await run_level(opts, url, rendered, level, level_deadline, name, echo)
+        result["levels"].append(
+            {
+                "concurrency": level,
+                "wall_s": round(_now() - now, 1),
+                "time_up": time_up,
+                "summary": summarize(records, opts.protocol),
+            }
+        )
+        result["turns"] += records
 
 
 def _cores() -> int:

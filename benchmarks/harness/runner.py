@@ -26,6 +26,7 @@ from .timeline import (
     Ev,
     TurnClock,
     analyze_turn,
+    blank_record,
     talking_over,
     twilio_barge_in,
 )
@@ -266,18 +267,8 @@ def failed_record(turn: RenderedTurn, error: str) -> dict[str, Any]:
         "barge_in_text": script.barge_in.text if script.barge_in else None,
         "speech_s": round(turn.speech_s, 3),
         "cut": False,
-        "missed": True,
-        "voice_to_voice_ms": None,
-        "reply_status": None,
+        **blank_record(),
         "pauses": [{"pause_ms": p, "false_interruption": False} for p in script.pauses_ms],
-        "false_interruptions": 0,
-        "stages_ms": {},
-        "overhead_ms": None,
-        "transport_ms": None,
-        "user_transcript": "",
-        "wer": None,
-        "reply_transcript": "",
-        "barge_in": None,
         "errors": [error],
     }
 

@@ -9,16 +9,11 @@ from typing import Any
 import jiwer
 import numpy as np
 
+from pipeline.metrics import REPORTED
+
 from .timeline import normalize
 
-STAGES = (
-    "speech_end",
-    "turn_end",
-    "asr_done",
-    "llm_first_token",
-    "tts_first_audio",
-    "first_audio_sent",
-)
+STAGES = REPORTED
 """Server marks of ``x.voice.turn.metrics``, in pipeline order (others may follow)."""
 SWEEP_TOLERANCE = 1.5
 """A concurrency level counts for sessions per core while its p50 stays within this factor."""

@@ -214,6 +214,25 @@ def wer(reference: str, hypothesis: str) -> float | None:
     return round(float(jiwer.wer(ref, hyp)), 4)
 
 
+def blank_record() -> dict[str, Any]:
+    """A turn's measurements before anything was measured: missed, nothing heard."""
+    return {
+        "missed": True,
+        "voice_to_voice_ms": None,
+        "reply_status": None,
+        "pauses": [],
+        "false_interruptions": 0,
+        "stages_ms": {},
+        "overhead_ms": None,
+        "transport_ms": None,
+        "user_transcript": "",
+        "wer": None,
+        "reply_transcript": "",
+        "barge_in": None,
+        "errors": [],
+    }
+
+
 def analyze_turn(
     events: Sequence[Ev],
     clock: TurnClock,
@@ -227,21 +246,8 @@ def analyze_turn(
     now: float,
 ) -> dict[str, Any]:
     """Everything measured for one turn, from its timeline (events received since it began)."""
-    rec: dict[str, Any] = {
-        "missed": True,
-        "voice_to_voice_ms": None,
-        "reply_status": None,
-        "pauses": [],
-        "false_interruptions": 0,
-        "stages_ms": {},
-        "overhead_ms": None,
-        "transport_ms": None,
-        "user_transcript": "",
-        "wer": None,
-        "reply_transcript": "",
-        "barge_in": None,
-        "errors": [ev.text for ev in events if ev.kind == ERROR],
-    }
+    rec = blank_record()
+    rec["errors"] = [ev.text for ev in events if ev.kind == ERROR]
     flags = false_interruptions(events, clock.segments)
     rec["pauses"] = [
         {"pause_ms": p, "false_interruption": f} for p, f in zip(pauses_ms, flags, strict=False)
