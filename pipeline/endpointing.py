@@ -4,6 +4,11 @@ the words heard so far (sans-I/O).
 A complete question can be answered after a short silence; a sentence that stops on "and", "the"
 or a comma is probably not finished, so the turn waits longer. Whisper's punctuation carries the
 prosody: it ends a falling statement with a period and a question with a question mark.
+
+Punctuation cannot tell "Can you tell me?" (the caller goes on: "…what time it opens?") from
+"Can you help me?". A language model can: ``completion`` is its probability that the words are a
+whole message (``TurnJudge``). A request it is sure of ends as soon as a question; a question it
+finds unlikely to be finished waits as long as a statement.
 """
 
 from __future__ import annotations
@@ -108,19 +113,31 @@ class EndpointSettings:
     """Silence after a plain statement ending in a period."""
     incomplete_ms: int = 1100
     """Silence after words that trail off (a conjunction, an article, a comma, no punctuation)."""
+    likely_complete: float = 0.4
+    """A ``completion`` at least this high ends a sentence (``.``, ``?``, ``!``) after
+    ``complete_ms``."""
+    unlikely_complete: float = 0.05
+    """A ``completion`` below this makes a question or exclamation wait ``statement_ms``."""
 
 
-def silence_needed(transcript: str, settings: EndpointSettings) -> int:
-    """Milliseconds of silence that should end a turn whose words so far are ``transcript``."""
+def silence_needed(
+    transcript: str, settings: EndpointSettings, completion: float | None = None
+) -> int:
+    """Milliseconds of silence that should end a turn whose words so far are ``transcript``;
+    ``completion``: a language model's probability that they are a whole message, if known."""
     text = transcript.strip()
     if not text:
         return settings.incomplete_ms
     words = _WORDS.findall(text.lower())
     last = words[-1] if words else ""
-    if text.endswith(("?", "!")):
+    if text.endswith(("?", "!")):  # a question, whatever its last word
+        if completion is not None and completion < settings.unlikely_complete:
+            return settings.statement_ms
         return settings.complete_ms
     if text.endswith(("...", "…", ",", ";", ":", "-")) or last in _TRAILING:
         return settings.incomplete_ms
     if text.endswith("."):
+        if completion is not None and completion >= settings.likely_complete:
+            return settings.complete_ms
         return settings.statement_ms
     return settings.incomplete_ms

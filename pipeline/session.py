@@ -78,6 +78,8 @@ class SessionLimits:
     max_input_buffer_s: float = 60.0
     """Audio held for one turn; a longer turn is ended there (manual mode: appends are refused)."""
     asr_timeout: float = 30.0
+    judge_timeout: float = 1.0
+    """An end-of-turn judgement later than this is skipped (the words alone decide)."""
     truncation_memory: int = 16
     """Replies whose audio/text alignment is kept for ``conversation.item.truncate``."""
 
@@ -410,15 +412,34 @@ class Session:
             self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
             return ""
         marks.set_once("asr_done", self.clock.now())
+        completion = None
+        if self.tuning.eot_adaptive and self._turn is turn:
+            completion = await self._judge(text)
         if self._turn is turn and self.closed_reason is None:
             if self.tuning.speculative_reply and self._may_answer(text):
                 turn.speculation = self._start_reply(marks, None, pending_user=text)
             td = self.settings.turn_detection
             if self.tuning.eot_adaptive and td is not None:
-                target = silence_needed(text, self.tuning.endpoint)
+                target = silence_needed(text, self.tuning.endpoint, completion)
                 for event in self._detector.set_silence_target(target):
                     self._on_turn_event(event, td)
         return text
+
+    async def _judge(self, text: str) -> float | None:
+        """The LLM's probability that ``text`` is a finished turn (``None``: unknown). The
+        prompt is the one a reply would get, so the reply re-uses its evaluation."""
+        judge = self.engines.judge
+        if judge is None or not text.strip():
+            return None
+        messages = [*self.conversation.messages(None), ChatMessage("user", text)]
+        try:
+            async with asyncio.timeout(self.limits.judge_timeout):
+                completion = await judge.end_of_turn(messages)
+        except (EngineError, TimeoutError) as exc:
+            self.log.warning("end-of-turn judge failed (%s): the words alone decide", exc)
+            return None
+        self.log.debug("end of turn: p=%s for %r", completion, text)
+        return completion
 
     def _drop_early(self, turn: _Turn) -> None:
         """Speech resumed: the early transcript and any speculative reply are stale."""

@@ -70,6 +70,18 @@ class ScriptedLlm:
             yield word + " "
 
 
+class ScriptedJudge:
+    """End-of-turn probabilities by transcript (``default`` for the rest); records what it saw."""
+
+    def __init__(self, scores: dict[str, float], default: float | None = None) -> None:
+        self.scores, self.default = scores, default
+        self.seen: list[list[ChatMessage]] = []
+
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        self.seen.append(list(messages))
+        return self.scores.get(messages[-1].content, self.default)
+
+
 class ToneTts:
     """``ms_per_word`` of a loud tone per word, at 24 kHz."""
 

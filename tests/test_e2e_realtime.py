@@ -21,7 +21,7 @@ from .realtime_client import Caller
 from .test_engines import wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
-QUESTION = "What is the capital of France?"
+QUESTION = "Who painted the Mona Lisa?"
 PHONE_QUESTION = "Good morning, can you hear me?"
 TURN_TIMEOUT = 90.0
 

@@ -26,7 +26,7 @@ from voice import models
 from .conftest import espeak
 
 pytestmark = pytest.mark.models
-QUESTION = "What is the capital of France?"
+QUESTION = "Who painted the Mona Lisa?"
 
 
 def wer(reference: str, hypothesis: str) -> float:
@@ -83,6 +83,27 @@ async def test_embedded_llm_streams_and_stops_when_closed(engines: Engines) -> N
     assert len(tokens) == 3
     full = [t async for t in engines.llm.stream(messages, options)]  # the next one works
     assert len("".join(full).split()) >= 3
+
+
+async def test_embedded_llm_judges_whether_the_caller_has_finished(engines: Engines) -> None:
+    judge = engines.judge
+    assert judge is not None and judge is engines.llm
+    system = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")
+
+    async def p(text: str) -> float:
+        value = await judge.end_of_turn([system, ChatMessage("user", text)])
+        assert value is not None and 0.0 <= value <= 1.0
+        return value
+
+    finished = [await p(t) for t in ("Why is the sky blue?", "Tell me how to make green tea.")]
+    unfinished = [await p(t) for t in ("Can you tell me?", "I would like to book a table for")]
+    assert min(finished) > 4 * max(unfinished), (finished, unfinished)
+    # the reply that follows starts from the judged prompt and is a normal reply
+    messages = [system, ChatMessage("user", "Why is the sky blue?")]
+    await judge.end_of_turn(messages)
+    reply = "".join([t async for t in engines.llm.stream(messages, GenerationOptions(40, 0.0))])
+    assert len(reply.split()) >= 3, reply
+    assert await judge.end_of_turn([system]) is None  # no caller words: no judgement
 
 
 async def test_multilingual_base_model_is_joined_and_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -149,3 +170,60 @@ async def test_remote_llm_errors_are_translated() -> None:
     assert err.value.retryable
     await llm.aclose()
     await asyncio.sleep(0)
+
+
+SENTENCES = (
+    "Why is the sky blue?",
+    "Can you tell me what time the museum usually opens?",
+    "Which planet is closest to the sun?",
+    "Please tell me a long story about a brave little dragon.",
+    "Should we get a cat or a dog?",
+)
+
+
+async def test_fitted_window_is_as_accurate_as_the_full_window(engines: Engines) -> None:
+    """The short encoder window (the default) against faster-whisper's 30 s one, on the same
+    audio with the VAD's margins: no worse on average, never echoing the sentence back."""
+    assert isinstance(engines.asr, WhisperAsr) and engines.asr.options.fit_window
+    full = WhisperAsr(
+        WhisperOptions(model=models.whisper_tiny_en(), fit_window=False, cpu_threads=2)
+    )
+    margin = np.zeros(1600, np.int16)
+    fitted_wer, full_wer = [], []
+    for sentence in SENTENCES:
+        audio = np.concatenate([margin, espeak(sentence), margin])
+        fitted = await engines.asr.transcribe(audio)
+        fitted_wer.append(wer(sentence, fitted))
+        full_wer.append(wer(sentence, full.transcribe_blocking(audio)))
+        assert len(fitted.split()) <= len(sentence.split()) + 2, fitted  # no repetition
+    assert np.mean(fitted_wer) <= np.mean(full_wer) + 0.05, (fitted_wer, full_wer)
+    assert np.mean(fitted_wer) <= 0.2
+
+
+def test_fitted_window_drops_segments_after_the_audio(engines: Engines) -> None:
+    asr = engines.asr
+    assert isinstance(asr, WhisperAsr) and asr._tokenizer is not None
+    tok = asr._tokenizer
+
+    def ts(seconds: float) -> int:
+        return tok.timestamp_begin + round(seconds / 0.02)
+
+    said, echo = tok.encode(" Can you tell me?"), tok.encode(" Can you tell me?")
+    tokens = [ts(0.0), *said, ts(1.2), ts(1.2), *tok.encode(" More words."), ts(1.9)]
+    assert asr._speech_segments(tokens, 2.0) == "Can you tell me? More words."
+    # a segment starting at (or after) the end of the audio is Whisper echoing itself
+    assert asr._speech_segments([*tokens, ts(2.0), *echo, ts(3.0)], 2.0) == (
+        "Can you tell me? More words."
+    )
+    # a segment repeated back to back is kept once; an unterminated last segment is kept
+    assert asr._speech_segments([ts(0.0), *said, ts(1.0), ts(1.0), *said], 3.0) == (
+        "Can you tell me?"
+    )
+
+
+def test_long_audio_uses_the_full_window(engines: Engines) -> None:
+    asr = engines.asr
+    assert isinstance(asr, WhisperAsr)
+    speech = espeak("This is a long recording.")
+    audio = np.concatenate([speech, np.zeros(28 * 16_000, np.int16)])
+    assert wer("This is a long recording.", asr.transcribe_blocking(audio)) <= 0.2

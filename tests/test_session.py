@@ -10,7 +10,7 @@ from pipeline import messages as m
 from pipeline.errors import EngineError, LimitExceeded, ProtocolError
 from pipeline.session import SessionLimits, SessionSettings, Tuning
 
-from .fakes import fake_engines, silence, tone
+from .fakes import ScriptedJudge, fake_engines, silence, tone
 from .harness import Harness
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(20)) + "."  # 20 words, 4 s of speech
@@ -268,6 +268,39 @@ async def test_a_mid_sentence_pause_does_not_end_a_turn_that_trails_off() -> Non
         await h.feed_until(silence(0.02), m.ReplyDone)
         assert len(h.of(m.InputCommitted)) == 1
         assert h.of(m.UserTranscript)[0].transcript.endswith("two.")
+
+
+@pytest.mark.parametrize(
+    ("completion", "ends_after_ms"),
+    [(0.02, 600), (0.5, 250), (None, 250)],  # unfinished, finished, the judge cannot tell
+)
+async def test_the_llms_judgement_moves_the_end_of_a_question(
+    completion: float | None, ends_after_ms: int
+) -> None:
+    engines = fake_engines(["Can you tell me?"], ["Sure."])
+    engines.judge = judge = ScriptedJudge({"Can you tell me?": completion} if completion else {})
+    async with Harness(engines) as h:
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.SpeechStopped)
+        stopped_at = h.timed(m.SpeechStopped)[0][0]
+        assert (stopped_at - 0.6) * 1000 == pytest.approx(ends_after_ms, abs=40 + 20)
+    # the judge saw the prompt the reply gets: the instructions, then the caller's words
+    assert judge.seen[0][0].role == "system"
+    assert judge.seen[0][-1].content == "Can you tell me?"
+    assert engines.llm.seen[0] == judge.seen[0]
+
+
+async def test_a_question_judged_unfinished_survives_a_half_second_pause() -> None:
+    first, whole = "Can you tell me?", "Can you tell me what time the museum opens?"
+    engines = fake_engines([first, whole], ["It opens at nine."])
+    engines.judge = ScriptedJudge({first: 0.03, whole: 0.6})
+    async with Harness(engines) as h:
+        await h.feed(tone(0.6))
+        await h.feed(silence(0.5))
+        await h.feed(tone(0.8))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert len(h.of(m.InputCommitted)) == 1
+        assert h.of(m.UserTranscript)[0].transcript == whole
 
 
 async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> None:

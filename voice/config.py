@@ -57,6 +57,12 @@ class AsrConfig:
     beam_size: int = doc("Beam size (1 = greedy, fastest).", 1)
     threads: int = doc("CPU threads per transcription.", 2)
     workers: int = doc("Concurrent transcriptions.", 1)
+    fit_window: bool = doc(
+        "Run Whisper's encoder on the utterance plus `window_pad_s` instead of a 30 s window"
+        " (about 4x faster; a result that loops is redone with 30 s).",
+        True,
+    )
+    window_pad_s: float = doc("Silence after the utterance in a fitted window (seconds).", 5.0)
 
 
 @dataclass(slots=True)
@@ -114,6 +120,18 @@ class VadConfig:
     eot_statement_ms: int = doc("Silence after a statement ending in a period.", 600)
     eot_incomplete_ms: int = doc(
         "Silence after words that trail off (and, the, a comma …), or before they are known.", 1100
+    )
+    eot_llm: bool = doc(
+        "Let the embedded LLM judge the words too: a request it finds complete ends after"
+        ' `eot_complete_ms`, a question it finds unfinished ("Can you tell me?") waits'
+        " `eot_statement_ms` (`llama` engine only; skipped while it is busy with a reply).",
+        True,
+    )
+    eot_llm_complete: float = doc(
+        "Probability of the end-of-message token above which the words are a finished turn.", 0.4
+    )
+    eot_llm_unfinished: float = doc(
+        "Probability below which a question is taken as unfinished.", 0.05
     )
 
 

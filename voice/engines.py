@@ -67,6 +67,8 @@ def load_engines(config: Config) -> LoadedEngines:
         beam_size=config.asr.beam_size,
         cpu_threads=config.asr.threads,
         workers=config.asr.workers,
+        fit_window=config.asr.fit_window,
+        window_pad_s=config.asr.window_pad_s,
     )
     asr = _timed(
         f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
@@ -83,7 +85,8 @@ def load_engines(config: Config) -> LoadedEngines:
     tts = _timed(
         f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
     )
-    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts), device)
+    judge = llm if config.vad.eot_llm and isinstance(llm, LlamaLlm) else None
+    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts, judge=judge), device)
 
 
 def _load_llm(config: Config) -> LanguageModel:

@@ -104,6 +104,8 @@ class VoiceServer:
                     complete_ms=v.eot_complete_ms,
                     statement_ms=v.eot_statement_ms,
                     incomplete_ms=v.eot_incomplete_ms,
+                    likely_complete=v.eot_llm_complete,
+                    unlikely_complete=v.eot_llm_unfinished,
                 ),
             ),
         )

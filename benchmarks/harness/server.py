@@ -22,6 +22,8 @@ REFERENCE_IF_KNOWN = {
     "vad.eot_adaptive": "false",
     "vad.pause_on_onset": "false",
     "pipeline.first_clause_words": "0",
+    "asr.fit_window": "false",
+    "vad.eot_llm": "false",
 }
 """Also part of the reference, where the server's ``voice config`` knows them (older servers
 predate some of these switches)."""

@@ -53,6 +53,13 @@ class LanguageModel(Protocol):
         ...
 
 
+class TurnJudge(Protocol):
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        """The probability that the last message (the caller's words so far) is a finished
+        turn, or ``None`` when it cannot tell now. Raises :class:`pipeline.errors.EngineError`."""
+        ...
+
+
 class SpeechSynthesizer(Protocol):
     sample_rate: int
 
@@ -69,3 +76,5 @@ class Engines:
     asr: SpeechRecognizer
     llm: LanguageModel
     tts: SpeechSynthesizer
+    judge: TurnJudge | None = None
+    """Scores whether the caller has finished (the embedded LLM); ``None``: words only."""

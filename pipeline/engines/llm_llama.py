@@ -5,6 +5,12 @@ serves every session, one generation at a time (the context is not thread-safe);
 the evaluated prompt, so a session's next turn re-uses the shared prefix (system prompt and
 history) instead of evaluating it again. Both ``n_threads`` and ``n_threads_batch`` are set, or
 prompt evaluation takes every core and starves the audio path.
+
+The model also judges whether the caller has finished (``end_of_turn``): the probability that the
+chat template's end-of-message token follows the words heard so far. Small chat models learn
+that a question or a request is a whole message and that "Can you tell me" is not, which
+punctuation alone cannot tell. It costs one prompt evaluation of the caller's words, which the
+reply that follows re-uses from the cache.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..context import ChatMessage
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from . import GenerationOptions
 from ._bridge import stream_from_thread
 from ._threads import EngineThreads
@@ -54,18 +62,73 @@ class LlamaLlm:
             raise ConfigError(f"cannot load GGUF model {options.model_path}: {exc}") from exc
         self.options = options
         self._threads = EngineThreads("llm", 1)
+        self._format = _chat_formatter(self._llama)
+        self._generating = 0
+
+    def _prompt(self, messages: list[ChatMessage]) -> str:
+        rendered = self._format(messages=[{"role": m.role, "content": m.content} for m in messages])
+        return str(rendered.prompt)
+
+    def _tokens(self, prompt: str) -> list[int]:
+        return list(self._llama.tokenize(prompt.encode(), add_bos=False, special=True))
 
     def _generate(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
-        chunks: Any = self._llama.create_chat_completion(
-            messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+        self._generating += 1  # (only the engine's one thread changes it)
+        try:
+            yield from self._completion(messages, options)
+        finally:
+            self._generating -= 1
+
+    def _completion(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
+        # The prompt is rendered here (not by create_chat_completion) so that end_of_turn
+        # evaluates exactly the tokens a reply starts with, and the reply re-uses them.
+        chunks: Any = self._llama.create_completion(
+            self._tokens(self._prompt(messages)),
             stream=True,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
         )
         for chunk in chunks:
-            delta = chunk["choices"][0].get("delta", {}).get("content")
+            delta = chunk["choices"][0].get("text")
             if delta:
                 yield delta
+
+    def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        if not messages or messages[-1].role != "user" or not messages[-1].content.strip():
+            return None
+        text = messages[-1].content
+        prompt = self._prompt(messages)
+        cut = prompt.rfind(text)
+        if cut < 0:
+            return None
+        cut += len(text)
+        prefix, after = self._tokens(prompt[:cut]), self._tokens(prompt[cut:])
+        if not prefix or not after:
+            return None
+        llama = self._llama
+        cached = 0  # the evaluated prefix llama.cpp already holds (like Llama.generate)
+        held_ids = llama.input_ids[: llama.n_tokens]
+        for held, wanted in zip(held_ids, prefix[:-1], strict=False):
+            if held != wanted:
+                break
+            cached += 1
+        llama.n_tokens = cached
+        llama.eval(prefix[cached:])
+        logits = np.ctypeslib.as_array(
+            llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),)
+        ).astype(np.float64)
+        logits -= logits.max()
+        return float(np.exp(logits[after[0]]) / np.exp(logits).sum())
+
+    async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        """The probability that the last (user) message is complete; ``None`` if unknown, or
+        if a reply is being generated (it would wait for the whole reply: too late to help)."""
+        if self._generating:
+            return None
+        try:
+            return await self._threads.run(self._end_of_turn, messages)
+        except Exception as exc:  # llama.cpp errors are RuntimeError/ValueError
+            raise EngineError(f"end-of-turn scoring failed: {exc}", engine="llm") from exc
 
     def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         return stream_from_thread(
@@ -79,3 +142,25 @@ class LlamaLlm:
     def warm_up(self) -> None:
         for _ in self._generate([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
             pass
+
+
+def llama_get_logits_ith(ctx: Any, index: int) -> Any:
+    import llama_cpp
+
+    return llama_cpp.llama_get_logits_ith(ctx, index)
+
+
+def _chat_formatter(llama: Any) -> Any:
+    """The GGUF's own chat template (what ``create_chat_completion`` would use), else ChatML."""
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        template = llama_chat_format.CHATML_CHAT_TEMPLATE
+    eos, bos = llama.token_eos(), llama.token_bos()
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )

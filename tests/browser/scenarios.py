@@ -39,7 +39,7 @@ from voice.engines import load_engines, warm_up
 from voice.server import VoiceServer
 
 log = logging.getLogger("tests.browser")
-QUESTION = "What is the capital of France?"
+QUESTION = "Who painted the Mona Lisa?"
 STORY = "Please tell me a long story about a brave little dragon."
 CUT_IN = "Stop, stop. Wait a moment, I have a question."
 STORYTELLER = "You are a storyteller. Always tell long, detailed stories of many sentences."

@@ -61,7 +61,7 @@ def test_one_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
     assert "output_audio_buffer.stopped" in page["events"]
 
     # both sides of the conversation are on the page
-    assert len(page["user"]) == 1 and "capital" in page["user"][0].lower(), page["user"]
+    assert len(page["user"]) == 1 and "painted" in page["user"][0].lower(), page["user"]
     assert page["agent"] and page["agent"][0].strip(), page["agent"]
     (reply,) = page["turns"]
     assert reply["status"] == "completed"
@@ -116,7 +116,7 @@ def test_the_websocket_transport_still_works(results: dict[str, Any]) -> None:
     assert page["transport"] == "ws"
     _no_trouble(ws)
     assert "output_audio_buffer.started" not in page["events"]  # the audio came as deltas
-    assert "capital" in page["user"][0].lower(), page["user"]
+    assert "painted" in page["user"][0].lower(), page["user"]
     (reply,) = page["turns"]
     assert reply["status"] == "completed" and page["agent"][0].strip()
     assert reply["pageLatencyMs"] is not None and reply["metrics"]["first_audio_sent"] > 0

@@ -24,7 +24,7 @@ from transports.webrtc import ReplyTrack
 from voice.engines import load_engines, warm_up
 from voice.server import VoiceServer
 
-QUESTION = "What is the capital of France?"
+QUESTION = "Who painted the Mona Lisa?"
 
 
 async def turn(server: VoiceServer, base: str) -> dict[str, Any]:

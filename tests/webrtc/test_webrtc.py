@@ -10,6 +10,7 @@ import pytest
 
 from tests import netns
 from tests.test_engines import wer
+from tests.webrtc.scenarios import QUESTION
 
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
@@ -25,7 +26,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_a_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
     turn = results["turn"]
-    assert wer("What is the capital of France?", turn["user"]) <= 0.2, turn["user"]
+    assert wer(QUESTION, turn["user"]) <= 0.2, turn["user"]
     assert turn["reply"].strip()
     assert turn["loud_frames"] > 25  # more than half a second of the agent's voice arrived
     assert turn["voice_to_voice_ms"] is not None
