@@ -113,10 +113,10 @@ class EndpointSettings:
     """Silence after a plain statement ending in a period."""
     incomplete_ms: int = 1100
     """Silence after words that trail off (a conjunction, an article, a comma, no punctuation)."""
-    likely_complete: float = 0.4
+    likely_complete: float = 0.2
     """A ``completion`` at least this high ends a sentence (``.``, ``?``, ``!``) after
     ``complete_ms``."""
-    unlikely_complete: float = 0.05
+    unlikely_complete: float = 0.01
     """A ``completion`` below this makes a question or exclamation wait ``statement_ms``."""
 
 

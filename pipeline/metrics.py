@@ -19,7 +19,8 @@ REPORTED = (
 # framework (queues, threads, scheduling), not to a model and not to a turn-taking policy.
 _HANDOFFS = (
     ("asr_could_start", "asr_start"),
-    ("asr_ready", "llm_start"),
+    ("asr_ready", "judge_start"),  # the LLM's end-of-turn judgement, when there is one
+    ("judge_ready", "llm_start"),
     ("first_clause", "tts_start"),
     ("audio_ready", "first_audio_sent"),
 )
@@ -61,6 +62,12 @@ def overhead_ms(marks: Marks) -> float | None:
         values["asr_ready"] = (
             asr_done if values.get("speculative") else max(asr_done, turn_end or 0)
         )
+        judged = values.get("judge_done")
+        values["judge_ready"] = values["asr_ready"]
+        if judged is not None and values.get("judge_start") is not None:
+            values["judge_ready"] = (
+                judged if values.get("speculative") else max(judged, turn_end or 0)
+            )
     # audio may leave once it exists and (when speculating) the turn has been confirmed
     if values.get("tts_first_audio") is not None:
         values["audio_ready"] = max(values["tts_first_audio"] or 0, values.get("released") or 0)

@@ -414,7 +414,7 @@ class Session:
         marks.set_once("asr_done", self.clock.now())
         completion = None
         if self.tuning.eot_adaptive and self._turn is turn:
-            completion = await self._judge(text)
+            completion = await self._judge(text, marks)
         if self._turn is turn and self.closed_reason is None:
             if self.tuning.speculative_reply and self._may_answer(text):
                 turn.speculation = self._start_reply(marks, None, pending_user=text)
@@ -425,19 +425,21 @@ class Session:
                     self._on_turn_event(event, td)
         return text
 
-    async def _judge(self, text: str) -> float | None:
+    async def _judge(self, text: str, marks: Marks) -> float | None:
         """The LLM's probability that ``text`` is a finished turn (``None``: unknown). The
         prompt is the one a reply would get, so the reply re-uses its evaluation."""
         judge = self.engines.judge
         if judge is None or not text.strip():
             return None
         messages = [*self.conversation.messages(None), ChatMessage("user", text)]
+        marks.set_once("judge_start", self.clock.now())
         try:
             async with asyncio.timeout(self.limits.judge_timeout):
                 completion = await judge.end_of_turn(messages)
         except (EngineError, TimeoutError) as exc:
             self.log.warning("end-of-turn judge failed (%s): the words alone decide", exc)
             return None
+        marks.set_once("judge_done", self.clock.now())
         self.log.debug("end of turn: p=%s for %r", completion, text)
         return completion
 

@@ -76,9 +76,16 @@ class ScriptedJudge:
     def __init__(self, scores: dict[str, float], default: float | None = None) -> None:
         self.scores, self.default = scores, default
         self.seen: list[list[ChatMessage]] = []
+        self._clock: VirtualClock | None = None
+        self._delay = 0.0
+
+    def delay(self, clock: VirtualClock, seconds: float) -> None:
+        self._clock, self._delay = clock, seconds
 
     async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         self.seen.append(list(messages))
+        if self._clock is not None:
+            await self._clock.sleep_until(self._clock.now() + self._delay)
         return self.scores.get(messages[-1].content, self.default)
 
 

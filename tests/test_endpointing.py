@@ -28,11 +28,11 @@ def test_silence_needed(words: str, ms: int) -> None:
 @pytest.mark.parametrize(
     ("words", "completion", "ms"),
     [
-        ("Can you tell me?", 0.03, 600),  # a question the model expects to go on
-        ("Can you help me?", 0.11, 250),
-        ("Tell me how to make a cup of green tea.", 0.68, 250),  # a finished request
-        ("I would like to book a table.", 0.16, 600),
-        ("I am planning a trip to Italy.", 0.009, 600),  # never longer than a statement
+        ("Can you tell me?", 0.00002, 600),  # a question the model expects to go on
+        ("Who painted the Mona Lisa?", 0.29, 250),
+        ("Tell me how to make a cup of green tea.", 0.44, 250),  # a finished request
+        ("I would like to book a table.", 0.0013, 600),
+        ("I am planning a trip to Italy.", 0.0026, 600),  # never longer than a statement
         ("I would like to book a table for", 0.9, 1100),  # trailing words win
         ("Tell me about the weather", 0.9, 1100),  # no punctuation: not finished
         ("Stop!", None, 250),  # unknown: words only

@@ -272,7 +272,7 @@ async def test_a_mid_sentence_pause_does_not_end_a_turn_that_trails_off() -> Non
 
 @pytest.mark.parametrize(
     ("completion", "ends_after_ms"),
-    [(0.02, 600), (0.5, 250), (None, 250)],  # unfinished, finished, the judge cannot tell
+    [(0.00002, 600), (0.5, 250), (None, 250)],  # unfinished, finished, the judge cannot tell
 )
 async def test_the_llms_judgement_moves_the_end_of_a_question(
     completion: float | None, ends_after_ms: int
@@ -290,10 +290,23 @@ async def test_the_llms_judgement_moves_the_end_of_a_question(
     assert engines.llm.seen[0] == judge.seen[0]
 
 
+async def test_the_judges_time_counts_as_model_time_not_overhead() -> None:
+    engines = fake_engines(["Is it raining?"], ["No, it is sunny."])
+    engines.judge = judge = ScriptedJudge({}, default=0.6)
+    async with Harness(engines) as h:
+        judge.delay(h.clock, 0.08)
+        engines.llm.delay(h.clock, 0.05)
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        marks = h.of(m.TurnMetrics)[0].marks
+        assert marks["llm_first_token"] - marks["asr_done"] == pytest.approx(130, abs=25)
+        assert marks["overhead"] is not None and marks["overhead"] < 25
+
+
 async def test_a_question_judged_unfinished_survives_a_half_second_pause() -> None:
     first, whole = "Can you tell me?", "Can you tell me what time the museum opens?"
     engines = fake_engines([first, whole], ["It opens at nine."])
-    engines.judge = ScriptedJudge({first: 0.03, whole: 0.6})
+    engines.judge = ScriptedJudge({first: 0.00002, whole: 0.6})
     async with Harness(engines) as h:
         await h.feed(tone(0.6))
         await h.feed(silence(0.5))

@@ -128,10 +128,12 @@ class VadConfig:
         True,
     )
     eot_llm_complete: float = doc(
-        "Probability of the end-of-message token above which the words are a finished turn.", 0.4
+        "Probability (words, then their punctuation, then end of message) from which a sentence"
+        " ending in a period is a finished turn.",
+        0.2,
     )
     eot_llm_unfinished: float = doc(
-        "Probability below which a question is taken as unfinished.", 0.05
+        "Probability below which a question is taken as unfinished.", 0.01
     )
 
 

@@ -6,16 +6,18 @@ the evaluated prompt, so a session's next turn re-uses the shared prefix (system
 history) instead of evaluating it again. Both ``n_threads`` and ``n_threads_batch`` are set, or
 prompt evaluation takes every core and starves the audio path.
 
-The model also judges whether the caller has finished (``end_of_turn``): the probability that the
-chat template's end-of-message token follows the words heard so far. Small chat models learn
-that a question or a request is a whole message and that "Can you tell me" is not, which
-punctuation alone cannot tell. It costs one prompt evaluation of the caller's words, which the
-reply that follows re-uses from the cache.
+The model also judges whether the caller has finished (``end_of_turn``): the probability that a
+message ends exactly where the caller stopped, that is that the words are followed by the
+punctuation Whisper heard and then by the chat template's end-of-message token. Small chat
+models learn that a question or a request is a whole message and that "Can you tell me" is not,
+which punctuation alone cannot tell. It costs one prompt evaluation of the caller's words, which
+the reply that follows re-uses from the cache.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from ._bridge import stream_from_thread
 from ._threads import EngineThreads
 
 log = logging.getLogger("voice.llm")
+_FINAL_PUNCTUATION = re.compile(r"[\s.?!…]+$")
 
 
 @dataclass(slots=True)
@@ -96,29 +99,45 @@ class LlamaLlm:
     def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         if not messages or messages[-1].role != "user" or not messages[-1].content.strip():
             return None
-        text = messages[-1].content
-        prompt = self._prompt(messages)
-        cut = prompt.rfind(text)
-        if cut < 0:
+        text = messages[-1].content.rstrip()
+        bare = _FINAL_PUNCTUATION.sub("", text)
+        prompt = self._prompt([*messages[:-1], ChatMessage("user", text)])
+        at = prompt.rfind(text)
+        if at < 0 or not bare:
             return None
-        cut += len(text)
-        prefix, after = self._tokens(prompt[:cut]), self._tokens(prompt[cut:])
-        if not prefix or not after:
+        words = self._tokens(prompt[: at + len(bare)])
+        said = self._tokens(prompt[: at + len(text)])
+        after = self._tokens(prompt[at + len(text) :])
+        if not after or said[: len(words)] != words:
             return None
+        # P(the caller's punctuation | the words) * P(end of message | words and punctuation)
+        probability = 1.0
+        self._eval_cached(words)
+        for token in [*said[len(words) :], after[0]]:
+            probability *= self._next_token_probability(token)
+            if token != after[0]:
+                self._llama.eval([token])
+        return probability
+
+    def _eval_cached(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens``, re-using the prefix llama.cpp already holds (as a reply does)."""
         llama = self._llama
-        cached = 0  # the evaluated prefix llama.cpp already holds (like Llama.generate)
+        cached = 0
         held_ids = llama.input_ids[: llama.n_tokens]
-        for held, wanted in zip(held_ids, prefix[:-1], strict=False):
+        for held, wanted in zip(held_ids, tokens[:-1], strict=False):
             if held != wanted:
                 break
             cached += 1
         llama.n_tokens = cached
-        llama.eval(prefix[cached:])
+        llama.eval(tokens[cached:])
+
+    def _next_token_probability(self, token: int) -> float:
+        llama = self._llama
         logits = np.ctypeslib.as_array(
             llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),)
         ).astype(np.float64)
         logits -= logits.max()
-        return float(np.exp(logits[after[0]]) / np.exp(logits).sum())
+        return float(np.exp(logits[token]) / np.exp(logits).sum())
 
     async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         """The probability that the last (user) message is complete; ``None`` if unknown, or
