@@ -53,6 +53,14 @@ class UserTranscript:
 
 
 @dataclass(slots=True)
+class InterimTranscript:
+    """The caller's words so far, while they are still speaking (streaming ASR)."""
+
+    item_id: str
+    transcript: str
+
+
+@dataclass(slots=True)
 class ReplyStarted:
     response_id: str
     item: Item
@@ -127,6 +135,7 @@ SessionEvent = (
     | InputCleared
     | ItemAdded
     | UserTranscript
+    | InterimTranscript
     | ReplyStarted
     | ReplyAudio
     | ReplyText

@@ -29,6 +29,7 @@ from .input_buffer import InputBuffer
 from .messages import (
     InputCleared,
     InputCommitted,
+    InterimTranscript,
     ItemAdded,
     ItemDeleted,
     ItemTruncated,
@@ -99,6 +100,11 @@ class Tuning:
     pause_on_onset: bool = True
     """Hold the agent's audio from the caller's first speech window; cancel the reply once the
     speech lasts ``interrupt_min_speech_ms``, go on if it was a click or a cough."""
+    interim_asr_ms: int = 0
+    """Streaming ASR: while the caller speaks, transcribe the words so far after every this
+    many ms of new speech (0: off), when the recognizer is idle. Each result is sent as an
+    ``InterimTranscript`` and put to the end-of-turn judge, which leaves the words' prompt in
+    the LLM's cache for the reply."""
 
 
 @dataclass(slots=True)
@@ -120,6 +126,8 @@ class _Turn:
     start: int  # absolute sample index, prefix padding included
     early: asyncio.Task[str] | None = None
     early_end: int = 0
+    interim: asyncio.Task[None] | None = None
+    interim_end: int = 0
     marks: Marks | None = None
     speculation: _Active | None = None
 
@@ -344,6 +352,8 @@ class Session:
             return
         for event in self._detector.feed(probability, end / PIPELINE_RATE, 512 / PIPELINE_RATE):
             self._on_turn_event(event, td)
+        if self._turn is not None and self.tuning.interim_asr_ms > 0:
+            self._maybe_interim(self._turn, end)
         if self._turn is None:
             keep = (td.prefix_padding_ms + td.min_speech_ms) * PIPELINE_RATE // 1000 + 1024
             self._buffer.trim_before(end - keep)
@@ -391,6 +401,28 @@ class Session:
     def _on_turn_ended(self, event: TurnEvent, td: TurnSettings) -> None:
         if self._turn is not None:
             self._end_turn(int(event.at * PIPELINE_RATE))
+
+    def _maybe_interim(self, turn: _Turn, end: int) -> None:
+        """Transcribe the words so far if enough new speech came in and nothing is running."""
+        if turn.early is not None or (turn.interim is not None and not turn.interim.done()):
+            return  # paused (the early transcription covers it), or one is still running
+        step = self.tuning.interim_asr_ms * PIPELINE_RATE // 1000
+        if end - max(turn.start, turn.interim_end) < step:
+            return
+        turn.interim_end = end
+        turn.interim = self._spawn(self._interim(turn, self._buffer.slice(turn.start, end)))
+
+    async def _interim(self, turn: _Turn, audio: np.ndarray) -> None:
+        try:
+            text = await self._transcribe(audio)
+        except (EngineError, TimeoutError) as exc:  # the turn's own transcription reports it
+            self.log.debug("interim transcription failed: %s", exc)
+            return
+        if self._turn is not turn or not text.strip() or self.closed_reason is not None:
+            return
+        self._emit(InterimTranscript(turn.item_id, text))
+        if turn.early is None and self.tuning.eot_adaptive:
+            await self._judge(text, Marks())  # evaluates the words' prompt ahead of the reply
 
     def _start_early(self, turn: _Turn, speech_end: int) -> None:
         """The caller paused: transcribe now, and maybe start the reply, while the silence is
@@ -467,6 +499,8 @@ class Session:
         turn, self._turn = self._turn, None
         if turn is None:
             return
+        if turn.interim is not None:
+            turn.interim.cancel()
         self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
         end = min(speech_end + PIPELINE_RATE // 10, self._buffer.end)
         if turn.marks is None or turn.early_end < end:
@@ -495,6 +529,8 @@ class Session:
     def _discard_turn(self) -> None:
         if self._turn is not None:
             self._drop_early(self._turn)
+            if self._turn.interim is not None:
+                self._turn.interim.cancel()
         self._turn = None
 
     async def _transcribe(self, audio: np.ndarray) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import messages as m
-from pipeline.session import Session, SessionLimits, SessionSettings
+from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
 
@@ -186,6 +186,26 @@ async def test_a_turn_renders_as_valid_openai_events() -> None:
     done = rendered[-2]["response"]
     assert done["status"] == "completed"
     assert done["output"][0]["content"][0]["transcript"] == "It is noon."
+
+
+async def test_streaming_asr_renders_interim_transcripts_before_the_commit() -> None:
+    engines = fake_engines(["what time", "what time is it"], ["It is noon."])
+    async with Harness(engines, tuning=Tuning(interim_asr_ms=400)) as h:
+        conn = RealtimeConnection(
+            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+        )
+        await h.feed(tone(0.8))
+        await h.feed_until(silence(0.02), m.TurnMetrics)
+        rendered = [e for _, ev in h.events for e in conn.render(ev)]
+    for event in rendered:
+        validate_server_event(event)
+    types = [e["type"] for e in rendered]
+    interim = types.index("x.voice.input_audio_transcription.interim")
+    assert types.index("input_audio_buffer.speech_started") < interim
+    assert interim < types.index("input_audio_buffer.committed")
+    started = rendered[types.index("input_audio_buffer.speech_started")]
+    assert rendered[interim]["item_id"] == started["item_id"]
+    assert rendered[interim]["transcript"] == "what time"
 
 
 async def test_client_items_text_and_audio_join_the_conversation() -> None:

@@ -316,6 +316,34 @@ async def test_a_question_judged_unfinished_survives_a_half_second_pause() -> No
         assert h.of(m.UserTranscript)[0].transcript == whole
 
 
+async def test_streaming_asr_sends_the_words_so_far_while_the_caller_speaks() -> None:
+    engines = fake_engines(
+        ["What is", "What is the weather", "What is the weather like?"], ["Sunny."]
+    )
+    engines.judge = judge = ScriptedJudge({}, default=0.5)
+    async with Harness(engines, tuning=Tuning(interim_asr_ms=500)) as h:
+        await h.feed(tone(1.3))
+        interim = h.timed(m.InterimTranscript)
+        assert [e.transcript for _, e in interim] == ["What is", "What is the weather"]
+        assert not h.of(m.SpeechStopped)  # all while the caller was still speaking
+        assert engines.asr.calls[0] < engines.asr.calls[1]  # the words so far, growing
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        # the final transcript comes from the whole utterance; the judge saw each version
+        assert h.of(m.UserTranscript)[0].transcript == "What is the weather like?"
+        assert [s[-1].content for s in judge.seen] == [
+            "What is", "What is the weather", "What is the weather like?"
+        ]  # fmt: skip
+        assert len(h.of(m.InputCommitted)) == 1
+
+
+async def test_streaming_asr_is_off_by_default() -> None:
+    engines = fake_engines(["What is the weather like?"], ["Sunny."])
+    async with Harness(engines) as h:
+        await h.feed(tone(1.3))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert not h.of(m.InterimTranscript) and len(engines.asr.calls) == 1
+
+
 async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> None:
     engines = fake_engines(["tell me a story"], [LONG_REPLY])
     async with Harness(engines) as h:

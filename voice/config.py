@@ -149,6 +149,12 @@ class PipelineConfig:
     first_clause_chars: int = doc("Shortest first piece of a reply sent to TTS at a comma.", 16)
     min_clause_chars: int = doc("Shortest later piece sent to TTS at a comma.", 40)
     early_asr: bool = doc("Transcribe at the tentative end of speech, before the turn ends.", True)
+    interim_asr_ms: int = doc(
+        "Streaming ASR: while the caller speaks, transcribe the words so far after every this many"
+        " ms of speech (0 = off); sent as `x.voice.input_audio_transcription.interim` and"
+        " pre-evaluated by the LLM.",
+        0,
+    )
     speculative_reply: bool = doc(
         "Start the LLM and TTS on that early transcript; play only once the turn is confirmed.",
         True,

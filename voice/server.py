@@ -100,6 +100,7 @@ class VoiceServer:
                 speculative_reply=p.speculative_reply and p.early_asr,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
                 pause_on_onset=v.pause_on_onset,
+                interim_asr_ms=max(0, p.interim_asr_ms),
                 endpoint=EndpointSettings(
                     complete_ms=v.eot_complete_ms,
                     statement_ms=v.eot_statement_ms,

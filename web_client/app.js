@@ -21,7 +21,7 @@ import {
 import { setInfo, setState, showError } from "./status.js";
 import {
   ensureResponse, findResponse, markBubble, showItem, showResponseDone, showTranscriptDelta,
-  showUserTranscript, userBubble,
+  showUserTranscript, showInterimTranscript, userBubble,
 } from "./transcript.js";
 import { closeCall, hangUp, newCall, sendOnCall, startCall } from "./transport-webrtc.js";
 import { closeSocket, openSocket, sendOnSocket, socketUrl } from "./transport-websocket.js";
@@ -133,6 +133,7 @@ const handlers = {
   "input_audio_buffer.speech_started": onSpeechStarted,
   "conversation.item.added": showItem,
   "conversation.item.input_audio_transcription.completed": showUserTranscript,
+  "x.voice.input_audio_transcription.interim": showInterimTranscript,
   "response.created": (ev) => ensureResponse(ev.response.id),
   "response.output_audio.delta": onAudioDelta,
   "response.output_audio_transcript.delta": showTranscriptDelta,

@@ -39,6 +39,16 @@ export function showUserTranscript(ev) {
   const text = (ev.transcript || "").trim();
   setText(bubble, text || "(nothing recognised)");
   bubble.classList.toggle("unheard", !text);
+  bubble.classList.remove("interim");
+}
+
+// The words so far, while the caller is still speaking (the server's streaming ASR).
+export function showInterimTranscript(ev) {
+  const bubble = userBubble(ev.item_id);
+  const shown = bubble.querySelector(".text").textContent;
+  if (!bubble.classList.contains("interim") && shown !== "…") return; // already final
+  setText(bubble, (ev.transcript || "").trim() || "…");
+  bubble.classList.add("interim");
 }
 
 export function showTranscriptDelta(ev) {

@@ -24,6 +24,7 @@ REFERENCE_IF_KNOWN = {
     "pipeline.first_clause_words": "0",
     "asr.fit_window": "false",
     "vad.eot_llm": "false",
+    "pipeline.interim_asr_ms": "0",
 }
 """Also part of the reference, where the server's ``voice config`` knows them (older servers
 predate some of these switches)."""

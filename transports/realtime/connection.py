@@ -23,6 +23,9 @@ from .formats import decode_base64
 from .validate import field, parse_event
 
 METRICS_EVENT = "x.voice.turn.metrics"
+INTERIM_EVENT = "x.voice.input_audio_transcription.interim"
+"""The caller's words so far, while they speak (``pipeline.interim_asr_ms``); the item it names
+is announced (``conversation.item.added``) only when the turn is committed."""
 """Extension event (namespaced so other clients ignore it): one per response."""
 
 Event = dict[str, Any]
@@ -223,6 +226,9 @@ class RealtimeConnection:
             )
         ]
 
+    def _r_interim(self, ev: m.InterimTranscript) -> list[Event]:
+        return [_e(INTERIM_EVENT, item_id=ev.item_id, transcript=ev.transcript)]
+
     def _r_reply_started(self, ev: m.ReplyStarted) -> list[Event]:
         ids = {"response_id": ev.response_id, "output_index": 0}
         item = render_item(ev.item)
@@ -368,6 +374,7 @@ _RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
     m.InputCleared: RealtimeConnection._r_cleared,
     m.ItemAdded: RealtimeConnection._r_item_added,
     m.UserTranscript: RealtimeConnection._r_transcript,
+    m.InterimTranscript: RealtimeConnection._r_interim,
     m.ReplyStarted: RealtimeConnection._r_reply_started,
     m.ReplyAudio: RealtimeConnection._r_audio,
     m.ReplyText: RealtimeConnection._r_text,
