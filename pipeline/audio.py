@@ -71,6 +71,17 @@ class Resampler:
         return self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
 
 
+def trim_leading_silence(
+    samples: np.ndarray, rate: int, level: int = 100, keep_ms: int = 10
+) -> np.ndarray:
+    """``samples`` from ``keep_ms`` before the first one louder than ``level`` (about -50 dBFS);
+    unchanged if none is."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > level)
+    if not len(loud):
+        return samples
+    return samples[max(0, int(loud[0]) - keep_ms * rate // 1000) :]
+
+
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Resample a whole clip (no state kept)."""
     if rate_in == rate_out:

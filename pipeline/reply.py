@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import resample
+from .audio import resample, trim_leading_silence
 from .clock import Clock
 from .context import ChatMessage
 from .engines import GenerationOptions, LanguageModel, SpeechSynthesizer
@@ -34,6 +34,9 @@ class ReplySettings:
     first_clause_chars: int = 16
     min_clause_chars: int = 40
     first_clause_words: int = 0
+    trim_leading_silence: bool = False
+    """Start the first piece at its first audible sample (less 10 ms), not at the TTS's
+    leading near-silence."""
     tts_timeout: float = 30.0
     clause_queue: int = 4
     audio_queue: int = 2
@@ -137,6 +140,7 @@ class Reply:
     async def _synthesize(
         self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
     ) -> None:
+        first = True
         while (clause := await clauses.get()) is not None:
             self.marks.set_once("tts_start", self._clock.now())
             try:
@@ -148,6 +152,9 @@ class Reply:
                 ) from None
             if audio.size == 0:
                 continue
+            if self._settings.trim_leading_silence and first:
+                audio = trim_leading_silence(audio, self._tts.sample_rate)
+            first = False
             self.marks.set_once("tts_first_audio", self._clock.now())
             audio = resample(audio, self._tts.sample_rate, self._rate)
             await segments.put(Segment(clause, audio))

@@ -50,3 +50,17 @@ def test_leading_newlines_and_blank_pieces_are_skipped() -> None:
 def test_markdown_and_symbols_are_not_spoken() -> None:
     assert speakable("**Bold** and `code` # heading 🙂") == "Bold and code heading"
     assert feed_all(ClauseSplitter(), "*** ") == []
+
+
+def test_leading_silence_is_trimmed_to_10_ms_before_the_first_sound() -> None:
+    import numpy as np
+
+    from pipeline.audio import trim_leading_silence
+
+    rate = 22_050
+    quiet = (np.sin(np.arange(rate // 20)) * 60).astype(np.int16)  # 50 ms of near-silence
+    sound = (np.cos(np.arange(rate // 10) / 5) * 8000).astype(np.int16)  # loud from its start
+    trimmed = trim_leading_silence(np.concatenate([quiet, sound]), rate)
+    assert len(trimmed) == len(sound) + rate // 100
+    assert np.array_equal(trimmed[-len(sound) :], sound)
+    assert np.array_equal(trim_leading_silence(quiet, rate), quiet)  # nothing audible: unchanged

@@ -162,6 +162,11 @@ class PipelineConfig:
     first_clause_words: int = doc(
         "Cut the first piece for TTS after this many words even without punctuation (0 = off).", 4
     )
+    trim_leading_silence: bool = doc(
+        "Drop the quiet start of a reply's first synthesized piece (Piper begins with 30-60 ms of"
+        " near-silence), so the first sound leaves at once.",
+        True,
+    )
 
 
 @dataclass(slots=True)

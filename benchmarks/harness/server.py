@@ -25,6 +25,7 @@ REFERENCE_IF_KNOWN = {
     "asr.fit_window": "false",
     "vad.eot_llm": "false",
     "pipeline.interim_asr_ms": "0",
+    "pipeline.trim_leading_silence": "false",
 }
 """Also part of the reference, where the server's ``voice config`` knows them (older servers
 predate some of these switches)."""
