@@ -47,8 +47,10 @@ export function showInterimTranscript(ev) {
   const bubble = userBubble(ev.item_id);
   const shown = bubble.querySelector(".text").textContent;
   if (!bubble.classList.contains("interim") && shown !== "…") return; // already final
-  setText(bubble, (ev.transcript || "").trim() || "…");
+  const text = (ev.transcript || "").trim();
+  setText(bubble, text || "…");
   bubble.classList.add("interim");
+  client.interim.push(text);
 }
 
 export function showTranscriptDelta(ev) {

@@ -129,6 +129,7 @@ async def page_state(page: Page) -> dict[str, Any]:
             localCandidates: c.localCandidates, connectedAt: c.connectedAt,
             t0: c.levels && c.levels.t0, callLocation: c.callLocation,
             user: texts('.msg.user .text'), agent: texts('.msg.agent .text'),
+            interim: c.interim, userInterim: texts('.msg.user.interim .text'),
             agentMeta: texts('.msg.agent .meta'), cut: texts('.msg.agent .cut'),
             markers: [...document.querySelectorAll('.msg.agent .marker')]
               .map((n) => ({text: n.innerText, visible: n.checkVisibility()})),

@@ -132,7 +132,12 @@ async def turn(pw: Playwright, server: VoiceServer, engines: Engines, work: Path
 async def websocket(
     pw: Playwright, server: VoiceServer, engines: Engines, work: Path
 ) -> dict[str, Any]:
-    return await _one_turn(pw, server, engines, work, "ws")
+    """One turn over the WebSocket, with streaming ASR on (its words appear while spoken)."""
+    server.config.pipeline.interim_asr_ms = 500
+    try:
+        return await _one_turn(pw, server, engines, work, "ws")
+    finally:
+        server.config.pipeline.interim_asr_ms = 0
 
 
 async def barge_in(

@@ -117,6 +117,13 @@ def test_the_websocket_transport_still_works(results: dict[str, Any]) -> None:
     _no_trouble(ws)
     assert "output_audio_buffer.started" not in page["events"]  # the audio came as deltas
     assert "painted" in page["user"][0].lower(), page["user"]
+    # streaming ASR: the words so far were on the page before the final transcript replaced them
+    events = page["events"]
+    assert page["interim"] and any(page["interim"]), page["interim"]
+    assert events.index("x.voice.input_audio_transcription.interim") < events.index(
+        "conversation.item.input_audio_transcription.completed"
+    )
+    assert page["userInterim"] == []
     (reply,) = page["turns"]
     assert reply["status"] == "completed" and page["agent"][0].strip()
     assert reply["pageLatencyMs"] is not None and reply["metrics"]["first_audio_sent"] > 0
