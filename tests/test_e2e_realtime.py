@@ -88,7 +88,7 @@ async def test_barge_in_end_to_end(server: VoiceServer, engines: Engines) -> Non
             lambda: len(caller.audio_of(first_id)) >= 24_000, TURN_TIMEOUT, "1 s of reply audio"
         )
         interrupted_at = len(caller.events)
-        caller.say(espeak("Stop, stop. Wait a moment, I have a question.", rate=24_000))
+        caller.say(espeak("Stop, wait a moment, I have a question.", rate=24_000))
         await caller.wait_for(lambda: caller.response_done(1), 30, "the first response to end")
         done = caller.of("response.done")[0]["response"]
         assert done["id"] == first_id
