@@ -30,9 +30,11 @@ QUESTION = "Who painted the Mona Lisa?"
 
 
 def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after lowercasing, expanding contractions ("weather's" = "weather is":
+    Piper's speech is not the same twice, and Whisper may contract it) and removing punctuation."""
     clean = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-         jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+        [jiwer.ToLowerCase(), jiwer.ExpandCommonEnglishContractions(), jiwer.RemovePunctuation(),
+         jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
     )  # fmt: skip
     return float(
         jiwer.wer(reference, hypothesis, reference_transform=clean, hypothesis_transform=clean)
