@@ -161,6 +161,8 @@ class Session:
         self._resampler: Resampler | None = None
         self._pending: list[np.ndarray] = []
         self._pending_samples = 0
+        self._lead_s = 0.0  # caller audio received ahead of the clock (drains in real time)
+        self._lead_at: float | None = None
         self._scored = 0  # absolute index up to which the VAD has scored audio
         self._wake = asyncio.Event()
         self._turn: _Turn | None = None
@@ -233,14 +235,21 @@ class Session:
             self._scored = self._buffer.end
             return
         limit = self.limits.max_pending_input_ms * PIPELINE_RATE // 1000
-        if self._pending_samples + len(pcm) > limit:
+        now = self.clock.now()
+        lead = max(0.0, self._lead_s - (now - self._lead_at if self._lead_at is not None else 0.0))
+        lead += len(pcm) / PIPELINE_RATE
+        # two ways to be too fast: ahead of real time (a burst; whatever the VAD's speed), or
+        # ahead of the VAD (a VAD slower than real time)
+        behind_vad = self._pending_samples + len(pcm) > limit
+        if lead * 1000 > self.limits.max_pending_input_ms or behind_vad:
             dropped_ms = len(pcm) * 1000 // PIPELINE_RATE
             raise LimitExceeded(
                 "audio is arriving faster than real time: more than"
                 f" {self.limits.max_pending_input_ms} ms is waiting; {dropped_ms} ms dropped",
                 code="input_audio_rate_exceeded",
             )
-        self._buffer.append(pcm, self.clock.now())
+        self._lead_s, self._lead_at = lead, now
+        self._buffer.append(pcm, now)
         self._pending.append(pcm)
         self._pending_samples += len(pcm)
         self._wake.set()

@@ -187,7 +187,10 @@ async def test_audio_faster_than_real_time_is_refused_beyond_the_limit() -> None
         with pytest.raises(LimitExceeded) as err:
             h.session.append_audio(silence(0.2), 16_000)
         assert err.value.code == "input_audio_rate_exceeded"
-        await h.clock.advance(0.02)  # the VAD catches up …
+        await h.clock.advance(0.02)  # the VAD has caught up, but the caller is still ahead
+        with pytest.raises(LimitExceeded):
+            h.session.append_audio(silence(0.2), 16_000)
+        await h.clock.advance(0.15)  # real time catches up …
         h.session.append_audio(silence(0.2), 16_000)  # … and audio is accepted again
 
 

@@ -172,7 +172,7 @@ class PipelineConfig:
 @dataclass(slots=True)
 class LimitsConfig:
     max_pending_input_ms: int = doc(
-        "Caller audio waiting for the VAD before audio is dropped.", 10_000
+        "Caller audio ahead of real time, or waiting for the VAD, before audio is dropped.", 10_000
     )
     max_input_buffer_s: float = doc("Longest turn (s); manual mode refuses appends past it.", 60.0)
     max_pending_events: int = doc("Server events queued for a slow client before closing it.", 4096)
