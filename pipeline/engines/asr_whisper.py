@@ -20,6 +20,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,12 @@ class WhisperAsr:
         self.fallbacks = 0
         """Fitted-window results rejected for a full-window transcription (for the logs/tests)."""
         self._tokenizer = None
+        self._storage_view: Any = None  # ctranslate2.StorageView.from_array, for a fitted window
         if options.fit_window:
+            import ctranslate2
             from faster_whisper.tokenizer import Tokenizer
+
+            self._storage_view = ctranslate2.StorageView.from_array
 
             self._tokenizer = Tokenizer(
                 self._model.hf_tokenizer,
@@ -125,8 +130,6 @@ class WhisperAsr:
     def _transcribe_fitted(self, samples: np.ndarray, pad_frames: int) -> str | None:
         """One decode over a window fitted to the audio; ``None`` when it must be redone."""
         assert self._tokenizer is not None
-        import ctranslate2
-
         model = self._model
         frames = len(samples) * _FRAMES_PER_S // _SAMPLE_RATE
         # Speech runs under 5 words a second; far more tokens than that is Whisper looping.
@@ -135,7 +138,7 @@ class WhisperAsr:
         try:
             features = model.feature_extractor(padded, padding=0)[:, : frames + pad_frames]
             encoded = model.model.encode(
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
+                self._storage_view(np.ascontiguousarray(features[None])),
                 to_cpu=False,
             )
             result = model.model.generate(

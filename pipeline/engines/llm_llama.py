@@ -133,9 +133,9 @@ class LlamaLlm:
 
     def _next_token_probability(self, token: int) -> float:
         llama = self._llama
-        logits = np.ctypeslib.as_array(
-            llama_get_logits_ith(llama.ctx, -1), shape=(llama.n_vocab(),)
-        ).astype(np.float64)
+        logits = np.ctypeslib.as_array(_last_logits(llama.ctx), shape=(llama.n_vocab(),)).astype(
+            np.float64
+        )
         logits -= logits.max()
         return float(np.exp(logits[token]) / np.exp(logits).sum())
 
@@ -163,10 +163,12 @@ class LlamaLlm:
             pass
 
 
-def llama_get_logits_ith(ctx: Any, index: int) -> Any:
+def _last_logits(ctx: Any) -> Any:
+    """The logits after the last evaluated token (llama-cpp-python keeps none without
+    ``logits_all``)."""
     import llama_cpp
 
-    return llama_cpp.llama_get_logits_ith(ctx, index)
+    return llama_cpp.llama_get_logits_ith(ctx, -1)
 
 
 def _chat_formatter(llama: Any) -> Any:
