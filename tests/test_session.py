@@ -306,6 +306,21 @@ async def test_the_judges_time_counts_as_model_time_not_overhead() -> None:
         assert marks["overhead"] is not None and marks["overhead"] < 25
 
 
+async def test_a_failing_judge_leaves_the_words_to_decide() -> None:
+    class BrokenJudge:
+        async def end_of_turn(self, messages: list[object]) -> float | None:
+            raise EngineError("llama.cpp fell over", engine="llm")
+
+    engines = fake_engines(["Is it raining?"], ["No."])
+    engines.judge = BrokenJudge()  # type: ignore[assignment]
+    async with Harness(engines) as h:
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert (h.timed(m.SpeechStopped)[0][0] - 0.6) * 1000 == pytest.approx(250, abs=60)
+        assert h.of(m.ReplyDone)[0].item.text == "No."
+        assert not h.of(m.SessionError)  # the judge is an aid: its failure is only logged
+
+
 async def test_a_question_judged_unfinished_survives_a_half_second_pause() -> None:
     first, whole = "Can you tell me?", "Can you tell me what time the museum opens?"
     engines = fake_engines([first, whole], ["It opens at nine."])
