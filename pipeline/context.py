@@ -33,12 +33,11 @@ class ChatMessage:
 
 @dataclass
 class Conversation:
-    """Ordered items, at most ``max_items`` (the oldest go first); the LLM sees the most recent
-    ones that fit ``max_history_chars``."""
+    """Ordered items, at most ``max_items`` (the oldest go first). The LLM engine fits them
+    into its context window, counted in its own tokens (``context_fit.py``)."""
 
     instructions: str
     max_items: int = 1000
-    max_history_chars: int = 6000
     items: list[Item] = field(default_factory=list)
 
     def last_id(self) -> str | None:
@@ -72,18 +71,12 @@ class Conversation:
         self.items.pop(self.index(item_id))
 
     def messages(self, instructions: str | None = None) -> list[ChatMessage]:
-        """System prompt + the most recent items that fit ``max_history_chars``."""
-        history: list[ChatMessage] = []
-        budget = self.max_history_chars
-        for item in reversed(self.items):
-            text = item.text.strip()
-            if not text or item.status == "in_progress":
-                continue
-            budget -= len(text)
-            if budget < 0 and history:
-                break
-            history.append(ChatMessage(item.role, text))
-        history.reverse()
+        """System prompt + every finished item with text; the engine drops what does not fit."""
+        history = [
+            ChatMessage(item.role, item.text.strip())
+            for item in self.items
+            if item.text.strip() and item.status != "in_progress"
+        ]
         while history and history[0].role == "assistant":
             history.pop(0)  # chat templates expect the user to speak first
         system = ChatMessage(

@@ -19,6 +19,7 @@ from pipeline.audio import resample
 from pipeline.context import ChatMessage
 from pipeline.engines import Engines, GenerationOptions
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
+from pipeline.engines.llm_llama import LlamaLlm
 from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
 from pipeline.errors import EngineError
 from voice import models
@@ -108,6 +109,59 @@ async def test_embedded_llm_judges_whether_the_caller_has_finished(engines: Engi
     assert await judge.end_of_turn([system]) is None  # no caller words: no judgement
 
 
+SYSTEM = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")
+HELLO_PAIRS = [
+    message
+    for _ in range(100)
+    for message in (
+        ChatMessage("user", "Say hello in three words."),
+        ChatMessage("assistant", "Hello! I'm a voice assistant with"),
+    )
+]
+EMOJI = [SYSTEM, ChatMessage("user", "😀" * 700)]
+TOPICS = ("the weather", "my train", "a recipe for soup", "the museum", "a birthday present")
+
+
+def long_conversation(turns: int = 80) -> list[ChatMessage]:
+    """``turns`` varied exchanges, about 3,000 tokens: more than a 2,048-token context."""
+    messages = [SYSTEM]
+    for i in range(turns):
+        topic = TOPICS[i % len(TOPICS)]
+        messages += [
+            ChatMessage("user", f"Question {i}: can you tell me something about {topic}?"),
+            ChatMessage("assistant", f"Sure. About {topic}: it depends, but number {i} is fine."),
+        ]
+    return [*messages, ChatMessage("user", "What did I ask you first?")]
+
+
+async def reply_to(llm: object, messages: list[ChatMessage]) -> str:
+    stream = llm.stream(messages, GenerationOptions(max_tokens=8, temperature=0.0))  # type: ignore[attr-defined]
+    return "".join([token async for token in stream])
+
+
+async def test_embedded_llm_fits_a_history_longer_than_its_context(engines: Engines) -> None:
+    """Issue 13: past ~2,048 tokens of history every reply failed ("Requested tokens exceed
+    context window"); the oldest turns are dropped instead, counted in the model's tokens, and
+    a message too long even alone is cut."""
+    question = ChatMessage("user", "What is the capital of France?")
+    assert (await reply_to(engines.llm, [SYSTEM, *HELLO_PAIRS, question])).strip()
+    assert (await reply_to(engines.llm, EMOJI)).strip()
+
+
+async def test_embedded_judge_fits_a_long_history_as_the_reply_will(engines: Engines) -> None:
+    llm, judge = engines.llm, engines.judge
+    assert isinstance(llm, LlamaLlm) and judge is llm
+    messages = long_conversation()
+    probability = await judge.end_of_turn(messages)
+    assert probability is not None and 0.0 <= probability <= 1.0
+    # the judge leaves room for llm.max_tokens (120), this reply for 8: the same prompt anyway,
+    # so the reply starts from the judged evaluation
+    judged, _ = llm._fit(messages, llm.options.reply_tokens)
+    replied, _ = llm._fit(messages, 8)
+    assert judged == replied and len(judged) < len(messages)
+    assert (await reply_to(llm, messages)).strip()
+
+
 async def test_multilingual_base_model_is_joined_and_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
     folder = models.whisper_base(cache_dir=tmp_path)
     assert (folder / "model.bin").stat().st_size > 140_000_000
@@ -160,6 +214,25 @@ async def test_remote_llm_streams_from_an_openai_compatible_server(llama_server:
     tokens = [t async for t in llm.stream(messages, GenerationOptions(max_tokens=20))]
     assert "".join(tokens).strip()
     await llm.aclose()
+
+
+async def test_remote_llm_fits_a_history_longer_than_the_servers_context(
+    llama_server: str,
+) -> None:
+    """The server runs with ``--n_ctx 1024``; its tokenize endpoint counts the prompt."""
+    llm = OpenAiCompatibleLlm(RemoteLlmOptions(base_url=llama_server, model="smollm2", n_ctx=1024))
+    question = ChatMessage("user", "What is the capital of France?")
+    try:
+        assert (await reply_to(llm, [SYSTEM, *HELLO_PAIRS, question])).strip()
+        assert (await reply_to(llm, EMOJI)) is not None  # cut, not failed
+        fitted, max_tokens = await llm.fit([SYSTEM, *HELLO_PAIRS, question], 8)
+        assert fitted[0] == SYSTEM and fitted[-1] == question and len(fitted) < 200
+        assert len(fitted) > 25  # counted in tokens: a byte count would keep about 18
+        assert max_tokens == 8
+        assert llm._counter._dialect is not None  # counted by the server, not by bytes
+        assert llm._counter._dialect.name == "llama-cpp-python"
+    finally:
+        await llm.aclose()
 
 
 async def test_remote_llm_errors_are_translated() -> None:

@@ -12,10 +12,17 @@ punctuation Whisper heard and then by the chat template's end-of-message token. 
 models learn that a question or a request is a whole message and that "Can you tell me" is not,
 which punctuation alone cannot tell. It costs one prompt evaluation of the caller's words, which
 the reply that follows re-uses from the cache.
+
+Every prompt is fitted into ``n_ctx`` less the reply's ``max_tokens`` (``context_fit.py``),
+counted with the model's tokenizer on the rendered chat template: the system prompt and the
+newest turns are kept, older turns dropped, a turn too long even alone is cut. The judge fits
+for ``reply_tokens`` and shares the engine's memory of where history was cut, so it evaluates
+the prompt the reply will start with.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..context import ChatMessage
+from ..context_fit import HeadMemory, Overhead, fit_messages
 from ..errors import ConfigError, EngineError
 from . import GenerationOptions
 from ._bridge import stream_from_thread
@@ -33,6 +41,9 @@ from ._threads import EngineThreads
 
 log = logging.getLogger("voice.llm")
 _FINAL_PUNCTUATION = re.compile(r"[\s.?!…]+$")
+_MARGIN = 16
+"""Tokens of the context left unused besides the prompt and the reply."""
+_FIT_TRIES = 4
 
 
 @dataclass(slots=True)
@@ -42,6 +53,10 @@ class LlamaOptions:
     threads: int = 1
     batch_threads: int = 1
     gpu_layers: int = 0
+    reply_tokens: int = 200
+    """The reply length the end-of-turn judge's prompt leaves room for (the usual max_tokens)."""
+    count_cache: int = 4096
+    """Texts whose token count is remembered."""
     first_token_timeout: float = 20.0
     next_token_timeout: float = 10.0
 
@@ -67,6 +82,9 @@ class LlamaLlm:
         self._threads = EngineThreads("llm", 1)
         self._format = _chat_formatter(self._llama)
         self._generating = 0
+        self._memory = HeadMemory()
+        self._count = functools.lru_cache(maxsize=options.count_cache)(self._count_text)
+        self._overhead = self._measure_overhead()
 
     def _prompt(self, messages: list[ChatMessage]) -> str:
         rendered = self._format(messages=[{"role": m.role, "content": m.content} for m in messages])
@@ -74,6 +92,46 @@ class LlamaLlm:
 
     def _tokens(self, prompt: str) -> list[int]:
         return list(self._llama.tokenize(prompt.encode(), add_bos=False, special=True))
+
+    def _count_text(self, text: str) -> int:
+        return len(self._tokens(text))
+
+    def _measure_overhead(self) -> Overhead:
+        """The chat template's tokens around the texts, from two short renderings."""
+        x = self._count("x")
+        one = len(
+            self._tokens(self._prompt([ChatMessage("system", "x"), ChatMessage("user", "x")]))
+        )
+        three = len(
+            self._tokens(
+                self._prompt(
+                    [ChatMessage(role, "x") for role in ("system", "user", "assistant", "user")]
+                )
+            )
+        )
+        per_message = max(0, -(-(three - one - 2 * x) // 2))
+        # +1 per message: a text's tokens may differ by one where it meets the template
+        return Overhead(per_message + 1, max(0, one - 2 * x - 2 * per_message))
+
+    def _fit(
+        self, messages: list[ChatMessage], max_tokens: int
+    ) -> tuple[list[ChatMessage], list[int]]:
+        """The messages that fit the context with ``max_tokens`` (at most half of it) left for
+        the reply, and their rendered prompt's tokens."""
+        n_ctx = self.options.n_ctx
+        budget = n_ctx - min(max_tokens, n_ctx // 2) - _MARGIN
+        target = budget
+        for _ in range(_FIT_TRIES):  # the estimate is checked on the rendered prompt
+            fitted = fit_messages(
+                messages, target, self._count, overhead=self._overhead, memory=self._memory
+            )
+            tokens = self._tokens(self._prompt(fitted))
+            if len(tokens) <= budget:
+                if len(fitted) < len(messages):
+                    log.debug("prompt fitted: %s of %s messages", len(fitted), len(messages))
+                return fitted, tokens
+            target -= len(tokens) - budget
+        raise EngineError(f"cannot fit the prompt into {n_ctx} tokens", engine="llm")
 
     def _generate(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
         self._generating += 1  # (only the engine's one thread changes it)
@@ -85,10 +143,11 @@ class LlamaLlm:
     def _completion(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
         # The prompt is rendered here (not by create_chat_completion) so that end_of_turn
         # evaluates exactly the tokens a reply starts with, and the reply re-uses them.
+        _, tokens = self._fit(messages, options.max_tokens)
         chunks: Any = self._llama.create_completion(
-            self._tokens(self._prompt(messages)),
+            tokens,
             stream=True,
-            max_tokens=options.max_tokens,
+            max_tokens=min(options.max_tokens, self.options.n_ctx - len(tokens)),
             temperature=options.temperature,
         )
         for chunk in chunks:
@@ -98,6 +157,9 @@ class LlamaLlm:
 
     def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         if not messages or messages[-1].role != "user" or not messages[-1].content.strip():
+            return None
+        messages, _ = self._fit(messages, self.options.reply_tokens)
+        if not messages[-1].content.strip():
             return None
         text = messages[-1].content.rstrip()
         bare = _FINAL_PUNCTUATION.sub("", text)
