@@ -47,7 +47,8 @@ class EngineTimeout(EngineError):
 class ProtocolError(VoiceError):
     """A client event or frame that the server rejects; the session usually goes on.
 
-    ``code`` is a short machine-readable string (``invalid_json``, ``unknown_event`` …) and
+    ``code`` is a short machine-readable string naming what is wrong (``invalid_json``,
+    ``unknown_event``, ``invalid_value`` …; never the error *type*) and
     ``event_id`` the id of the client event that caused it, when it had one.
     """
 
@@ -55,7 +56,7 @@ class ProtocolError(VoiceError):
         self,
         message: str,
         *,
-        code: str = "invalid_request_error",
+        code: str,
         event_id: str | None = None,
         param: str | None = None,
     ) -> None:

@@ -70,7 +70,9 @@ class ReplyStarted:
 class ReplyAudio:
     response_id: str
     item_id: str
-    audio: np.ndarray  # int16 mono at the session's output rate
+    audio: np.ndarray  # int16 mono at ``rate``
+    rate: int
+    """The reply's output rate, fixed when it started (a format change applies to the next)."""
 
 
 @dataclass(slots=True)

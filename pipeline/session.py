@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from .clock import Clock, MonotonicClock
 from .context import ChatMessage, Conversation, Item, new_id
 from .endpointing import EndpointSettings, silence_needed
 from .engines import Engines, GenerationOptions
-from .errors import EngineError, LimitExceeded, ProtocolError, VoiceError
+from .errors import EngineError, EngineTimeout, LimitExceeded, ProtocolError, VoiceError
 from .input_buffer import InputBuffer
 from .messages import (
     InputCleared,
@@ -52,6 +53,7 @@ from .tasks import cancel_and_wait
 from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
 
 MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
+ASR_TIMEOUT_SPAN_S = 30.0  # ``asr_timeout`` is per this much audio (Whisper's window)
 
 
 @dataclass(slots=True)
@@ -79,10 +81,15 @@ class SessionLimits:
     max_input_buffer_s: float = 60.0
     """Audio held for one turn; a longer turn is ended there (manual mode: appends are refused)."""
     asr_timeout: float = 30.0
+    """Seconds for one transcription of up to ``ASR_TIMEOUT_SPAN_S`` of audio; longer audio
+    gets this for each started span (it is transcribed in pieces, in turn with other sessions)."""
     judge_timeout: float = 1.0
     """An end-of-turn judgement later than this is skipped (the words alone decide)."""
     truncation_memory: int = 16
     """Replies whose audio/text alignment is kept for ``conversation.item.truncate``."""
+    max_conversation_bytes: int = 1 << 20
+    """Text held by the conversation (UTF-8 bytes). A client item that would pass it is refused
+    (``conversation_too_large``); past it, the oldest spoken turns are forgotten."""
 
 
 @dataclass(slots=True)
@@ -117,6 +124,9 @@ class _Active:
     reply: Reply
     adopted: bool = False
     cancel_reason: str | None = None
+    deleted: bool = False
+    """The client deleted the item while it was being spoken: the reply ends, and no event
+    names the item again."""
     task: asyncio.Task[None] = field(init=False)
 
 
@@ -154,6 +164,8 @@ class Session:
         self.log = logging.LoggerAdapter(logging.getLogger("voice.session"), {"session": self.id})
         self.conversation = Conversation(self.settings.instructions)
         self.closed_reason: str | None = None
+        self.failed = False
+        """True when the session ended because of an error of the server's own."""
         self._events: asyncio.Queue[SessionEvent] = asyncio.Queue(self.limits.max_pending_events)
         self._vad = engines.vad.stream()
         self._detector = self._new_detector()
@@ -188,6 +200,11 @@ class Session:
                 await self._wake.wait()
                 self._wake.clear()
                 await self._score_pending()
+        except Exception as exc:  # a bug: say so and end the session, never die silently
+            self.log.exception("the session's input task failed")
+            self._emit(SessionError(f"internal error: {exc!r}; the session ends", "internal_error"))
+            self.failed = True
+            self.close(f"internal error: {type(exc).__name__}")
         finally:
             await self._stop_children()
 
@@ -277,25 +294,56 @@ class Session:
         """A client-created item; user audio items are transcribed before they are final."""
         if previous_item_id is not None and self.conversation.get(previous_item_id) is None:
             raise ProtocolError(
-                f"previous_item_id {previous_item_id!r} does not exist", param="previous_item_id"
+                f"previous_item_id {previous_item_id!r} does not exist",
+                code="item_not_found",
+                param="previous_item_id",
             )
         if self.conversation.get(item.id) is not None:
-            raise ProtocolError(f"item {item.id!r} already exists", param="item.id")
+            raise ProtocolError(
+                f"item {item.id!r} already exists", code="item_already_exists", param="item.id"
+            )
+        size = self._conversation_bytes() + len(item.text.encode())
+        if size > self.limits.max_conversation_bytes:
+            raise LimitExceeded(
+                f"the conversation would hold {size} bytes of text, more than its limit of"
+                f" {self.limits.max_conversation_bytes} (limits.max_conversation_bytes):"
+                " delete items or start a new session",
+                code="conversation_too_large",
+                param="item",
+            )
         prev = self.conversation.add(item, previous_item_id)
         self._emit(ItemAdded(item, prev, done=True))
 
     def add_audio_item(
         self, item: Item, audio: np.ndarray, rate: int, previous: str | None
     ) -> None:
+        """A client-created user item with audio, transcribed in the background. Raises
+        :class:`LimitExceeded` (nothing added) past ``max_input_buffer_s``, one turn's bound."""
+        seconds, limit = len(audio) / rate, self.limits.max_input_buffer_s
+        if seconds > limit:
+            raise LimitExceeded(
+                f"input_audio is {seconds:.1f} s long; an item may hold at most {limit:g} s"
+                " (limits.max_input_buffer_s)",
+                code="input_audio_too_long",
+                param="item.content",
+            )
         pcm = Resampler(rate, PIPELINE_RATE).process(audio)
         item.audio, item.audio_ms = True, len(pcm) * 1000 // PIPELINE_RATE
         self.add_item(item, previous)
         self._spawn(self._transcribe_item(item, pcm, None, respond=False))
 
     def delete_item(self, item_id: str) -> None:
+        """Delete an item; deleting the reply being spoken ends that reply (``cancelled``)."""
         if self.conversation.get(item_id) is None:
-            raise ProtocolError(f"item {item_id!r} does not exist", param="item_id")
+            raise ProtocolError(
+                f"item {item_id!r} does not exist", code="item_not_found", param="item_id"
+            )
+        active = self._active
+        if active is not None and active.item.id == item_id:
+            active.deleted = True
+            self._interrupt("client_cancelled")
         self.conversation.delete(item_id)
+        self._alignments.pop(item_id, None)
         self._emit(ItemDeleted(item_id))
 
     def create_response(self, instructions: str | None = None) -> None:
@@ -321,11 +369,13 @@ class Session:
             raise ProtocolError(
                 f"assistant item {item_id!r} not found", code="item_truncate_invalid_item_id"
             )
-        if self._active is not None and self._active.item.id == item_id:
-            self._interrupt("client_cancelled")
         playout = self._alignments.get(item_id)
         if playout is None:
-            raise ProtocolError(f"item {item_id!r} has no audio to truncate", param="item_id")
+            raise ProtocolError(
+                f"item {item_id!r} has no audio to truncate",
+                code="item_truncate_no_audio",
+                param="item_id",
+            )
         total_ms = playout.sent_samples * 1000 // playout.rate
         if audio_end_ms > total_ms:
             raise ProtocolError(
@@ -333,6 +383,8 @@ class Session:
                 code="invalid_value",
                 param="audio_end_ms",
             )
+        if self._active is not None and self._active.item.id == item_id:
+            self._interrupt("client_cancelled")  # only once the truncation is valid
         item.text = playout.heard_text(audio_end_ms * playout.rate // 1000)
         item.status = "incomplete"
         item.audio_ms = audio_end_ms
@@ -543,8 +595,17 @@ class Session:
         self._turn = None
 
     async def _transcribe(self, audio: np.ndarray) -> str:
-        async with asyncio.timeout(self.limits.asr_timeout):
-            return await self.engines.asr.transcribe(audio)
+        """The text of ``audio``; raises :class:`EngineError` (:class:`EngineTimeout` past the
+        limit). Cancel-safe."""
+        spans = max(1, math.ceil(len(audio) / (ASR_TIMEOUT_SPAN_S * PIPELINE_RATE)))
+        timeout = self.limits.asr_timeout * spans
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.engines.asr.transcribe(audio, owner=self.id)
+        except TimeoutError:
+            raise EngineTimeout(
+                f"transcription timed out after {timeout:g} s", engine="asr"
+            ) from None
 
     async def _transcribe_item(
         self,
@@ -568,8 +629,15 @@ class Session:
             text = ""
         item.text = text
         marks.set_once("asr_done", self.clock.now())
-        self.log.info("user: %r", text)
+        if self.conversation.get(item.id) is not item:
+            self.log.info("user (item deleted before its transcript): %r", text)
+            if speculation is not None:
+                speculation.reply.interrupt()
+                speculation.task.cancel()
+            return
+        self.log.info("user: %r", text[:200])
         self._emit(UserTranscript(item.id, text))
+        self._forget_oldest()
         answer = respond and self._may_answer(text) and self._turn is None
         if speculation is not None and not speculation.task.done() and answer:
             self._adopt(speculation)
@@ -589,6 +657,7 @@ class Session:
         confirmed) it is speculative: silent and outside the conversation until adopted."""
         response_id = new_id("resp")
         item = Item(new_id("item"), "assistant", audio=True, status="in_progress")
+        rate = self.settings.output_rate
         messages = self.conversation.messages(instructions)
         if pending_user is not None:
             messages.append(ChatMessage("user", pending_user))
@@ -599,8 +668,8 @@ class Session:
             generation=replace(self.settings.generation),
             settings=self.reply_settings,
             clock=self.clock,
-            output_rate=self.settings.output_rate,
-            on_audio=lambda frame: self._emit(ReplyAudio(response_id, item.id, frame)),
+            output_rate=rate,
+            on_audio=lambda frame: self._emit(ReplyAudio(response_id, item.id, frame, rate)),
             on_text=lambda delta: self._emit(ReplyText(response_id, item.id, delta)),
             marks=marks,
             gated=pending_user is not None,
@@ -646,12 +715,18 @@ class Session:
         if not active.adopted:
             self.log.debug("speculative reply %s discarded (%s)", active.response_id, status)
             return
+        if active.deleted:
+            self.log.info("agent (%s): reply deleted by the client", status)
+            self._emit(ReplyDone(active.response_id, None, status, reason, reply.output_started))
+            self._emit(TurnMetrics(active.response_id, None, report(reply.marks)))
+            return
         if status == "completed":
             item.text, item.status = reply.spoken_text(), "completed"
         else:
             item.text, item.status = reply.heard_text(), "incomplete"
         item.audio_ms = reply.playout.played_ms()
-        self.log.info("agent (%s): %r", status, item.text)
+        self.log.info("agent (%s): %r", status, item.text[:200])
+        self._forget_oldest()
         self._emit(ReplyDone(active.response_id, item, status, reason, reply.output_started))
         self._emit(TurnMetrics(active.response_id, item.id, report(reply.marks)))
 
@@ -668,6 +743,27 @@ class Session:
         while len(self._alignments) > self.limits.truncation_memory:
             self._alignments.popitem(last=False)
 
+    def transcript_summary(self, max_chars: int = 600) -> str:
+        """A bounded one-line summary for the logs (the whole transcript is the store's)."""
+        items = self.conversation.items
+        text = " | ".join(f"{i.role}: {i.text}" for i in items[-6:])
+        if len(text) > max_chars:
+            text = f"...{text[-max_chars:]}"
+        return f"{len(items)} items, {self._conversation_bytes()} bytes; last: {text!r}"
+
+    def _conversation_bytes(self) -> int:
+        return sum(len(i.text.encode()) for i in self.conversation.items)
+
+    def _forget_oldest(self) -> None:
+        """Keep the conversation within its byte budget: the oldest items go first."""
+        items = self.conversation.items
+        size = self._conversation_bytes()
+        while size > self.limits.max_conversation_bytes and len(items) > 1:
+            gone = items.pop(0)
+            size -= len(gone.text.encode())
+            self._alignments.pop(gone.id, None)
+            self.log.info("conversation over its byte budget: forgot item %s", gone.id)
+
     # ---------------------------------------------------------------- plumbing
 
     def _new_detector(self) -> TurnDetector:
@@ -683,7 +779,7 @@ class Session:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error("task failed", exc_info=exc)
-            self._emit(SessionError(f"internal error: {exc!r}"))
+            self._emit(SessionError(f"internal error: {exc!r}", "internal_error"))
 
     def _emit(self, event: SessionEvent) -> None:
         if self.closed_reason is not None and not isinstance(event, ReplyDone | TurnMetrics):

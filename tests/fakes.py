@@ -42,9 +42,11 @@ class ScriptedAsr:
     def __init__(self, texts: list[str]) -> None:
         self.texts = list(texts)
         self.calls: list[int] = []
+        self.owners: list[str] = []
 
-    async def transcribe(self, audio: np.ndarray) -> str:
+    async def transcribe(self, audio: np.ndarray, *, owner: str = "") -> str:
         self.calls.append(len(audio))
+        self.owners.append(owner)
         return self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
 
 

@@ -116,7 +116,7 @@ async def test_beta_names_are_accepted() -> None:
         ('{"type": "input_audio_buffer.append", "audio": "AAEC"}', "invalid_audio", None),  # 3 bytes
         ('{"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/mp3"}}}}}', "invalid_value", "session.audio.input.format"),
         ('{"type": "session.update", "session": {"bogus": 1}}', "unknown_parameter", "session.bogus"),
-        ('{"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}}', "invalid_value", "session.audio.input.turn_detection"),
+        ('{"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}}', "invalid_value", "session.audio.input.turn_detection.threshold"),
         ('{"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}}', "invalid_value", "item.role"),
         ('{"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 10}', "item_truncate_invalid_item_id", None),
         ('{"type": "response.cancel"}', "response_cancel_not_active", None),

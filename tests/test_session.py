@@ -384,7 +384,7 @@ async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> Non
 async def test_a_failing_recognizer_is_reported_once_and_the_session_goes_on() -> None:
     engines = fake_engines(["unused"], ["Hi."])
 
-    async def broken(audio: object) -> str:
+    async def broken(audio: object, *, owner: str = "") -> str:
         raise EngineError("model crashed", engine="asr")
 
     engines.asr.transcribe = broken  # type: ignore[method-assign]

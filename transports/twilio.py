@@ -219,7 +219,8 @@ async def serve_twilio(
                 async with asyncio.timeout(send_timeout):
                     await ws.send_str(frame)
             if isinstance(event, m.SessionClosed):
-                await ws.close(code=WSCloseCode.OK, message=event.reason.encode()[:120])
+                code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
+                await ws.close(code=code, message=event.reason.encode()[:120])
                 return
 
     runner = asyncio.create_task(session.run(), name=f"session-{session.id}")
@@ -233,15 +234,15 @@ async def serve_twilio(
         await ws.close()
         log.info(
             "session %s ended (%s): stream %s, call %s, %d malformed messages, %d media messages"
-            " dropped, DTMF %r; transcript: %s",
+            " dropped, DTMF %r; %s",
             session.id,
             session.closed_reason,
             stream.stream_sid,
             stream.call_sid,
             stream.malformed,
             stream.dropped_media,
-            "".join(stream.dtmf),
-            json.dumps(session.conversation.transcript()),
+            "".join(stream.dtmf)[-64:],
+            session.transcript_summary(),
         )
     return ws
 

@@ -52,7 +52,7 @@ EVENTS_CHANNEL = "oai-events"
 class WebRtcOptions:
     ice_servers: list[RTCIceServer] = field(default_factory=list)
     """STUN/TURN servers; empty by default (aiortc would otherwise reach a public STUN server)."""
-    connect_timeout: float = 20.0
+    connect_timeout: float = 10.0
     """Seconds for ICE and DTLS to connect before the call is dropped."""
     max_queued_ms: int = 1000
     """Reply audio waiting for the track; older frames are dropped past it."""
@@ -121,16 +121,26 @@ def downmix(frame: AudioFrame) -> np.ndarray:
 
 
 class WebRtcCall:
-    """One call: a peer connection, its session and the tasks that join them."""
+    """One call: a peer connection, its session and the tasks that join them.
+
+    ``on_connect`` is called once, when ICE and DTLS are up; a reason it returns ends the call
+    (the server had no session free for it). ``on_end`` is called once the call has ended."""
 
     def __init__(
-        self, conn: RealtimeConnection, options: WebRtcOptions, on_end: Callable[[WebRtcCall], None]
+        self,
+        conn: RealtimeConnection,
+        options: WebRtcOptions,
+        on_end: Callable[[WebRtcCall], None],
+        on_connect: Callable[[WebRtcCall], str | None] | None = None,
     ) -> None:
         self.id = new_id("rtc")
         self.conn = conn
         self.session = conn.session
         self.options = options
         self._on_end = on_end
+        self._on_connect = on_connect
+        self.connected = False
+        """The peer connection has been up (it stays True once it was)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=options.ice_servers))
         self.track = ReplyTrack(MonotonicClock(), max(1, options.max_queued_ms // 20))
         self.channel: RTCDataChannel | None = None
@@ -197,7 +207,12 @@ class WebRtcCall:
     async def _on_state(self) -> None:
         state = self.pc.connectionState
         log.info("call %s: connection %s", self.id, state)
-        if state in ("failed", "closed"):
+        if state == "connected" and not self.connected and not self.closing:
+            self.connected = True
+            refusal = self._on_connect(self) if self._on_connect is not None else None
+            if refusal is not None:
+                await self.close(refusal)
+        elif state in ("failed", "closed"):
             await self.close(f"connection {state}")
 
     # ------------------------------------------------------------ tasks

@@ -29,10 +29,13 @@ async def serve_realtime(
     *,
     max_frame_bytes: int,
     send_timeout: float = 10.0,
+    heartbeat: float = 30.0,
 ) -> web.WebSocketResponse:
-    """Run one Realtime session over the request's WebSocket until either side leaves."""
+    """Run one Realtime session over the request's WebSocket until either side leaves. A ping
+    goes out every ``heartbeat`` seconds; a client that does not answer within half of that is
+    dropped."""
     ws = web.WebSocketResponse(
-        max_msg_size=max_frame_bytes, protocols=("realtime",), heartbeat=30.0
+        max_msg_size=max_frame_bytes, protocols=("realtime",), heartbeat=heartbeat
     )
     await ws.prepare(request)
     conn = open_connection()
@@ -49,9 +52,8 @@ async def serve_realtime(
             events = await conn.next_events()
             await send(events)
             if conn.closed:
-                await ws.close(
-                    code=WSCloseCode.OK, message=(session.closed_reason or "").encode()[:120]
-                )
+                code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
+                await ws.close(code=code, message=(session.closed_reason or "").encode()[:120])
                 return
 
     runner = asyncio.create_task(session.run(), name=f"session-{session.id}")
@@ -64,10 +66,10 @@ async def serve_realtime(
         await cancel_and_wait((writer, runner))
         await ws.close()
         log.info(
-            "session %s ended (%s); transcript: %s",
+            "session %s ended (%s); %s",
             session.id,
             session.closed_reason,
-            json.dumps(session.conversation.transcript()),
+            session.transcript_summary(),
         )
     return ws
 
@@ -109,4 +111,8 @@ async def _read(
 def _close_reason(ws: web.WebSocketResponse) -> str:
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
         return "frame too large"
+    if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong in time
+        return f"client did not answer a ping: {ws.exception()}"
+    if ws.close_code not in (None, WSCloseCode.OK, WSCloseCode.GOING_AWAY):
+        return f"client disconnected (close code {ws.close_code})"
     return "client disconnected"

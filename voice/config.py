@@ -26,6 +26,11 @@ class ServerConfig:
     host: str = doc("Address to listen on.", "127.0.0.1")
     port: int = doc("TCP port.", 8080)
     max_sessions: int = doc("Concurrent sessions; more are refused with HTTP 503.", 8)
+    heartbeat_s: float = doc(
+        "Seconds between WebSocket pings; a client that does not answer within half of it is"
+        " dropped.",
+        30.0,
+    )
     max_event_bytes: int = doc(
         "Largest client event accepted (bytes); a larger one gets an `error` event.", 4 << 20
     )
@@ -56,7 +61,14 @@ class AsrConfig:
     language: str = doc("Language code for multilingual models; empty = detect.", "en")
     beam_size: int = doc("Beam size (1 = greedy, fastest).", 1)
     threads: int = doc("CPU threads per transcription.", 2)
-    workers: int = doc("Concurrent transcriptions.", 1)
+    workers: int = doc(
+        "Concurrent transcriptions; jobs wait in one queue served round-robin between sessions.", 1
+    )
+    max_pending: int = doc(
+        "Transcription jobs (audio pieces of at most 30 s) one session may have waiting for"
+        " the ASR; past it a transcription fails with an `error` event.",
+        8,
+    )
     fit_window: bool = doc(
         "Run Whisper's encoder on the utterance plus `window_pad_s` instead of a 30 s window"
         " (about 4x faster; a result that loops is redone with 30 s).",
@@ -71,7 +83,11 @@ class LlmConfig:
         "`llama` (embedded llama.cpp) or `openai` (any OpenAI-compatible server).", "llama"
     )
     model_path: str = doc("GGUF file for `llama`; empty = bundled SmolLM2-135M-Instruct.", "")
-    n_ctx: int = doc("Context window (tokens) for `llama`.", 2048)
+    n_ctx: int = doc(
+        "Context window (tokens): the model's for `llama`, the endpoint's for `openai`. Prompts"
+        " are fitted to it less the reply's `max_tokens`: oldest turns dropped first.",
+        2048,
+    )
     threads: int = doc("llama.cpp threads for generation.", 1)
     batch_threads: int = doc(
         "llama.cpp threads for prompt evaluation (it runs once the transcript is known, when the"
@@ -176,7 +192,16 @@ class LimitsConfig:
     )
     max_input_buffer_s: float = doc("Longest turn (s); manual mode refuses appends past it.", 60.0)
     max_pending_events: int = doc("Server events queued for a slow client before closing it.", 4096)
-    asr_timeout: float = doc("Seconds to wait for a transcription.", 30.0)
+    max_conversation_bytes: int = doc(
+        "Text one conversation holds (UTF-8 bytes): a client item past it gets an `error`"
+        " (`conversation_too_large`); spoken turns past it make the oldest items go.",
+        1 << 20,
+    )
+    asr_timeout: float = doc(
+        "Seconds to wait for a transcription of up to 30 s of audio (longer audio: this much per"
+        " started 30 s).",
+        30.0,
+    )
 
 
 @dataclass(slots=True)
@@ -189,7 +214,12 @@ class WebRtcConfig:
     ice_username: str = doc("Username for the TURN servers.", "")
     ice_credential: str = doc("Credential for the TURN servers.", "")
     connect_timeout: float = doc(
-        "Seconds for ICE and DTLS to connect before a call is dropped.", 20.0
+        "Seconds for ICE and DTLS to connect before a call is dropped.", 10.0
+    )
+    max_pending_calls: int = doc(
+        "Calls answered but not yet connected (they do not count as sessions until they"
+        " connect); more offers get HTTP 503.",
+        4,
     )
     max_queued_ms: int = doc(
         "Reply audio queued for the WebRTC track before old frames drop.", 1000

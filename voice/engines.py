@@ -67,6 +67,7 @@ def load_engines(config: Config) -> LoadedEngines:
         beam_size=config.asr.beam_size,
         cpu_threads=config.asr.threads,
         workers=config.asr.workers,
+        max_pending=config.asr.max_pending,
         fit_window=config.asr.fit_window,
         window_pad_s=config.asr.window_pad_s,
     )
@@ -100,6 +101,7 @@ def _load_llm(config: Config) -> LanguageModel:
             threads=c.threads,
             batch_threads=c.batch_threads,
             gpu_layers=c.gpu_layers,
+            reply_tokens=c.max_tokens,
             first_token_timeout=c.first_token_timeout,
             next_token_timeout=c.next_token_timeout,
         )
@@ -112,6 +114,7 @@ def _load_llm(config: Config) -> LanguageModel:
             base_url=c.base_url,
             model=c.model,
             api_key=c.api_key or "none",
+            n_ctx=c.n_ctx,
             first_token_timeout=c.first_token_timeout,
             next_token_timeout=c.next_token_timeout,
         )

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCIceServer
 
 from pipeline.endpointing import EndpointSettings
@@ -34,6 +35,29 @@ from .config import Config
 from .engines import load_engines, warm_up
 
 log = logging.getLogger("voice.server")
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every malformed HTTP request at ERROR with a traceback: a client's mistake,
+    not the server's. Such a record becomes one INFO line saying what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            what = " ".join(str(exc.message).replace("^", "").split())[:200]
+            record.msg, record.args = "malformed HTTP request from %s: %s", (remote, what)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
+
+
 WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
 
 
@@ -94,6 +118,7 @@ class VoiceServer:
                 max_pending_events=lim.max_pending_events,
                 max_pending_input_ms=lim.max_pending_input_ms,
                 max_input_buffer_s=lim.max_input_buffer_s,
+                max_conversation_bytes=lim.max_conversation_bytes,
                 asr_timeout=lim.asr_timeout,
             ),
             tuning=Tuning(
@@ -124,7 +149,8 @@ class VoiceServer:
         )
         if webrtc:
             session.settings.output_rate = 48_000
-        self.sessions[session.id] = session
+        else:  # a WebRTC call's session counts once the call connects (_call_connected)
+            self.sessions[session.id] = session
         return RealtimeConnection(
             session, config, max_event_bytes=self.config.server.max_event_bytes
         )
@@ -140,7 +166,10 @@ class VoiceServer:
 
         try:
             return await serve_realtime(
-                request, open_connection, max_frame_bytes=self.config.server.max_frame_bytes
+                request,
+                open_connection,
+                max_frame_bytes=self.config.server.max_frame_bytes,
+                heartbeat=self.config.server.heartbeat_s,
             )
         finally:
             for session in opened:
@@ -223,8 +252,9 @@ class VoiceServer:
         except (UnicodeDecodeError, ValueError):
             raise web.HTTPBadRequest(text="the SDP offer is not valid text") from None
         self._check_capacity()
+        self._check_connecting()
         conn = self.open_realtime(webrtc=True)
-        call = WebRtcCall(conn, self.webrtc_options(), self._call_ended)
+        call = WebRtcCall(conn, self.webrtc_options(), self._call_ended, self._call_connected)
         self.calls[call.id] = call
         try:
             answer = await call.answer(offer)
@@ -256,6 +286,22 @@ class VoiceServer:
         await call.close("hung up by the client")
         return web.Response(status=200, text="ok")
 
+    def _check_connecting(self) -> None:
+        """Answered calls that have not connected have their own, smaller budget: offers that
+        never connect must not take the sessions of clients that do."""
+        limit = self.config.webrtc.max_pending_calls
+        if sum(not call.connected for call in self.calls.values()) >= limit:
+            raise web.HTTPServiceUnavailable(
+                text=f"too many calls connecting ({limit}, webrtc.max_pending_calls); try again"
+            )
+
+    def _call_connected(self, call: WebRtcCall) -> str | None:
+        """A call's peer connection is up: it becomes a session, or ends if none is free."""
+        if len(self.sessions) >= self.config.server.max_sessions:
+            return f"server is at its limit of {self.config.server.max_sessions} sessions"
+        self.sessions[call.session.id] = call.session
+        return None
+
     def _call_ended(self, call: WebRtcCall) -> None:
         self.calls.pop(call.id, None)
         if self.sessions.pop(call.session.id, None) is not None:
@@ -275,6 +321,7 @@ class VoiceServer:
                 "status": "ok",
                 "sessions": len(self.sessions),
                 "calls": len(self.calls),
+                "calls_connecting": sum(not call.connected for call in self.calls.values()),
                 "tasks": len(asyncio.all_tasks()),
             }
         )
@@ -286,6 +333,7 @@ class VoiceServer:
         return web.FileResponse(index)
 
     async def start(self, host: str, port: int) -> int:
+        quiet_malformed_requests()
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)

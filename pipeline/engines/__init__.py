@@ -35,8 +35,10 @@ class VoiceActivityDetector(Protocol):
 
 
 class SpeechRecognizer(Protocol):
-    async def transcribe(self, audio: np.ndarray) -> str:
-        """Text of ``audio`` (int16, 16 kHz mono). Cancel-safe: the result is dropped."""
+    async def transcribe(self, audio: np.ndarray, *, owner: str = "") -> str:
+        """Text of ``audio`` (int16, 16 kHz mono). ``owner`` (the session id) is whose turn it
+        is: the recognizer is shared, and it serves owners fairly (one owner's long audio does
+        not hold up another's). Cancel-safe: the result is dropped."""
         ...
 
 

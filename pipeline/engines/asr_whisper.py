@@ -12,10 +12,16 @@ context makes Whisper prone to two failures, both handled: it repeats itself aft
 ends — it is decoded with timestamps and any segment that starts after the audio has ended is
 dropped — and, rarely, it loops within the speech — that result is discarded and the utterance is
 transcribed again with the full 30 s window.
+
+Long audio (an uploaded item) is cut into pieces of at most 30 s, each at the quietest 20 ms in
+the last ``_SEARCH_S`` before the limit (``split_at_pauses``), and each piece is a separate job on
+the shared :class:`~pipeline.engines._fair.FairThreads`: jobs are served round-robin between
+owners (sessions), so one session's long upload delays another's next turn by one piece at most.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, EngineError
-from ._threads import EngineThreads
+from ._fair import FairThreads
 
 log = logging.getLogger("voice.asr")
 
@@ -47,6 +53,8 @@ class WhisperOptions:
     """Size the encoder's window to the utterance instead of 30 s (see the module docstring)."""
     window_pad_s: float = 5.0
     """Silence after the utterance in a fitted window; less is faster and less accurate."""
+    max_pending: int = 8
+    """Pieces (of at most 30 s) one owner may have waiting; more fail with an EngineError."""
 
 
 _SAMPLE_RATE = 16_000
@@ -56,6 +64,34 @@ _LATE_SEGMENT_S = 0.15  # a segment starting this close to the end of the audio 
 _NO_SPEECH_PROB = 0.6
 _LOW_LOGPROB = -1.0
 _WORD = re.compile(r"[\w']+")
+_MIN_SAMPLES = 1600  # < 0.1 s: nothing to say, and Whisper would hallucinate
+PIECE_S = 30.0  # Whisper's window: longer audio is transcribed in pieces this long at most
+_SEARCH_S = 5.0  # a piece ends at the quietest frame of its last this many seconds
+_FRAME_S = 0.02
+
+
+def split_at_pauses(
+    audio: np.ndarray,
+    rate: int = _SAMPLE_RATE,
+    max_s: float = PIECE_S,
+    search_s: float = _SEARCH_S,
+) -> list[np.ndarray]:
+    """``audio`` in pieces of at most ``max_s``, each cut in the middle of the quietest 20 ms
+    frame (lowest energy; the latest of equals) of its last ``search_s`` seconds."""
+    limit, search, frame = int(max_s * rate), int(search_s * rate), int(_FRAME_S * rate)
+    pieces: list[np.ndarray] = []
+    start = 0
+    while len(audio) - start > limit:
+        low = start + limit - search
+        count = search // frame
+        window = audio[low : low + count * frame].astype(np.float32).reshape(count, frame)
+        energy = np.square(window).mean(axis=1)
+        quietest = count - 1 - int(np.argmin(energy[::-1]))
+        cut = low + quietest * frame + frame // 2
+        pieces.append(audio[start:cut])
+        start = cut
+    pieces.append(audio[start:])
+    return pieces
 
 
 def _loops(text: str) -> bool:
@@ -92,7 +128,7 @@ class WhisperAsr:
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for bad models
             raise ConfigError(f"cannot load Whisper model {options.model!r}: {exc}") from exc
         self._multilingual = bool(getattr(self._model.model, "is_multilingual", True))
-        self._threads = EngineThreads("asr", options.workers)
+        self._threads = FairThreads("asr", options.workers, max_pending=options.max_pending)
         self.fallbacks = 0
         """Fitted-window results rejected for a full-window transcription (for the logs/tests)."""
         self._tokenizer = None
@@ -200,10 +236,20 @@ class WhisperAsr:
             raise EngineError(f"transcription failed: {exc}", engine="asr") from exc
         return text.strip()
 
-    async def transcribe(self, audio: np.ndarray) -> str:
-        if audio.size < 1600:  # < 0.1 s: nothing to say, and Whisper would hallucinate
-            return ""
-        return await self._threads.run(self.transcribe_blocking, audio)
+    async def transcribe(self, audio: np.ndarray, *, owner: str = "") -> str:
+        """Text of ``audio``, in pieces of at most 30 s queued fairly among owners. Raises
+        :class:`EngineError` (also when ``owner`` has too many pieces waiting). Cancel-safe:
+        pieces not started are dropped, a running one finishes in its thread."""
+        pieces = [p for p in split_at_pauses(audio) if p.size >= _MIN_SAMPLES]
+        futures: list[asyncio.Future[str]] = []
+        try:
+            for piece in pieces:
+                futures.append(self._threads.submit(owner, self.transcribe_blocking, piece))
+            texts = [await future for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+        return " ".join(text for text in texts if text)
 
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)

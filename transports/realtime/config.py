@@ -14,6 +14,12 @@ from pipeline.turns import TurnSettings
 
 from .formats import PCM, AudioFormat, parse_format
 from .validate import field as get
+from .validate import number
+
+TEMPERATURE = (0.6, 1.2)
+"""OpenAI's documented range for ``temperature``."""
+PREFIX_PADDING_MS = (0, 2000)
+SILENCE_DURATION_MS = (0, 10_000)
 
 _SESSION_KEYS = {
     "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
@@ -72,7 +78,7 @@ class RealtimeConfig:
     def apply_update(self, session: Any) -> None:
         """Apply a ``session.update`` payload. All or nothing: on error nothing changes."""
         if not isinstance(session, dict):
-            raise ProtocolError("'session' must be an object", param="session")
+            raise ProtocolError("'session' must be an object", code="invalid_type", param="session")
         unknown = set(session) - _SESSION_KEYS
         if unknown:
             raise ProtocolError(
@@ -91,7 +97,9 @@ class RealtimeConfig:
         kind = get(session, "type", str, path="session", default="realtime")
         if kind != "realtime":
             raise ProtocolError(
-                f"session.type {kind!r} is not supported: use 'realtime'", param="session.type"
+                f"session.type {kind!r} is not supported: use 'realtime'",
+                code="unsupported_value",
+                param="session.type",
             )
         s.instructions = get(session, "instructions", str, path="session", default=s.instructions)
         self._apply_modalities(session)
@@ -100,7 +108,11 @@ class RealtimeConfig:
                 s.generation = _max_tokens(session[key], s.generation, self.max_tokens_cap, key)
         tools = get(session, "tools", list, path="session", default=[])
         if tools:
-            raise ProtocolError("tools are not supported by this server yet", param="session.tools")
+            raise ProtocolError(
+                "tools are not supported by this server yet",
+                code="unsupported_parameter",
+                param="session.tools",
+            )
         audio = get(session, "audio", dict, path="session", default={})
         audio_in = get(audio, "input", dict, path="session.audio", default={})
         audio_out = get(audio, "output", dict, path="session.audio", default={})
@@ -124,15 +136,13 @@ class RealtimeConfig:
             voice = container.get("voice")
             if voice is not None:
                 s.voice = _voice(voice, f"{param}.voice")
-        speed: float | None = get(
-            audio_out, "speed", (int, float), path="session.audio.output", default=None
+        for container, path in ((audio_out, "session.audio.output"), (session, "session")):
+            self.speed = number(container, "speed", float, 0.25, 1.5, path=path, default=self.speed)
+        temperature = number(
+            session, "temperature", float, *TEMPERATURE, path="session", default=None
         )
-        if speed is not None:
-            if not 0.25 <= speed <= 1.5:
-                raise ProtocolError(
-                    "speed must be between 0.25 and 1.5", param="session.audio.output.speed"
-                )
-            self.speed = float(speed)
+        if temperature is not None:
+            s.generation.temperature = temperature
 
     def _apply_modalities(self, session: dict[str, Any]) -> None:
         for key in ("output_modalities", "modalities"):
@@ -150,7 +160,9 @@ class RealtimeConfig:
             s.turn_detection = None
             return
         if not isinstance(value, dict):
-            raise ProtocolError(f"{param} must be an object or null", param=param)
+            raise ProtocolError(
+                f"{param} must be an object or null", code="invalid_type", param=param
+            )
         unknown = set(value) - _VAD_KEYS
         if unknown:
             raise ProtocolError(
@@ -165,16 +177,28 @@ class RealtimeConfig:
                 code="invalid_value",
                 param=f"{param}.type",
             )
+        if value.get("idle_timeout_ms") is not None:
+            raise ProtocolError(
+                "idle_timeout_ms is not supported by this server yet",
+                code="unsupported_parameter",
+                param=f"{param}.idle_timeout_ms",
+            )
         td = replace(s.turn_detection) if s.turn_detection else TurnSettings()
-        td.threshold = float(
-            get(value, "threshold", (int, float), path=param, default=td.threshold)
-        )
-        for key in ("prefix_padding_ms", "silence_duration_ms"):
-            setattr(td, key, get(value, key, int, path=param, default=getattr(td, key)))
+        td.threshold = number(value, "threshold", float, 0.0, 1.0, path=param, default=td.threshold)
+        td.prefix_padding_ms = number(
+            value, "prefix_padding_ms", int, *PREFIX_PADDING_MS, path=param,
+            default=td.prefix_padding_ms,
+        )  # fmt: skip
+        td.silence_duration_ms = number(
+            value, "silence_duration_ms", int, *SILENCE_DURATION_MS, path=param,
+            default=td.silence_duration_ms,
+        )  # fmt: skip
         try:
             td.validate()
         except ValueError as exc:
-            raise ProtocolError(f"{param}: {exc}", code="invalid_value", param=param) from None
+            raise ProtocolError(
+                f"{param}: {exc}", code="invalid_value", param=f"{param}.threshold"
+            ) from None
         s.turn_detection = td
         s.create_response = get(
             value, "create_response", bool, path=param, default=s.create_response
@@ -203,7 +227,7 @@ def _voice(value: Any, param: str) -> str:
         return str(value["id"])
     if isinstance(value, str) and value:
         return value
-    raise ProtocolError(f"{param} must be a voice name", param=param)
+    raise ProtocolError(f"{param} must be a voice name", code="invalid_value", param=param)
 
 
 def _max_tokens(value: Any, current: GenerationOptions, cap: int, key: str) -> GenerationOptions:

@@ -9,18 +9,23 @@ object serves the WebSocket endpoint and the WebRTC data channel.
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 from pipeline import messages as m
+from pipeline.audio import Resampler
 from pipeline.context import Item, new_id
 from pipeline.errors import ProtocolError
 from pipeline.session import Session
 
 from .config import RealtimeConfig
-from .formats import decode_base64
-from .validate import field, parse_event
+from .formats import AudioFormat, decode_base64
+from .validate import field, number, parse_event, short_repr
+
+log = logging.getLogger("voice.realtime")
+MAX_AUDIO_END_MS = 24 * 3600 * 1000
 
 METRICS_EVENT = "x.voice.turn.metrics"
 INTERIM_EVENT = "x.voice.input_audio_transcription.interim"
@@ -41,6 +46,10 @@ class RealtimeConnection:
         self.config = config
         self.max_event_bytes = max_event_bytes
         self.closed = False
+        self._formats: dict[str, AudioFormat] = {}
+        """Each response's output format, fixed when it starts: a ``session.update`` that
+        changes the format applies from the next response."""
+        self._resamplers: dict[str, Resampler] = {}
         session.settings = config.settings
         self._handlers: dict[str, Callable[[Event], list[Event]]] = {
             "session.update": self._session_update,
@@ -77,6 +86,17 @@ class RealtimeConnection:
             return [
                 error_event(str(exc), exc.code, "invalid_request_error", client_event_id, exc.param)
             ]
+        except Exception as exc:  # a bug: the client still gets an answer, the session goes on
+            self.session.log.exception("cannot handle a client event")
+            return [
+                error_event(
+                    f"internal error handling this event: {type(exc).__name__}",
+                    "internal_error",
+                    "server_error",
+                    client_event_id if isinstance(client_event_id, str) else None,
+                    None,
+                )
+            ]
 
     def _session_update(self, event: Event) -> list[Event]:
         self.config.apply_update(field(event, "session", dict))
@@ -103,7 +123,11 @@ class RealtimeConnection:
         raw = field(event, "item", dict)
         previous: str | None = field(event, "previous_item_id", (str, type(None)), default=None)
         if field(raw, "type", str, path="item", default="message") != "message":
-            raise ProtocolError("only items of type 'message' are supported", param="item.type")
+            raise ProtocolError(
+                "only items of type 'message' are supported",
+                code="unsupported_value",
+                param="item.type",
+            )
         role = field(raw, "role", str, path="item")
         if role not in ("user", "assistant", "system"):
             raise ProtocolError(f"invalid role {role!r}", code="invalid_value", param="item.role")
@@ -114,7 +138,7 @@ class RealtimeConnection:
         for i, part in enumerate(content):
             path = f"item.content[{i}]"
             if not isinstance(part, dict):
-                raise ProtocolError(f"{path} must be an object", param=path)
+                raise ProtocolError(f"{path} must be an object", code="invalid_type", param=path)
             kind = field(part, "type", str, path=path)
             if kind in ("input_text", "text", "output_text"):
                 texts.append(field(part, "text", str, path=path))
@@ -122,7 +146,11 @@ class RealtimeConnection:
                 data = decode_base64(field(part, "audio", str, path=path), f"{path}.audio")
                 audio = self.config.input_format.decode(data)
             else:
-                raise ProtocolError(f"unsupported content type {kind!r}", param=f"{path}.type")
+                raise ProtocolError(
+                    f"unsupported content type {kind!r}",
+                    code="unsupported_value",
+                    param=f"{path}.type",
+                )
         item = Item(item_id, role, text=" ".join(texts))
         if audio is not None:
             self.session.add_audio_item(item, audio, self.config.input_format.rate, previous)
@@ -135,16 +163,17 @@ class RealtimeConnection:
         return []
 
     def _item_truncate(self, event: Event) -> list[Event]:
-        audio_end_ms = field(event, "audio_end_ms", int)
-        if audio_end_ms < 0:
+        item_id = field(event, "item_id", str)
+        content_index = field(event, "content_index", int, default=0)
+        if content_index != 0:
             raise ProtocolError(
-                "audio_end_ms must be >= 0", code="invalid_value", param="audio_end_ms"
+                f"content_index {short_repr(content_index)} does not exist: an item has one content"
+                " part, at index 0",
+                code="invalid_value",
+                param="content_index",
             )
-        self.session.truncate_item(
-            field(event, "item_id", str),
-            field(event, "content_index", int, default=0),
-            audio_end_ms,
-        )
+        audio_end_ms = number(event, "audio_end_ms", int, 0, MAX_AUDIO_END_MS)
+        self.session.truncate_item(item_id, content_index, audio_end_ms)
         return []
 
     def _response_create(self, event: Event) -> list[Event]:
@@ -230,6 +259,7 @@ class RealtimeConnection:
         return [_e(INTERIM_EVENT, item_id=ev.item_id, transcript=ev.transcript)]
 
     def _r_reply_started(self, ev: m.ReplyStarted) -> list[Event]:
+        self._formats[ev.response_id] = self.config.output_format
         ids = {"response_id": ev.response_id, "output_index": 0}
         item = render_item(ev.item)
         return [
@@ -246,7 +276,14 @@ class RealtimeConnection:
         ]
 
     def _r_audio(self, ev: m.ReplyAudio) -> list[Event]:
-        delta = base64.b64encode(self.config.output_format.encode(ev.audio)).decode()
+        fmt = self._formats.get(ev.response_id, self.config.output_format)
+        audio = ev.audio
+        if ev.rate != fmt.rate:  # a speculative reply made before the format changed
+            resampler = self._resamplers.get(ev.response_id)
+            if resampler is None:
+                resampler = self._resamplers[ev.response_id] = Resampler(ev.rate, fmt.rate)
+            audio = resampler.process(audio)
+        delta = base64.b64encode(fmt.encode(audio)).decode()
         return [
             _e(
                 "response.output_audio.delta",
@@ -314,6 +351,8 @@ class RealtimeConnection:
             ]
         response = self._response(ev.response_id, ev.status, outputs)
         response["status_details"] = status_details
+        self._formats.pop(ev.response_id, None)
+        self._resamplers.pop(ev.response_id, None)
         out.append(_e("response.done", response=response))
         return out
 
@@ -353,7 +392,7 @@ class RealtimeConnection:
             "max_output_tokens": self.config.settings.generation.max_tokens,
             "audio": {
                 "output": {
-                    "format": self.config.output_format.describe(),
+                    "format": self._formats.get(response_id, self.config.output_format).describe(),
                     "voice": self.config.settings.voice,
                 }
             },

@@ -55,7 +55,11 @@ def parse_format(value: object, param: str) -> AudioFormat:
     elif isinstance(value, dict):
         name, rate = value.get("type", "audio/pcm"), value.get("rate")
     else:
-        raise ProtocolError(f"{param} must be an object like {{'type': 'audio/pcm'}}", param=param)
+        raise ProtocolError(
+            f"{param} must be an object like {{'type': 'audio/pcm'}}",
+            code="invalid_type",
+            param=param,
+        )
     fmt = _BY_TYPE.get(name) if isinstance(name, str) else None
     if fmt is None:
         raise ProtocolError(
@@ -74,7 +78,7 @@ def parse_format(value: object, param: str) -> AudioFormat:
 
 def decode_base64(value: object, param: str) -> bytes:
     if not isinstance(value, str):
-        raise ProtocolError(f"{param} must be a base64 string", param=param)
+        raise ProtocolError(f"{param} must be a base64 string", code="invalid_type", param=param)
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -8,7 +8,12 @@ from typing import Any, TypeVar
 from pipeline.errors import LimitExceeded, ProtocolError
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 _MISSING = object()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_event(data: str | bytes, max_bytes: int) -> dict[str, Any]:
@@ -20,14 +25,16 @@ def parse_event(data: str | bytes, max_bytes: int) -> dict[str, Any]:
             code="message_too_large",
         )
     try:
-        event = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        event = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ProtocolError("invalid JSON: nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of 4300+ digits
         raise ProtocolError(f"invalid JSON: {exc}", code="invalid_json") from None
     if not isinstance(event, dict):
         raise ProtocolError("an event must be a JSON object", code="invalid_event")
     event_id = event.get("event_id")
     if event_id is not None and not isinstance(event_id, str):
-        raise ProtocolError("event_id must be a string", param="event_id")
+        raise ProtocolError("event_id must be a string", code="invalid_type", param="event_id")
     if not isinstance(event.get("type"), str):
         raise ProtocolError(
             "missing required parameter 'type'",
@@ -70,3 +77,33 @@ def field(
             param=name,
         )
     return value
+
+
+def number(
+    obj: dict[str, Any],
+    key: str,
+    kind: type[N],
+    low: N,
+    high: N,
+    *,
+    path: str = "",
+    default: Any = _MISSING,
+) -> N:
+    """A finite number in ``[low, high]`` (an ``int`` where ``kind`` is ``int``; a ``float``
+    accepts integers too); anything else is an ``invalid_value`` naming the parameter."""
+    if key not in obj and default is not _MISSING:
+        return default
+    name = f"{path}.{key}" if path else key
+    value = field(obj, key, (int, float) if kind is float else int, path=path)
+    if not low <= value <= high:  # also refuses NaN
+        raise ProtocolError(
+            f"'{name}' must be between {low} and {high}, got {short_repr(value)}",
+            code="invalid_value",
+            param=name,
+        )
+    return kind(value)
+
+
+def short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
