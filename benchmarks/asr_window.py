@@ -15,7 +15,6 @@ variant in turn, so that all of them meet the same conditions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness.audio import espeak, espeak_available, load_speech
+from benchmarks.harness.machine import machine_info
+from benchmarks.harness.report import write_json
 from benchmarks.harness.stats import corpus_wer, describe, ratio
 from benchmarks.harness.timeline import wer
-from benchmarks.realtime_latency import machine_info
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
 from voice.models import whisper_tiny_en
 
@@ -36,7 +36,6 @@ RATE = 16_000
 MARGIN_S = 0.1
 """Silence before and after the speech, like the server's VAD margins."""
 VOICES = ("en-us+m3", "en-us+f3", "en+m7")
-RESULTS = Path(__file__).resolve().parent / "results"
 FULL = "full"
 
 SENTENCES = (
@@ -173,18 +172,6 @@ def print_summary(report: dict[str, Any]) -> None:
         )
 
 
-def write_report(report: dict[str, Any], out_dir: Path | None) -> Path:
-    """``asr_window-<UTC>.json`` and ``asr_window-latest.json`` in ``out_dir``."""
-    folder = out_dir or RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    text = json.dumps(report, indent=2) + "\n"
-    path = folder / f"asr_window-{stamp}.json"
-    path.write_text(text)
-    (folder / "asr_window-latest.json").write_text(text)
-    return path
-
-
 def benchmark(pads: list[float]) -> dict[str, Any]:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     print(f"speaking {len(SENTENCES)} sentences in {len(VOICES)} voices ...", flush=True)
@@ -260,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = benchmark(args.pads)
     print_summary(report)
-    print(f"results: {write_report(report, args.out)}")
+    print(f"results: {write_json(report, 'asr_window', args.out)}")
     return 0
 
 

@@ -2,18 +2,20 @@
 from the same run.
 
 The web client runs in Debian's Chromium (Playwright) with a fake microphone that plays one WAV
-file: K questions spoken by espeak-ng (the caller voice of ``realtime_latency``), separated by
-pauses long enough for each answer. The page measures each turn itself: from the last mic audio
-frame with speech (an AnalyserNode on the mic, peak above 0.015 ≈ 500 in PCM16) to the first
-agent sound played (an AnalyserNode on the remote track). The server's own stage breakdown
-(``x.voice.turn.metrics``) is kept beside it. Then the same questions go through
-``/v1/realtime`` over a WebSocket with ``benchmarks.realtime_latency``'s caller (last audible
-chunk sent → first audible delta received).
+file: K questions spoken by espeak-ng (the harness's ``scenarios.questions``, as in
+``realtime_latency``), separated by pauses long enough for each answer. The page measures each
+turn itself: from the last mic audio frame with speech (an AnalyserNode on the mic, peak above
+0.015 ≈ 500 in PCM16) to the first agent sound played (an AnalyserNode on the remote track). The
+server's own stage breakdown (``x.voice.turn.metrics``; the web client asks for it) is kept
+beside it. Then the same
+questions go through ``/v1/realtime`` over a WebSocket with the harness's caller through the
+``openai`` SDK, as in ``realtime_latency`` (last audible chunk sent → first audible delta
+received).
 
 Both run against one in-process server inside a private network namespace
 (``tests/netns.py``: WebRTC's ICE needs a real interface, loopback does not do).
 
-    python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--out F]
+    python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--out DIR]
 
 Needs ``unshare``/``ip`` with user namespaces, ``espeak-ng``, ``/usr/bin/chromium`` and the
 ``playwright`` Python package (``pip install -e '.[test]'``; no ``playwright install``).
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import shutil
@@ -36,11 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 
-from benchmarks import realtime_latency as ws_bench
+from benchmarks.harness import audio
+from benchmarks.harness.clients import REALTIME_RATE, open_sdk_call
+from benchmarks.harness.machine import machine_info
+from benchmarks.harness.report import RESULTS, write_json
+from benchmarks.harness.runner import Timing, run_conversation
+from benchmarks.harness.scenarios import QUESTIONS_VOICE, RenderedScenario, Renderer, questions
+from benchmarks.harness.stats import STAGES, describe, summarize
+from benchmarks.harness.table import fmt
+from benchmarks.harness.timeline import REALTIME, wer
+from benchmarks.realtime_latency import METRICS_GRACE_S, TURN_BUDGET_S, TURN_TIMEOUT_S
 
-RESULTS = ws_bench.RESULTS
+NAME = "webrtc_latency"
 LEAD_S = 3.0
 """Silence before the first question: the page connects meanwhile."""
 DEFAULT_PAUSE_S = 25.0
@@ -51,24 +60,18 @@ log = logging.getLogger("benchmarks.webrtc_latency")
 # ---------------------------------------------------------------- inside the namespace
 
 
-def to_mic_rate(audio: np.ndarray) -> np.ndarray:
-    from tests.browser.page import MIC_RATE
-
-    out = soxr.resample(audio.astype(np.float32), ws_bench.RATE, MIC_RATE)
-    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
-
-
 async def browser_session(
-    origin: str, questions: list[ws_bench.Question], pause_s: float, work: Path
+    origin: str, asked: RenderedScenario, pause_s: float, work: Path
 ) -> dict[str, Any]:
-    """One page, one WebRTC call, all the questions; what the page measured."""
+    """One page, one WebRTC call, all the questions (rendered at the mic's rate); what the page
+    measured."""
     from playwright.async_api import async_playwright
 
     from tests.browser.page import launch, open_and_connect, page_state, wait_for, write_mic_wav
 
     parts: list[np.ndarray | float] = [LEAD_S]
-    for q in questions:
-        parts += [to_mic_rate(q.audio), pause_s]
+    for turn in asked.turns:
+        parts += [*turn.segments, pause_s]
     wav = work / "questions.wav"
     script = write_mic_wav(wav, parts)
     last_end_ms = script["speech_end_s"][-1] * 1000
@@ -97,23 +100,24 @@ async def browser_session(
     return {"mic": script, "page": state}
 
 
-def webrtc_turns(questions: list[ws_bench.Question], state: dict[str, Any]) -> list[dict[str, Any]]:
+def webrtc_turns(texts: list[str], state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The page's turns, each with the question asked and heard when they can be paired."""
     users: list[str] = state["user"]
     same = len(users) == len(state["turns"])
     turns = []
     for i, t in enumerate(state["turns"]):
         metrics = t.get("metrics") or {}
         heard = users[i] if same else None
-        asked = questions[i].text if same and i < len(questions) else None
+        asked = texts[i] if same and i < len(texts) else None
         turns.append(
             {
                 "index": i,
                 "question": asked,
                 "user_transcript": heard,
-                "wer": ws_bench.word_error_rate(asked, heard) if asked and heard else None,
+                "wer": wer(asked, heard) if asked and heard is not None else None,
                 "status": t["status"],
                 "page_voice_to_voice_ms": t.get("pageLatencyMs"),
-                "stages_ms": {k: metrics[k] for k in ws_bench.STAGES if k in metrics},
+                "stages_ms": {k: metrics[k] for k in STAGES if k in metrics},
                 "reply_transcript": t.get("transcript", ""),
             }
         )
@@ -130,19 +134,23 @@ def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
         "completed": sum(t["status"] == "completed" for t in turns),
         "measured": len(heard),
         "cut_by_next_question": sum(t["status"] == "cancelled" for t in turns),
-        "page_voice_to_voice_ms": ws_bench.percentiles(
-            [t["page_voice_to_voice_ms"] for t in heard]
-        ),
-        "stages_ms": {
-            name: ws_bench.percentiles(
-                [t["stages_ms"][name] for t in heard if name in t["stages_ms"]]
-            )
-            for name in ws_bench.STAGES
-        },
+        "page_voice_to_voice_ms": describe(t["page_voice_to_voice_ms"] for t in heard),
+        "stages_ms": {name: describe(t["stages_ms"].get(name) for t in heard) for name in STAGES},
     }
 
 
+async def websocket_session(url: str, asked: RenderedScenario) -> list[dict[str, Any]]:
+    """The same questions through ``/v1/realtime``, one session through the ``openai`` SDK."""
+    timing = Timing(turn_timeout_s=TURN_TIMEOUT_S, metrics_grace_s=METRICS_GRACE_S)
+    deadline = time.perf_counter() + len(asked.turns) * TURN_BUDGET_S
+    records, _ = await run_conversation(
+        REALTIME, url, asked, timing, deadline, lambda rec: None, {}, opener=open_sdk_call
+    )
+    return records
+
+
 async def inside(turns: int, pause_s: float) -> dict[str, Any]:
+    from tests.browser.page import MIC_RATE
     from tests.netns import SERVER_IP
     from voice.config import load
     from voice.engines import load_engines, warm_up
@@ -154,32 +162,32 @@ async def inside(turns: int, pause_s: float) -> dict[str, Any]:
     server = VoiceServer(config, loaded.engines)
     port = await server.start(SERVER_IP, 0)
     report: dict[str, Any] = {}
+    script = questions(turns)
+    texts = [t.text for t in script.turns]
     try:
         with tempfile.TemporaryDirectory(prefix="webrtc-latency-") as tmp:
-            work = Path(tmp)
-            questions = ws_bench.make_questions(turns, work)
             print(f"WebRTC: {turns} questions in one page session ...", flush=True)
             began = time.perf_counter()
-            session = await browser_session(f"http://{SERVER_IP}:{port}", questions, pause_s, work)
-            rtc = webrtc_turns(questions, session["page"])
+            asked = Renderer(MIC_RATE).render(script)
+            session = await browser_session(f"http://{SERVER_IP}:{port}", asked, pause_s, Path(tmp))
+            rtc = webrtc_turns(texts, session["page"])
             report["webrtc"] = {
                 "took_s": round(time.perf_counter() - began, 1),
-                "summary": webrtc_summary(rtc, len(questions)),
+                "summary": webrtc_summary(rtc, len(texts)),
                 "turns": rtc,
                 "user_transcripts": session["page"]["user"],
                 "errors": session["page"]["errors"],
                 "local_candidates": session["page"]["localCandidates"],
             }
-            print("WebSocket: the same questions through /v1/realtime ...", flush=True)
-            began = time.perf_counter()
-            url = f"ws://{SERVER_IP}:{port}/v1/realtime"
-            created, results = await ws_bench.converse(url, questions)
-            report["websocket"] = {
-                "took_s": round(time.perf_counter() - began, 1),
-                "summary": ws_bench.summarize(results, ws_bench.MemoryReading()),
-                "turns": [dataclasses.asdict(r) for r in results],
-                "server_session": created,
-            }
+        print("WebSocket: the same questions through /v1/realtime ...", flush=True)
+        began = time.perf_counter()
+        url = f"ws://{SERVER_IP}:{port}/v1/realtime"
+        records = await websocket_session(url, Renderer(REALTIME_RATE).render(script))
+        report["websocket"] = {
+            "took_s": round(time.perf_counter() - began, 1),
+            "summary": summarize(records, REALTIME),
+            "turns": records,
+        }
     finally:
         await server.stop()
     return report
@@ -200,12 +208,9 @@ def chromium_version() -> str:
     return next((line.strip() for line in text.splitlines() if "Chromium" in line), "unknown")
 
 
-def _ms(value: float | None) -> str:
-    return "    -" if value is None else f"{value:5.0f}"
-
-
-def _line(name: str, stats: dict[str, float | None]) -> str:
-    return f"  {name:<54} p50 {_ms(stats['p50'])}  p95 {_ms(stats['p95'])}  max {_ms(stats['max'])}"
+def _line(name: str, stats: dict[str, Any]) -> str:
+    p50, p95, top = (fmt(stats.get(k)).rjust(5) for k in ("p50", "p95", "max"))
+    return f"  {name:<54} p50 {p50}  p95 {p95}  max {top}"
 
 
 def print_summary(report: dict[str, Any]) -> None:
@@ -214,8 +219,8 @@ def print_summary(report: dict[str, Any]) -> None:
     for t in report["webrtc"]["turns"]:
         server = t["stages_ms"].get("first_audio_sent")
         print(
-            f"WebRTC turn {t['index'] + 1}: page {_ms(t['page_voice_to_voice_ms']).strip()} ms,"
-            f" server {_ms(server).strip()} ms ({t['status']})  heard: {t['user_transcript']!r}"
+            f"WebRTC turn {t['index'] + 1}: page {fmt(t['page_voice_to_voice_ms'])} ms,"
+            f" server {fmt(server)} ms ({t['status']})  heard: {t['user_transcript']!r}"
         )
     print("\n== voice-to-voice latency: WebRTC in Chromium, beside the WebSocket ==")
     print(f"machine: {m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['platform']},")
@@ -226,18 +231,7 @@ def print_summary(report: dict[str, Any]) -> None:
     print(_line("server: first_audio_sent", rtc["stages_ms"]["first_audio_sent"]))
     print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
-    print(_line("server: first_audio_sent", ws["stages_ms"]["first_audio_sent"]))
-
-
-def write_report(report: dict[str, Any], out: Path | None) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = out or RESULTS / f"webrtc_latency-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2) + "\n"
-    path.write_text(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "webrtc_latency-latest.json").write_text(text)
-    return path
+    print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
 
 
 def host(args: argparse.Namespace) -> int:
@@ -262,34 +256,32 @@ def host(args: argparse.Namespace) -> int:
         out = Path(tmp) / "inside.json"
         inner = ["--inside", "--turns", str(args.turns), "--pause", str(args.pause)]
         try:
-            measured = netns.run_scenarios("benchmarks.webrtc_latency", out, *inner, timeout=budget)
+            measured = netns.run_scenarios(f"benchmarks.{NAME}", out, *inner, timeout=budget)
         except AssertionError as exc:
             print(exc, file=sys.stderr)
             return 1
     report = {
         "started_utc": started,
-        "machine": ws_bench.machine_info(),
+        "machine": machine_info(),
         "settings": {
             "turns": args.turns,
             "pause_s": args.pause,
             "lead_s": LEAD_S,
-            "caller_voice": " ".join(ws_bench.CALLER_VOICE),
+            "caller_voice": QUESTIONS_VOICE,
             "page_loud_threshold": LOUD,
-            "ws_loud_threshold": ws_bench.LOUD,
+            "ws_loud_threshold": audio.LOUD,
             "chromium": chromium_version(),
             "network": "veth pair in a private network namespace (tests/netns.py)",
         },
         **measured,
     }
     print_summary(report)
-    print(f"results: {write_report(report, args.out)}")
+    print(f"results: {write_json(report, NAME, args.out)}")
     return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.webrtc_latency", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{NAME}", description=__doc__)
     parser.add_argument("inside_out", nargs="?", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--turns", type=int, default=5, help="questions to ask (default 5)")
@@ -299,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_PAUSE_S,
         help=f"seconds of silence after each question (default {DEFAULT_PAUSE_S:g})",
     )
-    parser.add_argument("--out", type=Path, help="the JSON report (default benchmarks/results/)")
+    parser.add_argument("--out", type=Path, help=f"the output folder (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.turns < 1:
         parser.error("--turns must be at least 1")

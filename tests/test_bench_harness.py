@@ -5,11 +5,13 @@ Realtime endpoint of the in-process server."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,20 @@ from websockets.asyncio.server import ServerConnection, serve
 from benchmarks.harness import cli as bench_cli
 from benchmarks.harness.audio import LOUD, chunked, first_loud, is_loud, last_loud, trim
 from benchmarks.harness.bench import BenchOptions, benchmark, comparisons, finish_config
-from benchmarks.harness.clients import Microphone, RealtimeCall
+from benchmarks.harness.clients import (
+    Microphone,
+    RealtimeCall,
+    SdkRealtimeCall,
+    open_sdk_call,
+    sdk_endpoint,
+    with_query,
+)
 from benchmarks.harness.html import nice_ticks, render_html, stage_segments
-from benchmarks.harness.report import format_turn, summary_text, table, write_outputs
+from benchmarks.harness.report import format_turn, summary_text, write_json, write_outputs
 from benchmarks.harness.runner import Timing, run_conversation
 from benchmarks.harness.scenarios import (
     DEFAULT_SCENARIOS,
+    QUESTIONS,
     BargeIn,
     RenderedScenario,
     RenderedTurn,
@@ -34,6 +44,7 @@ from benchmarks.harness.scenarios import (
     Segment,
     TurnScript,
     parse_scenarios,
+    questions,
     select_turns,
 )
 from benchmarks.harness.server import (
@@ -52,6 +63,7 @@ from benchmarks.harness.stats import (
     sessions_per_core,
     summarize,
 )
+from benchmarks.harness.table import table
 from benchmarks.harness.timeline import (
     AUDIO,
     CLEAR,
@@ -72,6 +84,9 @@ from benchmarks.harness.timeline import (
     wer,
 )
 from transports import g711
+from voice import cli as voice_cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- statistics
 
@@ -131,6 +146,48 @@ def test_compare_command_prints_every_ratio(
     assert bench_cli.main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "c.voice_to_voice_ms.p50" in out and "1.50x" in out
+    # the same through `voice bench`, which loads the harness by name only when it runs
+    assert voice_cli.main(["bench", "compare", str(a), str(b)]) == 0
+    assert capsys.readouterr().out == out
+
+
+# ---------------------------------------------------------------- the import graph
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    """The absolute names a module imports (relative imports resolved within ``package``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = f"{package}.{node.module}" if node.level else node.module
+            names.add(base or package)
+    return names
+
+
+def test_the_harness_has_no_import_circle_and_voice_does_not_import_benchmarks() -> None:
+    harness = ROOT / "benchmarks" / "harness"
+    graph = {
+        f"benchmarks.harness.{f.stem}": {
+            n for n in imports_of(f, "benchmarks.harness") if n.startswith("benchmarks.harness.")
+        }
+        for f in harness.glob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import circle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    for f in (ROOT / "voice").rglob("*.py"):
+        assert not any(n.split(".")[0] == "benchmarks" for n in imports_of(f, "voice")), f
 
 
 # ---------------------------------------------------------------- audio and the microphone
@@ -319,6 +376,13 @@ def test_default_scenarios_and_selection() -> None:
     assert sum(len(s.turns) for s in many) == len(turns) + 2 and many[-1].name.endswith("#2")
 
 
+def test_the_questions_preset_cycles_through_simple_turns() -> None:
+    scenario = questions(len(QUESTIONS) + 2)
+    assert [t.kind for t in scenario.turns] == ["simple"] * (len(QUESTIONS) + 2)
+    assert scenario.turns[0].text == QUESTIONS[0] == scenario.turns[len(QUESTIONS)].text
+    assert scenario.voice == "en-us+m3" and len({t.name for t in scenario.turns}) == 14
+
+
 def test_scenario_file_format(tmp_path: Path) -> None:
     data = {
         "scenarios": [
@@ -447,6 +511,13 @@ def test_html_report_is_self_contained_with_the_svg_charts(tmp_path: Path) -> No
     assert json.loads(json_path.read_text())["configs"][1]["name"] == "reference"
     assert (tmp_path / "bench-latest.json").read_text() == json_path.read_text()
     assert html_path.read_text() == page
+    named, _ = write_outputs(report, tmp_path, name="realtime_latency")
+    assert named.name.startswith("realtime_latency-2") and named.suffix == ".json"
+    assert (tmp_path / "realtime_latency-latest.json").read_text() == named.read_text()
+    assert named.with_suffix(".html").read_text() == page
+    other = write_json({"x": 1}, "webrtc_latency", tmp_path / "sub")
+    assert json.loads((tmp_path / "sub" / "webrtc_latency-latest.json").read_text()) == {"x": 1}
+    assert other.parent == tmp_path / "sub" and not other.with_suffix(".html").exists()
 
 
 def test_stage_segments_and_ticks() -> None:
@@ -456,6 +527,61 @@ def test_stage_segments_and_ticks() -> None:
     assert segs[-1] == ("client", 810.0, 1000.0)
     assert nice_ticks(0, 2200) == [0, 500, 1000, 1500, 2000, 2500]
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+# ---------------------------------------------------------------- Realtime callers ask for x.voice events
+
+
+def test_realtime_urls_ask_for_the_extension_events() -> None:
+    assert with_query("ws://h:1/v1/realtime", {"x_voice_events": "1"}) == (
+        "ws://h:1/v1/realtime?x_voice_events=1"
+    )
+    assert with_query("ws://h/v1/realtime?a=b&x_voice_events=0", {"x_voice_events": "1"}) == (
+        "ws://h/v1/realtime?x_voice_events=0&a=b"
+    )  # what the caller asked for explicitly stays
+    assert RealtimeCall("ws://h:1/v1/realtime").url == "ws://h:1/v1/realtime?x_voice_events=1"
+    assert sdk_endpoint("wss://h:1/v1/realtime?x_voice_events=1") == (
+        "https://h:1/v1",
+        {"x_voice_events": "1"},
+    )
+    assert isinstance(open_sdk_call(REALTIME, "ws://h/v1/realtime"), SdkRealtimeCall)
+
+
+def fake_realtime_agent(paths: list[str]) -> Callable[[ServerConnection], Any]:
+    """Records the path each client asked for; after its first audio chunk, a metrics event
+    (only when asked for, as the server does)."""
+
+    async def agent(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        paths.append(ws.request.path)
+        await ws.send(json.dumps({"type": "session.created", "session": {"id": "s1"}}))
+        sent = "x_voice_events=1" not in ws.request.path
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in ws:
+                if sent or json.loads(raw)["type"] != "input_audio_buffer.append":
+                    continue
+                metrics = {"turn_end": 250, "first_audio_sent": 600}
+                message = {"type": "x.voice.turn.metrics", "response_id": "r1"}
+                await ws.send(json.dumps({**message, "metrics_ms": metrics}))
+                sent = True
+
+    return agent
+
+
+@pytest.mark.parametrize("call_type", [RealtimeCall, SdkRealtimeCall])
+async def test_realtime_callers_connect_with_x_voice_events(call_type: type[RealtimeCall]) -> None:
+    paths: list[str] = []
+    async with serve(fake_realtime_agent(paths), "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with call_type(f"ws://127.0.0.1:{port}/v1/realtime") as call:
+            assert call.session == {"id": "s1"}
+            found = await call.until(
+                lambda ev: ev if ev and ev.kind == METRICS else None, 0, time.perf_counter() + 5
+            )
+    assert found is not None and found.response == "r1"
+    assert found.metrics == {"turn_end": 250.0, "first_audio_sent": 600.0}
+    (path,) = paths
+    assert path.startswith("/v1/realtime?") and "x_voice_events=1" in path.split("?")[1].split("&")
 
 
 # ---------------------------------------------------------------- the Twilio caller, fake agent

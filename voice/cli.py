@@ -3,6 +3,12 @@
 voice serve [--host H] [--port P] [--config FILE] [--set section.key=value ...]
 voice config [--config FILE] [--markdown]
 voice bench [--url URL] [--protocol realtime|twilio] [--concurrency 1,4] ...   (voice bench --help)
+
+``voice bench`` is the benchmark harness (``benchmarks/harness``), which depends on this package
+and not the other way round: the command is dispatched to :data:`BENCH_COMMAND`, a module named by
+a string and imported only when ``voice bench`` runs. No module of ``voice`` imports
+``benchmarks``, and ``voice serve`` works where the harness and its test-only dependencies
+(jiwer, websockets, psutil) are not installed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -18,6 +25,9 @@ from collections.abc import Callable
 from pipeline.errors import ConfigError
 
 from . import config as config_mod
+
+BENCH_COMMAND = "benchmarks.harness.cli"
+"""The module whose ``main(argv) -> int`` is ``voice bench``."""
 
 
 class _SessionFilter(logging.Filter):
@@ -54,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="a TOML configuration file")
     show.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     show.add_argument("--markdown", action="store_true", help="the README table of every key")
-    sub.add_parser(  # parsed by benchmarks.harness; listed here for `voice --help`
+    sub.add_parser(  # parsed by BENCH_COMMAND; listed here for `voice --help`
         "bench",
         help="benchmark a server from the caller's side (voice bench --help)",
         add_help=False,
@@ -84,12 +94,25 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def _bench(argv: list[str]) -> int:
+    """``voice bench``: the harness's own command line, imported by name (see the docstring)."""
+    try:
+        command = importlib.import_module(BENCH_COMMAND)
+    except ImportError as exc:
+        print(
+            f"voice bench: the benchmark harness cannot be loaded ({exc}); it needs the test"
+            " extras: pip install -e '.[test]'",
+            file=sys.stderr,
+        )
+        return 2
+    result: int = command.main(argv)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from benchmarks.harness.cli import main as bench
-
-        return bench(argv[1:])
+        return _bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         config = config_mod.load(args.config, overrides=_overrides(args))

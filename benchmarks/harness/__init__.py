@@ -6,9 +6,15 @@ them at once for each concurrency level; each named server configuration in its 
 See ``benchmarks/README.md``. Modules:
 
 - ``scenarios``: what the callers say; ``audio``: speech, loudness, chunks
-- ``clients``: the Realtime and Twilio callers; ``runner``: turns, conversations
+- ``clients``: the Realtime (plain or through the ``openai`` SDK) and Twilio callers;
+  ``runner``: turns, conversations
 - ``timeline``: every measurement, from what one caller saw (pure)
-- ``stats``: percentiles, summaries, sessions per core, ratios
-- ``server``: the server under test and its configurations; ``bench``: one whole run
+- ``stats``: percentiles, summaries, sessions per core, ratios; ``table``: the summary table
+- ``server``: the server under test and its configurations; ``machine``: the host;
+  ``bench``: one whole run
 - ``report`` / ``html``: text, JSON and the offline HTML report; ``cli``: the command
+
+Imports go one way, in that order's reverse (``cli`` → ``bench`` → ``runner`` → ``clients`` …,
+``report`` → ``html`` → ``table`` → ``stats``); ``benchmarks.realtime_latency`` and
+``benchmarks.webrtc_latency`` are presets built from these parts.
 """

@@ -13,15 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.local_server import LocalServer
-from benchmarks.realtime_latency import machine_info
-
 from .audio import CHUNK_MS, LOUD
-from .clients import REALTIME_RATE, TWILIO_RATE
+from .clients import REALTIME_RATE, TWILIO_RATE, CallOpener, open_call
+from .machine import machine_info, usable_cores
 from .report import format_turn
 from .runner import Timing, run_conversation
 from .scenarios import DEFAULT_SCENARIOS, RenderedScenario, Renderer, Scenario, select_turns
-from .server import READY_TIMEOUT_S, NamedConfig
+from .server import READY_TIMEOUT_S, LocalServer, NamedConfig
 from .stats import ratios, sessions_per_core, summarize
 from .timeline import REALTIME
 
@@ -41,6 +39,8 @@ class BenchOptions:
     """Ignored with ``url`` (the server is what it is)."""
     workdir: Path = Path(".")
     """Server logs go here."""
+    opener: CallOpener = open_call
+    """Makes each caller (``open_sdk_call``: Realtime through the ``openai`` SDK)."""
 
     @property
     def rate(self) -> int:
@@ -77,6 +77,7 @@ async def run_level(
                 deadline,
                 lambda rec: echo(format_turn(rec)),
                 context,
+                opener=opts.opener,
             )
             records += done
             if time_up:
@@ -158,7 +159,7 @@ async def run_config(
             rss["peak"] = peak[0] or None
             await asyncio.to_thread(server.stop)
             result["server"] = {**(result["server"] or {}), "rss_mb": rss}
-    finish_config(result, cores=_cores())
+    finish_config(result, cores=usable_cores())
     return result
 
 
@@ -189,11 +190,6 @@ async def _run_levels(
             }
         )
         result["turns"] += records
-
-
-def _cores() -> int:
-    info = machine_info()
-    return int(info.get("usable_cores") or info.get("cores") or 1)
 
 
 def finish_config(result: dict[str, Any], cores: int) -> None:

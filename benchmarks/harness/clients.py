@@ -1,6 +1,9 @@
-"""The two callers: an OpenAI Realtime client and a fake Twilio (Media Streams), both over a
-plain ``websockets`` connection, each with a microphone that streams 20 ms chunks in real time —
-speech when there is some queued, silence otherwise.
+"""The callers: an OpenAI Realtime client (over a plain ``websockets`` connection, or through the
+official ``openai`` SDK) and a fake Twilio (Media Streams), each with a microphone that streams
+20 ms chunks in real time — speech when there is some queued, silence otherwise.
+
+The Realtime callers ask for the server's extension events (``x.voice.turn.metrics``, the stage
+breakdown) with the query parameter ``x_voice_events=1``; the server sends them to no one else.
 
 What the server sends is reduced to :class:`~benchmarks.harness.timeline.Ev` records stamped at
 arrival; the microphone stamps when it sent the first and last audible chunk of each utterance.
@@ -18,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import websockets
@@ -46,6 +50,17 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 30.0
 REALTIME_RATE = 24_000
 TWILIO_RATE = 8_000
+EXTENSION_EVENTS = {"x_voice_events": "1"}
+"""The query that asks the server for its ``x.voice.*`` events."""
+SDK_MODEL = "voice-local"
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    """``url`` with ``params`` added to its query (a parameter it already has is kept)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query = {**params, **query}
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 @dataclass(slots=True)
@@ -141,17 +156,11 @@ class Call:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Call:
-        self._ws = await websockets.connect(
-            self.url,
-            max_size=None,
-            open_timeout=CONNECT_TIMEOUT_S,
-            ping_interval=None,
-            additional_headers=self._headers(),
-        )
+        await self._connect()
         try:
             await self._opened()
         except BaseException:
-            await self._ws.close()
+            await self._disconnect()
             raise
         self._tasks = [
             asyncio.create_task(self._read(), name=f"{self.protocol}-reader"),
@@ -167,9 +176,8 @@ class Call:
                 await mic
         with contextlib.suppress(Exception):
             await self._hang_up()
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._disconnect(), 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -188,21 +196,42 @@ class Call:
     async def cancel_reply(self) -> None:
         """Ask the server to stop a reply (Realtime only; a phone caller cannot)."""
 
-    # ------------------------------------------------------------ wire
+    # ------------------------------------------------------------ wire (a plain ``websockets``
+    # connection; another client library overrides these four)
+
+    async def _connect(self) -> None:
+        self._ws = await websockets.connect(
+            self.url,
+            max_size=None,
+            open_timeout=CONNECT_TIMEOUT_S,
+            ping_interval=None,
+            additional_headers=self._headers(),
+        )
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send(json.dumps(message, separators=(",", ":")))
+
+    async def _receive(self) -> str | bytes:
+        """The next message; raises ``websockets.ConnectionClosed`` once there is none."""
+        assert self._ws is not None
+        return await self._ws.recv()
+
+    async def _disconnect(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
 
     async def send_json(self, message: dict[str, Any]) -> None:
-        assert self._ws is not None
-        text = json.dumps(message, separators=(",", ":"))
         async with self._send_lock:
-            await self._ws.send(text)
+            await self._send(message)
 
     async def _send_audio(self, chunk: np.ndarray) -> None:
         raise NotImplementedError
 
     async def _read(self) -> None:
-        assert self._ws is not None
         try:
-            async for raw in self._ws:
+            while True:
+                raw = await self._receive()
                 now = time.perf_counter()
                 try:
                     message = json.loads(raw)
@@ -211,6 +240,7 @@ class Call:
                     continue
                 if isinstance(message, dict):
                     self.handle(message, now)
+        except websockets.ConnectionClosedOK:
             self.closed = "closed by the server"
         except websockets.ConnectionClosed as exc:
             self.closed = f"connection closed: {exc}"
@@ -255,21 +285,21 @@ class Call:
 
 
 class RealtimeCall(Call):
-    """An OpenAI Realtime client: PCM16 at 24 kHz, ``server_vad`` (the server's defaults)."""
+    """An OpenAI Realtime client: PCM16 at 24 kHz, ``server_vad`` (the server's defaults); it
+    connects to ``url`` with ``x_voice_events=1`` added."""
 
     protocol = REALTIME
     rate = REALTIME_RATE
 
     def __init__(self, url: str) -> None:
-        super().__init__(url)
+        super().__init__(with_query(url, EXTENSION_EVENTS))
         self.session: dict[str, Any] = {}
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": "Bearer voice-bench"}
 
     async def _opened(self) -> None:
-        assert self._ws is not None
-        raw = await asyncio.wait_for(self._ws.recv(), CONNECT_TIMEOUT_S)
+        raw = await asyncio.wait_for(self._receive(), CONNECT_TIMEOUT_S)
         event = json.loads(raw)
         if event.get("type") != "session.created":
             raise ConnectionError(f"expected session.created, got {event.get('type')!r}")
@@ -311,6 +341,45 @@ class RealtimeCall(Call):
         elif kind == "error":
             error = message.get("error") or {}
             self.add(Ev(now, ERROR, text=f"{error.get('code')}: {error.get('message')}"))
+
+
+class SdkRealtimeCall(RealtimeCall):
+    """The same Realtime client, through the official ``openai`` SDK
+    (``client.realtime.connect``), as an application would be written."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._conn: Any = None  # openai's AsyncRealtimeConnection
+
+    async def _connect(self) -> None:
+        from openai import AsyncOpenAI, OpenAIError
+
+        base_url, query = sdk_endpoint(self.url)
+        client = AsyncOpenAI(base_url=base_url, api_key="voice-bench")
+        manager = client.realtime.connect(model=SDK_MODEL, extra_query=query, max_retries=0)
+        try:
+            self._conn = await asyncio.wait_for(manager.enter(), CONNECT_TIMEOUT_S)
+        except OpenAIError as exc:  # into the tree the runner already handles
+            raise ConnectionError(f"openai: {exc}") from exc
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._conn.send(message)
+
+    async def _receive(self) -> bytes:
+        return bytes(await self._conn.recv_bytes())
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+def sdk_endpoint(ws_url: str) -> tuple[str, dict[str, str]]:
+    """``ws://host:port/v1/realtime?q`` → (``http://host:port/v1``, the query): what the SDK takes
+    (it appends ``/realtime`` and ``model`` itself)."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/").removesuffix("/realtime") or "/v1"
+    return urlunsplit((scheme, parts.netloc, path, "", "")), dict(parse_qsl(parts.query))
 
 
 def _response_id(message: dict[str, Any]) -> str | None:
@@ -455,9 +524,18 @@ class TwilioCall(Call):
             await self.send_json(message)
 
 
+CallOpener = Callable[[str, str], Call]
+"""(protocol, url) → a caller, not yet connected."""
+
+
 def open_call(protocol: str, url: str) -> Call:
     if protocol == REALTIME:
         return RealtimeCall(url)
     if protocol == TWILIO:
         return TwilioCall(url)
     raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def open_sdk_call(protocol: str, url: str) -> Call:
+    """Realtime through the ``openai`` SDK (Twilio as :func:`open_call`)."""
+    return SdkRealtimeCall(url) if protocol == REALTIME else open_call(protocol, url)

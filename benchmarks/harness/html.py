@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-from .report import fmt, table
 from .stats import STAGES
+from .table import fmt, table
 
 PALETTE = ("#1f5fbf", "#d1495b", "#2a9d55", "#8e5bd6", "#e08a00", "#6b6b6b")
 BAR_STAGES: tuple[tuple[str, str, str], ...] = (

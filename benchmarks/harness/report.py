@@ -1,98 +1,19 @@
-"""Reporting: the progress line of a turn, the summary table (text, and rows for the HTML), and
-writing ``bench-<UTC>.json`` / ``bench-latest.json`` / ``bench-<UTC>.html``."""
+"""Reporting: the progress line of a turn, the summary as text, and writing
+``<name>-<UTC>.json`` / ``<name>-latest.json`` / ``<name>-<UTC>.html`` (``bench`` by default)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .stats import compare_rows, ratio, stage_names
+from .html import render_html
+from .stats import compare_rows
+from .table import fmt, render_table, table
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-Getter = Callable[[Mapping[str, Any]], float | None]
-
-
-def _get(*path: str) -> Getter:
-    def get(summary: Mapping[str, Any]) -> float | None:
-        value: Any = summary
-        for key in path:
-            if not isinstance(value, Mapping):
-                return None
-            value = value.get(key)
-        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-    return get
-
-
-def summary_rows(configs: list[Mapping[str, Any]]) -> list[tuple[str, Getter, str]]:
-    """(label, getter on a configuration's summary, format) for the summary table."""
-    rows: list[tuple[str, Getter, str]] = []
-    for p in ("p50", "p95", "p99", "max"):
-        rows.append((f"voice-to-voice {p} (ms)", _get("voice_to_voice_ms", p), "ms"))
-    for p in ("p50", "p95", "max"):
-        rows.append((f"barge-in {p} (ms)", _get("barge_in_ms", p), "ms"))
-    rows.append(("reply after barge-in p50 (ms)", _get("after_barge_in_v2v_ms", "p50"), "ms"))
-    rows.append(("false interruptions (rate)", _get("false_interruptions", "rate"), "rate"))
-    rows.append(("missed turns (rate)", _get("missed_rate"), "rate"))
-    rows.append(("WER", _get("wer"), "rate"))
-    stages = stage_names(
-        [{"stages_ms": c.get("summary", {}).get("stages_ms", {})} for c in configs]
-    )
-    for name in stages:
-        if name != "speech_end":
-            rows.append((f"server {name} p50 (ms)", _get("stages_ms", name, "p50"), "ms"))
-    rows.append(("transport p50 (ms)", _get("transport_ms", "p50"), "ms"))
-    if any(_get("overhead_ms", "p50")(c.get("summary", {})) is not None for c in configs):
-        rows.append(("framework overhead p50 (ms)", _get("overhead_ms", "p50"), "ms"))
-    rows.append(("server RSS peak (MB)", _get("server_rss_mb", "peak"), "mb"))
-    rows.append(("sessions per core", _get("sessions_per_core"), "rate"))
-    return rows
-
-
-def fmt(value: float | None, kind: str = "ms") -> str:
-    if value is None:
-        return "-"
-    if kind == "ms" or kind == "mb":
-        return f"{value:.0f}"
-    if kind == "ratio":
-        return f"{value:.2f}x"
-    return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
-
-
-def table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The summary table: one column per configuration, then ratios to the first."""
-    configs = [c for c in report.get("configs", [])]
-    header = ["metric", *(c["name"] for c in configs)]
-    header += [f"{c['name']} / {configs[0]['name']}" for c in configs[1:]]
-    rows = []
-    for label, get, kind in summary_rows(configs):
-        values = [get(c.get("summary") or {}) for c in configs]
-        cells = [label, *(fmt(v, kind) for v in values)]
-        cells += [fmt(ratio(values[0], v), "ratio") for v in values[1:]]
-        rows.append(cells)
-    return header, rows
-
-
-def render_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    ]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return "\n".join(lines)
 
 
 def format_turn(rec: Mapping[str, Any]) -> str:
@@ -154,18 +75,24 @@ def summary_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(report: Mapping[str, Any], out_dir: Path | None = None) -> tuple[Path, Path]:
-    """``bench-<UTC>.json``, ``bench-latest.json`` and ``bench-<UTC>.html`` in ``out_dir``."""
-    from .html import render_html
-
+def write_json(report: Mapping[str, Any], name: str, out_dir: Path | None = None) -> Path:
+    """``<name>-<UTC>.json`` and a copy as ``<name>-latest.json`` in ``out_dir``; the first path."""
     folder = out_dir or RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(report, indent=1) + "\n"
-    json_path = folder / f"bench-{stamp}.json"
-    json_path.write_text(text)
-    (folder / "bench-latest.json").write_text(text)
-    html_path = folder / f"bench-{stamp}.html"
+    path = folder / f"{name}-{stamp}.json"
+    path.write_text(text)
+    (folder / f"{name}-latest.json").write_text(text)
+    return path
+
+
+def write_outputs(
+    report: Mapping[str, Any], out_dir: Path | None = None, name: str = "bench"
+) -> tuple[Path, Path]:
+    """:func:`write_json`, and the HTML page beside it (``<name>-<UTC>.html``)."""
+    json_path = write_json(report, name, out_dir)
+    html_path = json_path.with_suffix(".html")
     html_path.write_text(render_html(report))
     return json_path, html_path
 

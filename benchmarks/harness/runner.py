@@ -14,7 +14,7 @@ from typing import Any
 
 import websockets
 
-from .clients import Call, Utterance, open_call
+from .clients import Call, CallOpener, Utterance, open_call
 from .scenarios import RenderedScenario, RenderedTurn
 from .timeline import (
     AUDIO,
@@ -281,8 +281,10 @@ async def run_conversation(
     deadline: float,
     report: TurnReport,
     context: dict[str, Any],
+    opener: CallOpener = open_call,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """One scenario on one connection; returns its turn records and whether time ran out."""
+    """One scenario on one connection (made by ``opener``); returns its turn records and whether
+    time ran out."""
     records: list[dict[str, Any]] = []
     time_up = False
 
@@ -292,7 +294,7 @@ async def run_conversation(
         report(rec)
 
     try:
-        async with open_call(protocol, url) as call:
+        async with opener(protocol, url) as call:
             await asyncio.sleep(min(timing.settle_s, max(0.0, deadline - _now())))
             for turn in rendered.turns:
                 if _now() >= deadline:

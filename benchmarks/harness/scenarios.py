@@ -161,6 +161,31 @@ DEFAULT_SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+QUESTIONS: tuple[str, ...] = (
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Can you recommend a good book for the weekend?",
+    "Why is the sky blue?",
+    "What should I cook for dinner tonight?",
+    "Who wrote Romeo and Juliet?",
+    "How do I make a cup of green tea?",
+    "What is the tallest mountain in the world?",
+    "Tell me a fun fact about octopuses.",
+    "Is it going to be cold in winter in Canada?",
+    "What is a good way to fall asleep faster?",
+    "Which planet is closest to the sun?",
+)
+"""Short questions, one simple turn each: the set of ``realtime_latency`` and ``webrtc_latency``."""
+QUESTIONS_VOICE = "en-us+m3"
+
+
+def questions(count: int, voice: str = QUESTIONS_VOICE) -> Scenario:
+    """One call of ``count`` simple turns: :data:`QUESTIONS` in order, cycling."""
+    texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(count)]
+    turns = tuple(_simple(f"q{i + 1:02d}", text) for i, text in enumerate(texts))
+    return Scenario("questions", voice, turns)
+
+
 def select_turns(
     scenarios: list[Scenario] | tuple[Scenario, ...], turns: int | None
 ) -> list[Scenario]:
