@@ -7,8 +7,10 @@ turn-taking, pacing and timeouts instantly and exactly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 
@@ -74,3 +76,32 @@ async def settle(rounds: int = 20) -> None:
     """Let every ready task run until the loop has nothing left to do right now."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+@contextlib.asynccontextmanager
+async def timeout(clock: Clock, seconds: float) -> AsyncIterator[None]:
+    """``asyncio.timeout`` on ``clock``: raises :class:`TimeoutError` if the body has not
+    finished ``seconds`` from now, so timeouts run on virtual time in tests. Cancel-safe."""
+    if isinstance(clock, MonotonicClock):
+        async with asyncio.timeout(seconds):
+            yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    async def expire() -> None:
+        nonlocal expired
+        await clock.sleep_until(clock.now() + seconds)
+        expired = True  # runs only while the body is suspended: the cancel lands inside it
+        task.cancel()
+
+    watchdog = asyncio.get_running_loop().create_task(expire())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        watchdog.cancel()

@@ -25,10 +25,27 @@ class Item:
     audio_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the assistant made: its id, the function's name, and its arguments as
+    JSON text (an object)."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
 @dataclass(slots=True)
 class ChatMessage:
+    """One message of the prompt. ``role`` is ``system``, ``user``, ``assistant`` or ``tool``.
+    An assistant message may carry ``tool_calls`` (with or without words before them); a
+    ``tool`` message holds a call's output as ``content`` and that call's ``tool_call_id``,
+    and follows the assistant message that made the call."""
+
     role: str
     content: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str = ""
 
 
 @dataclass

@@ -9,7 +9,11 @@ the messages to send. What is kept:
   *end* (for a caller's long message the last words are what was said last, the question
   usually, and what the end-of-turn judge reads);
 - older messages, newest first, while they fit; then leading assistant messages are dropped,
-  since chat templates expect the history to start with a user message.
+  since chat templates expect the history to start with a user message;
+- a function call and its outputs (an assistant message with ``tool_calls`` and the ``tool``
+  messages after it) stay together: the history never starts with a ``tool`` message (the
+  outputs of a dropped call are dropped too), except when the newest message is an output,
+  which is then kept with its call. A call's name and arguments are counted with its message.
 
 Keeping the prompt's prefix stable: llama.cpp (and vLLM or llama.cpp's server with a prefix
 cache) re-uses the evaluated prefix of the previous prompt. A window that slid by one turn each
@@ -28,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .context import ChatMessage
 
@@ -84,7 +88,7 @@ def fit_messages(
     room = budget - over.per_prompt
     if system is not None:
         limit = room // 2 - over.per_message
-        system = ChatMessage(system.role, cut_text(system.content, limit, count, keep_end=False))
+        system = replace(system, content=cut_text(system.content, limit, count, keep_end=False))
         room -= count(system.content) + over.per_message
     head = [system] if system is not None else []
     if not history:
@@ -92,9 +96,20 @@ def fit_messages(
     newest = history[-1]
     cut = cut_text(newest.content, room - over.per_message, count, keep_end=True)
     if cut != newest.content:
-        history = [*history[:-1], ChatMessage(newest.role, cut)]
-    start = _start(history, room, lambda m: count(m.content) + over.per_message, memory, refill)
+        history = [*history[:-1], replace(newest, content=cut)]
+    start = _start(
+        history, room, lambda m: count(message_text(m)) + over.per_message, memory, refill
+    )
     return [*head, *history[start:]]
+
+
+def message_text(message: ChatMessage) -> str:
+    """The text of a message that costs tokens: its content and its calls' names and
+    arguments."""
+    if not message.tool_calls:
+        return message.content
+    calls = "".join(f"{call.name}{call.arguments}" for call in message.tool_calls)
+    return message.content + calls
 
 
 def cut_text(text: str, limit: int, count: Counter, *, keep_end: bool) -> str:
@@ -135,13 +150,15 @@ def _start(
     fits_from = len(history) - _kept(totals, room)
     keys = _prefix_keys(history) if memory is not None else []
     if memory is not None:
-        for i in range(len(history) - 1, fits_from - 1, -1):
+        for i in range(len(history) - 1, _unit_start(history, fits_from) - 1, -1):
             if keys[i] in memory:  # the newest cut of this conversation that still fits
                 memory.remember(keys[i])
                 return _skip_assistants(history, i)
     if fits_from == 0:
         return _skip_assistants(history, 0)
-    start = _skip_assistants(history, len(history) - _kept(totals, int(room * refill)))
+    start = _skip_assistants(
+        history, _unit_start(history, len(history) - _kept(totals, int(room * refill)))
+    )
     if memory is not None and start < len(history):
         memory.remember(keys[start])
     return start
@@ -176,12 +193,33 @@ def _prefix_keys(history: list[ChatMessage]) -> list[bytes]:
         h.update(message.role.encode())
         h.update(b"\0")
         h.update(message.content.encode())
+        for call in message.tool_calls:
+            h.update(f"\0{call.call_id}\0{call.name}\0{call.arguments}".encode())
+        h.update(message.tool_call_id.encode())
         digest = h.digest()
         keys.append(digest)
     return keys
 
 
-def _skip_assistants(history: list[ChatMessage], start: int) -> int:
-    while start < len(history) and history[start].role == "assistant":
-        start += 1
+def _unit_start(history: list[ChatMessage], start: int) -> int:
+    """``start``, or if it is a call's output, the next message that is not (the outputs go
+    with their dropped call), or if none is, the call (the newest output is kept with it)."""
+    after = start
+    while after < len(history) and history[after].role == "tool":
+        after += 1
+    if after < len(history) or start == after:
+        return after
+    while start > 0 and history[start].role == "tool":
+        start -= 1
     return start
+
+
+def _skip_assistants(history: list[ChatMessage], start: int) -> int:
+    """Past leading assistant messages and the outputs of their calls, unless the newest
+    message is such an output (then its call stays)."""
+    skipped = start
+    while skipped < len(history) and history[skipped].role in ("assistant", "tool"):
+        skipped += 1
+    if skipped == len(history) and history and history[-1].role == "tool":
+        return _unit_start(history, len(history) - 1)
+    return skipped

@@ -49,6 +49,7 @@ class Playout:
         self._base_time = 0.0
         self._base_samples = 0
         self.stopped = False
+        self._reported: tuple[int, float] | None = None  # (samples heard, when), from outside
         self._resumed = asyncio.Event()
         self._resumed.set()
 
@@ -104,11 +105,23 @@ class Playout:
         """Emit nothing from now on (barge-in); takes effect before the task is cancelled."""
         self.stopped = True
 
+    def report_heard(self, samples: int) -> None:
+        """The transport knows the listener has heard the first ``samples`` (a Twilio mark
+        echoed, frames the WebRTC track released): from now on that is the reference."""
+        if self._reported is None or samples > self._reported[0]:
+            self._reported = (min(samples, self.sent_samples), self._clock.now())
+
     def played_samples(self) -> int:
+        """What the listener has heard by now: the clock's estimate from the frames' pacing,
+        or — once the transport has reported a position — that position plus the time since,
+        never beyond the estimate."""
         if not self._segments:
             return 0
         elapsed = self._clock.now() - self._base_time
         heard = self._base_samples + int(elapsed * self.rate)
+        if self._reported is not None:
+            samples, at = self._reported
+            heard = min(heard, samples + int((self._clock.now() - at) * self.rate))
         return max(0, min(self.sent_samples, heard))
 
     def played_ms(self) -> int:

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .audio import resample, trim_leading_silence
-from .clock import Clock
-from .context import ChatMessage
-from .engines import GenerationOptions, LanguageModel, SpeechSynthesizer
+from .clock import Clock, timeout
+from .context import ChatMessage, ToolCall
+from .engines import (
+    GenerationOptions,
+    LanguageModel,
+    SpeechSynthesizer,
+    StreamEnd,
+    ToolCallDelta,
+)
 from .errors import EngineError, EngineTimeout, VoiceError
 from .metrics import Marks
 from .playout import Playout, Segment
@@ -27,14 +33,23 @@ from .text import ClauseSplitter, speakable
 log = logging.getLogger("voice.reply")
 
 
+@dataclass(slots=True, frozen=True)
+class Speech:
+    """How one reply is said: in audio or as text only, by which voice, how fast."""
+
+    audio: bool = True
+    voice: str | None = None
+    speed: float = 1.0
+
+
 @dataclass(slots=True)
 class ReplySettings:
     frame_ms: int = 20
     lead_ms: int = 60
     first_clause_chars: int = 16
     min_clause_chars: int = 40
-    first_clause_words: int = 0
-    trim_leading_silence: bool = False
+    first_clause_words: int = 4
+    trim_leading_silence: bool = True
     """Start the first piece at its first audible sample (less 10 ms), not at the TTS's
     leading near-silence."""
     tts_timeout: float = 30.0
@@ -57,6 +72,8 @@ class Reply:
         on_text: Callable[[str], None],
         marks: Marks,
         gated: bool = False,
+        speech: Speech | None = None,
+        on_call: Callable[[ToolCallDelta], None] | None = None,
     ) -> None:
         self._llm = llm
         self._tts = tts
@@ -69,8 +86,17 @@ class Reply:
         self._on_audio = on_audio
         self.marks = marks
         self._gate: asyncio.Event | None = asyncio.Event() if gated else None
+        self._speech = speech or Speech()
+        self._on_call = on_call
+        self._held_calls: list[ToolCallDelta] = []  # made while gated, told on release
         self.generated = ""
+        self.text_sent = ""
+        """Text-only replies: the words sent so far."""
         self.spoken_pieces = 0
+        self.calls: dict[int, ToolCall] = {}
+        """The function calls of the reply, by index, arguments complete once it is done."""
+        self.end: StreamEnd | None = None
+        """Why the LLM stopped, and the usage (None until it has)."""
         self.playout = Playout(
             clock,
             self._emit,
@@ -92,16 +118,26 @@ class Reply:
         if self._gate is not None:
             self._gate.set()
             self.marks.set_once("released", self._clock.now())
+        held, self._held_calls = self._held_calls, []
+        for delta in held:
+            self._tell_call(delta)
 
     def interrupt(self) -> None:
         """Stop emitting audio now; the caller then cancels the task running :meth:`run`."""
         self.playout.stop()
 
+    @property
+    def audio(self) -> bool:
+        return self._speech.audio
+
     def heard_text(self) -> str:
-        return self.playout.heard_text()
+        """What the listener got: the words heard so far (text-only: the words sent)."""
+        return self.playout.heard_text() if self.audio else self.text_sent.strip()
 
     def spoken_text(self) -> str:
         """All the text that was turned into speech (the full reply when it completed)."""
+        if not self.audio:
+            return self.text_sent.strip()
         return self.playout.heard_text(self.playout.sent_samples)
 
     async def run(self) -> None:
@@ -125,17 +161,49 @@ class Reply:
             first_clause_words=self._settings.first_clause_words,
         )
         self.marks.set_once("llm_start", self._clock.now())
-        async with aclosing(self._llm.stream(self._messages, self._generation)) as tokens:  # type: ignore[type-var]
-            async for delta in tokens:
+        async with aclosing(self._llm.stream(self._messages, self._generation)) as events:  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, StreamEnd):
+                    self.end = event
+                    continue
                 self.marks.set_once("llm_first_token", self._clock.now())
-                self.generated += delta
-                for clause in splitter.feed(delta):
+                if isinstance(event, ToolCallDelta):
+                    self._add_call(event)
+                    continue
+                self.generated += event
+                if not self._speech.audio:
+                    await self._text_only(event)
+                    continue
+                for clause in splitter.feed(event):
                     self.marks.set_once("first_clause", self._clock.now())
                     await clauses.put(clause)
+        if not self._speech.audio:
+            await clauses.put(None)
+            return
         for clause in splitter.flush():
             self.marks.set_once("first_clause", self._clock.now())
             await clauses.put(clause)
         await clauses.put(None)
+
+    async def _text_only(self, delta: str) -> None:
+        """``output_modalities: ["text"]``: the words go out as they come, nothing is spoken."""
+        if self._gate is not None:
+            await self._gate.wait()
+        self.text_sent += delta
+        self._on_text(delta)
+
+    def _add_call(self, delta: ToolCallDelta) -> None:
+        call = self.calls.get(delta.index)
+        arguments = (call.arguments if call else "") + delta.arguments
+        self.calls[delta.index] = ToolCall(delta.call_id, delta.name, arguments)
+        if self._gate is not None and not self._gate.is_set():
+            self._held_calls.append(delta)
+        else:
+            self._tell_call(delta)
+
+    def _tell_call(self, delta: ToolCallDelta) -> None:
+        if self._on_call is not None:
+            self._on_call(delta)
 
     async def _synthesize(
         self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
@@ -144,8 +212,10 @@ class Reply:
         while (clause := await clauses.get()) is not None:
             self.marks.set_once("tts_start", self._clock.now())
             try:
-                async with asyncio.timeout(self._settings.tts_timeout):
-                    audio = await self._tts.synthesize(speakable(clause))
+                async with timeout(self._clock, self._settings.tts_timeout):
+                    audio = await self._tts.synthesize(
+                        speakable(clause), speed=self._speech.speed, voice=self._speech.voice
+                    )
             except TimeoutError:
                 raise EngineTimeout(
                     f"tts: no audio within {self._settings.tts_timeout:.1f} s", engine="tts"

@@ -92,17 +92,23 @@ class ScriptedJudge:
 
 
 class ToneTts:
-    """``ms_per_word`` of a loud tone per word, at 24 kHz."""
+    """``ms_per_word / speed`` of a loud tone per word, at 24 kHz; records each text and the
+    voice and speed it was asked for."""
 
     sample_rate = 24_000
 
     def __init__(self, ms_per_word: int = 200) -> None:
         self.ms_per_word = ms_per_word
         self.texts: list[str] = []
+        self.requests: list[tuple[str, str | None, float]] = []
+        """(text, voice, speed) of each synthesis."""
 
-    async def synthesize(self, text: str) -> np.ndarray:
+    async def synthesize(
+        self, text: str, *, speed: float = 1.0, voice: str | None = None
+    ) -> np.ndarray:
         self.texts.append(text)
-        return tone(len(text.split()) * self.ms_per_word / 1000, self.sample_rate)
+        self.requests.append((text, voice, speed))
+        return tone(len(text.split()) * self.ms_per_word / 1000 / speed, self.sample_rate)
 
 
 def fake_engines(asr: list[str], llm: list[str], ms_per_word: int = 200) -> Engines:

@@ -38,7 +38,9 @@ class Caller:
         self.conn: Any = None
 
     async def __aenter__(self) -> Caller:
-        self._manager = self.client.realtime.connect(model="voice-local", max_retries=0)
+        self._manager = self.client.realtime.connect(
+            model="voice-local", max_retries=0, extra_query={"x_voice_events": "1"}
+        )
         self.conn = await self._manager.__aenter__()
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._microphone())]
         return self

@@ -55,13 +55,20 @@ class HangingAsr:
 
 
 async def test_a_transcription_timeout_says_so_and_scales_with_the_length() -> None:
+    """On virtual time: the timeout is the session clock's, so a test waits for nothing."""
     engines = fake_engines(["unused"], ["Hi."])
     engines.asr = HangingAsr()
-    session = Session(engines, limits=SessionLimits(asr_timeout=0.01), clock=VirtualClock())
+    clock = VirtualClock()
+    session = Session(engines, limits=SessionLimits(asr_timeout=30.0), clock=clock)
     session.add_audio_item(Item("item_a", "user"), tone(45.0), 16_000, None)
-    _, error, transcript = await next_events(session, 3)
+    (added,) = await next_events(session, 1)
+    assert isinstance(added, m.ItemAdded)
+    await clock.advance(59.0)  # 45 s is two 30 s spans: twice the timeout, not yet over
+    assert session._events.empty()
+    await clock.advance(1.5)
+    error, transcript = await next_events(session, 2)
     assert isinstance(error, m.SessionError) and error.code == "asr_failed"
-    # 45 s is two 30 s spans: twice the timeout (the old message was "transcription failed: ")
-    assert error.message == "transcription failed: transcription timed out after 0.02 s"
+    # (the old message was "transcription failed: ")
+    assert error.message == "transcription failed: transcription timed out after 60 s"
     assert isinstance(transcript, m.UserTranscript) and transcript.transcript == ""
     session.close("test over")

@@ -4,8 +4,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.reply import ReplySettings
+from pipeline.settings import SessionLimits, SessionSettings, Tuning
 from voice import cli
 from voice.config import load, markdown
+from voice.server import VoiceServer
+
+from .fakes import fake_engines
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -75,3 +80,14 @@ def test_cli_prints_the_effective_config_and_rejects_bad_flags(
         )
     finally:
         root.handlers[:], root.level = handlers, level
+
+
+def test_the_default_configuration_is_the_pipelines_defaults() -> None:
+    """One place for each fact: a session built from the default configuration has exactly the
+    settings a unit test gets from the pipeline's own defaults."""
+    server = VoiceServer(load(env={}), fake_engines(["x"], ["y"]))
+    session = server.new_session()
+    assert session.settings == SessionSettings()
+    assert session.reply_settings == ReplySettings()
+    assert session.limits == SessionLimits()
+    assert session.tuning == Tuning()

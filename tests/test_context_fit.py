@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from pipeline.context import ChatMessage, Conversation, Item
-from pipeline.context_fit import HeadMemory, Overhead, cut_text, fit_messages
+from pipeline.context import ChatMessage, Conversation, Item, ToolCall
+from pipeline.context_fit import HeadMemory, Overhead, cut_text, fit_messages, message_text
 
 NONE = Overhead(per_message=0, per_prompt=0)
 SYSTEM = ChatMessage("system", "Be brief.")  # 9 tokens
@@ -187,3 +187,48 @@ def test_conversation_gives_every_finished_item_for_the_engine_to_fit() -> None:
     assert len(messages) == 1 + 400  # no character budget: the engine counts tokens
     assert messages[0] == ChatMessage("system", "Be brief.")
     assert messages[1].role == "user" and messages[-1].role == "assistant"
+
+
+def call_turn(i: int, args: str = '{"city": "Paris"}') -> list[ChatMessage]:
+    """A question, a call with its output, and the answer."""
+    call = ToolCall(f"call_{i}", "get_weather", args)
+    return [
+        ChatMessage("user", f"weather{i:02d}?"),
+        ChatMessage("assistant", "", [call]),
+        ChatMessage("tool", f"sunny{i:02d}", tool_call_id=call.call_id),
+        ChatMessage("assistant", f"answer{i:04d}"),
+    ]
+
+
+def outputs_have_their_calls(history: list[ChatMessage]) -> bool:
+    calls = {c.call_id for m in history for c in m.tool_calls}
+    return all(m.tool_call_id in calls for m in history if m.role == "tool")
+
+
+def test_a_calls_arguments_are_counted() -> None:
+    big = call_turn(0, '{"city": "' + "x" * 80 + '"}')
+    assert message_text(big[1]) == "get_weather" + big[1].tool_calls[0].arguments
+    messages = [SYSTEM, *big, ChatMessage("user", "the question")]
+    fitted = fit_messages(messages, 100, chars, overhead=NONE)
+    assert sum(len(message_text(m)) for m in fitted) <= 100
+    assert fitted == [SYSTEM, ChatMessage("user", "the question")]
+
+
+def test_a_call_and_its_output_are_kept_or_dropped_together() -> None:
+    messages = [SYSTEM, *[m for i in range(8) for m in call_turn(i)], ChatMessage("user", "now?")]
+    for budget in range(30, 300, 3):
+        for memory in (None, HeadMemory()):
+            fitted = fit_messages(messages, budget, chars, overhead=NONE, memory=memory)
+            assert fitted[-1] == messages[-1]
+            assert fitted[1].role == "user", budget
+            assert outputs_have_their_calls(fitted[1:]), budget
+
+
+def test_the_newest_output_is_kept_with_its_call() -> None:
+    """The reply after a function output: too little room for the question, but the call and
+    its output stay (the output alone would be an answer to nothing)."""
+    turn = call_turn(0)[:3]
+    for budget in (20, 40, 60):  # (at 20 only the output fits: the call comes anyway)
+        fitted = fit_messages([SYSTEM, *pairs(5), *turn], budget, chars, overhead=NONE)
+        assert fitted[-2:] == turn[1:]
+        assert outputs_have_their_calls(fitted[1:])

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.audio import resample
 from pipeline.context import ChatMessage
-from pipeline.engines import Engines, GenerationOptions
+from pipeline.engines import Engines, GenerationOptions, StreamEnd
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
 from pipeline.engines.llm_llama import LlamaLlm
 from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
@@ -84,7 +84,7 @@ async def test_embedded_llm_streams_and_stops_when_closed(engines: Engines) -> N
             if len(tokens) == 3:
                 break  # closing the stream stops generation
     assert len(tokens) == 3
-    full = [t async for t in engines.llm.stream(messages, options)]  # the next one works
+    full = [t async for t in engines.llm.stream(messages, options) if isinstance(t, str)]
     assert len("".join(full).split()) >= 3
 
 
@@ -104,7 +104,8 @@ async def test_embedded_llm_judges_whether_the_caller_has_finished(engines: Engi
     # the reply that follows starts from the judged prompt and is a normal reply
     messages = [system, ChatMessage("user", "Why is the sky blue?")]
     await judge.end_of_turn(messages)
-    reply = "".join([t async for t in engines.llm.stream(messages, GenerationOptions(40, 0.0))])
+    stream = engines.llm.stream(messages, GenerationOptions(40, 0.0))
+    reply = "".join([t async for t in stream if isinstance(t, str)])
     assert len(reply.split()) >= 3, reply
     assert await judge.end_of_turn([system]) is None  # no caller words: no judgement
 
@@ -136,7 +137,7 @@ def long_conversation(turns: int = 80) -> list[ChatMessage]:
 
 async def reply_to(llm: object, messages: list[ChatMessage]) -> str:
     stream = llm.stream(messages, GenerationOptions(max_tokens=8, temperature=0.0))  # type: ignore[attr-defined]
-    return "".join([token async for token in stream])
+    return "".join([token async for token in stream if isinstance(token, str)])
 
 
 async def test_embedded_llm_fits_a_history_longer_than_its_context(engines: Engines) -> None:
@@ -211,8 +212,10 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_remote_llm_streams_from_an_openai_compatible_server(llama_server: str) -> None:
     llm = OpenAiCompatibleLlm(RemoteLlmOptions(base_url=llama_server, model="smollm2"))
     messages = [ChatMessage("system", "You are helpful."), ChatMessage("user", "Say hello.")]
-    tokens = [t async for t in llm.stream(messages, GenerationOptions(max_tokens=20))]
-    assert "".join(tokens).strip()
+    events = [t async for t in llm.stream(messages, GenerationOptions(max_tokens=20))]
+    assert "".join(t for t in events if isinstance(t, str)).strip()
+    end = events[-1]  # the usage, as the server counted it
+    assert isinstance(end, StreamEnd) and end.input_tokens > 5 and 0 < end.output_tokens <= 20
     await llm.aclose()
 
 

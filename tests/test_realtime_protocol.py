@@ -81,7 +81,8 @@ async def test_session_update_changes_formats_vad_instructions_and_voice() -> No
     )
     assert updated["type"] == "session.updated"
     s = conn.session.settings
-    assert (s.instructions, s.voice, s.output_rate) == ("Be brief.", "marin", 8000)
+    assert (s.instructions, s.voice, s.output_rate) == ("Be brief.", "joe", 8000)  # mapped
+    assert updated["session"]["audio"]["output"]["voice"] == "marin"  # as the client chose
     assert s.turn_detection is not None and s.turn_detection.silence_duration_ms == 300
     assert conn.config.input_format.type == "audio/pcmu"
     (off,) = send(
@@ -155,7 +156,10 @@ async def test_a_turn_renders_as_valid_openai_events() -> None:
     engines = fake_engines(["what time is it"], ["It is noon."])
     async with Harness(engines) as h:
         conn = RealtimeConnection(
-            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+            h.session,
+            RealtimeConfig("voice-local", h.session.settings),
+            max_event_bytes=1 << 20,
+            extensions=True,
         )
         await h.feed(tone(0.8))
         await h.feed_until(silence(0.02), m.TurnMetrics)
@@ -192,7 +196,10 @@ async def test_streaming_asr_renders_interim_transcripts_before_the_commit() -> 
     engines = fake_engines(["what time", "what time is it"], ["It is noon."])
     async with Harness(engines, tuning=Tuning(interim_asr_ms=400)) as h:
         conn = RealtimeConnection(
-            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+            h.session,
+            RealtimeConfig("voice-local", h.session.settings),
+            max_event_bytes=1 << 20,
+            extensions=True,
         )
         await h.feed(tone(0.8))
         await h.feed_until(silence(0.02), m.TurnMetrics)

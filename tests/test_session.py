@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
+import numpy as np
 import pytest
 
 from pipeline import messages as m
@@ -429,3 +431,32 @@ async def test_a_failing_llm_fails_that_reply_only_and_the_next_turn_works() -> 
             "first?",
             "second?",
         ]
+
+
+class _StuckTts:
+    sample_rate = 24_000
+
+    async def synthesize(self, text: str, **options: object) -> np.ndarray:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_timeouts_run_on_the_sessions_clock() -> None:
+    """A TTS that never answers fails the reply after ``tts_timeout`` of *virtual* time, and a
+    judge slower than ``judge_timeout`` leaves the decision to the words: no test waits."""
+    engines = fake_engines(["what is it?"], ["Fine."])
+    engines.tts = _StuckTts()
+    judge = ScriptedJudge({}, default=0.9)
+    engines.judge = judge
+    limits = SessionLimits(judge_timeout=1.0)
+    async with Harness(engines, limits=limits) as h:
+        judge.delay(h.clock, 5.0)
+        await h.feed(tone(0.5))
+        await h.feed_until(silence(0.02), m.ReplyStarted)
+        judged_at = h.timed(m.ReplyStarted)[0][0]
+        start = h.clock.now()
+        await h.feed_until(silence(0.02), m.ReplyDone, limit_s=40)
+        (done,) = h.of(m.ReplyDone)
+        assert done.status == "failed" and "no audio within 30.0 s" in (done.reason or "")
+        assert 29.9 <= h.clock.now() - start <= 30.5
+    assert judged_at < 2.5  # the judge's 5 s were cut at 1 s; the words ("?") ended the turn

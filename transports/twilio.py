@@ -6,6 +6,9 @@ come back as ``media`` messages of 20 ms (160 bytes of μ-law), at the session's
 
 - After each reply's audio a ``mark`` named after the response id is sent; Twilio echoes it once
   that audio has been played, and the echo is logged with how long after sending it came back.
+  While a reply plays, a progress mark follows every ``PROGRESS_MARK_MS`` of its audio: its echo
+  tells the session how much the caller has really heard (``Session.heard``), which is what a
+  barge-in keeps of the reply. Echoes that a ``clear`` causes are not taken as heard.
 - Barge-in: when a reply is cancelled after its audio started, a ``clear`` makes Twilio drop what
   it still buffers. When the caller starts speaking while Twilio still plays the tail of a reply
   that has already ended on the server (its mark not echoed yet), ``clear`` is sent as well. While
@@ -45,6 +48,9 @@ MAX_FRAME_BYTES = 64 * 1024
 """A Twilio message is a few hundred bytes (160 bytes of audio per ``media``)."""
 MAX_DTMF_KEPT = 256
 MAX_MARKS_PENDING = 64
+PROGRESS_MARK_MS = 200
+"""A progress mark after every this much reply audio (Twilio echoes it when played)."""
+_PROGRESS = "~"  # progress marks are named "~<item id>~<ms>"; response ids never start so
 _LOG_FIRST = 5  # malformed messages logged one by one, then every _LOG_EVERY-th
 _LOG_EVERY = 100
 
@@ -76,6 +82,8 @@ class TwilioStream:
         self._playing: str | None = None  # response whose audio is being sent
         self._sent_ms = 0  # of that response
         self._marks: dict[str, _PendingMark] = {}  # sent, not echoed yet
+        self._progress: set[str] = set()  # progress marks sent, not echoed nor cleared
+        self._next_progress_ms = PROGRESS_MARK_MS
         self.log = logging.LoggerAdapter(log, {"session": session.id})
 
     # ------------------------------------------------------------ Twilio → session
@@ -139,6 +147,12 @@ class TwilioStream:
             )
 
     def _mark_played(self, name: str) -> None:
+        if name.startswith(_PROGRESS):
+            if name in self._progress:  # (not echoed because of a clear)
+                self._progress.discard(name)
+                _, item_id, ms = name.split(_PROGRESS)
+                self.session.heard(item_id, int(ms))
+            return
         pending = self._marks.pop(name, None)
         if pending is None:  # a mark echoed because of a clear, or not ours
             self.log.debug("stream %s: echo of mark %r", self.stream_sid, name[:64])
@@ -168,8 +182,15 @@ class TwilioStream:
         if isinstance(event, m.ReplyAudio):
             if self._playing != event.response_id:
                 self._playing, self._sent_ms = event.response_id, 0
+                self._next_progress_ms = PROGRESS_MARK_MS
             self._sent_ms += len(event.audio) * 1000 // RATE
-            return [tw.media(sid, g711.ulaw_encode(event.audio))]
+            frames = [tw.media(sid, g711.ulaw_encode(event.audio))]
+            if self._sent_ms >= self._next_progress_ms and len(self._progress) < MAX_MARKS_PENDING:
+                self._next_progress_ms += PROGRESS_MARK_MS
+                name = f"{_PROGRESS}{event.item_id}{_PROGRESS}{self._sent_ms}"
+                self._progress.add(name)
+                frames.append(tw.mark(sid, name))
+            return frames
         if isinstance(event, m.ReplyDone) and self._playing == event.response_id:
             self._playing = None
             if event.status == "cancelled":
@@ -180,6 +201,7 @@ class TwilioStream:
                     self._sent_ms,
                 )
                 self._marks.clear()  # Twilio echoes them on clear; nothing of them plays
+                self._progress.clear()
                 return [tw.clear(sid)]
             if len(self._marks) >= MAX_MARKS_PENDING:  # Twilio never echoes: forget the oldest
                 del self._marks[next(iter(self._marks))]
@@ -192,6 +214,7 @@ class TwilioStream:
                 ", ".join(self._marks),
             )
             self._marks.clear()
+            self._progress.clear()
             return [tw.clear(sid)]
         return []
 

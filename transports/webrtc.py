@@ -1,18 +1,20 @@
 """The Realtime protocol over WebRTC (aiortc), compatible with OpenAI's WebRTC flow.
 
-``POST /v1/realtime/calls`` with an SDP offer (``Content-Type: application/sdp``) answers with
-the SDP answer and a ``Location`` naming the call. Audio travels as Opus both ways; events travel
-on the client's data channel ``oai-events`` and are the WebSocket endpoint's, handled by the same
+``POST /v1/realtime/calls`` with an SDP offer (``Content-Type: application/sdp``, or the SDK's
+multipart form: ``realtime_request.py``) answers with the SDP answer and a ``Location`` naming
+the call. Audio travels as Opus both ways; events travel on the client's data channel
+``oai-events`` and are the WebSocket endpoint's, handled by the same
 :class:`~transports.realtime.connection.RealtimeConnection` — except audio, which rides the track:
 ``response.output_audio.delta`` is never sent, ``output_audio_buffer.started`` / ``stopped`` /
-``cleared`` are. Incoming Opus is decoded by aiortc to 48 kHz stereo, down-mixed here; outgoing
-speech is queued as 20 ms frames that :class:`ReplyTrack` releases in real time, and flushed at
-once on barge-in.
+``cleared`` are, and ``output_audio_buffer.clear`` is served here. Incoming Opus is decoded by
+aiortc to 48 kHz stereo, down-mixed here; outgoing speech is queued as 20 ms frames that
+:class:`ReplyTrack` releases in real time, and flushed at once on barge-in or that clear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import logging
@@ -147,7 +149,11 @@ class WebRtcCall:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._playing: str | None = None
+        self._last_played: str | None = None
+        self._cleared: set[str] = set()
+        """Responses whose audio the client cleared: what is left of it is dropped."""
         self.closing = False
+        conn.clear_output = self._clear_output
 
     async def answer(self, offer_sdp: str) -> str:
         """Apply the offer and return the answer SDP (ICE gathered). Raises ProtocolError."""
@@ -245,14 +251,33 @@ class WebRtcCall:
         if self.pc.connectionState != "connected":
             await self.close(f"not connected within {self.options.connect_timeout:g} s")
 
+    def _clear_output(self) -> list[dict[str, Any]]:
+        """``output_audio_buffer.clear``: silence the track at once, cancel the reply if one is
+        active (its ``response.done`` follows), answer ``output_audio_buffer.cleared``."""
+        dropped = self.track.flush()
+        response_id = self._playing or self._last_played
+        if self._playing is not None:
+            self._cleared.add(self._playing)
+            self._playing = None
+        with contextlib.suppress(ProtocolError):  # no reply active: the flush was all to do
+            self.session.cancel_response()
+        log.debug("call %s: client cleared the output, %d frames dropped", self.id, dropped)
+        if response_id is None:
+            return []  # nothing was ever played: nothing to clear
+        return [_buffer_event("output_audio_buffer.cleared", response_id)]
+
     def _render(self, event: m.SessionEvent) -> list[dict[str, Any]]:
         if isinstance(event, m.ReplyAudio):
+            if event.response_id in self._cleared:
+                return []
             self.track.push(event.audio)
             if self._playing != event.response_id:
-                self._playing = event.response_id
+                self._playing = self._last_played = event.response_id
                 return [_buffer_event("output_audio_buffer.started", event.response_id)]
             return []
         out = self.conn.render(event)
+        if isinstance(event, m.ReplyDone):
+            self._cleared.discard(event.response_id)
         if isinstance(event, m.ReplyDone) and self._playing == event.response_id:
             self._playing = None
             if event.status == "completed":

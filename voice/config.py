@@ -12,7 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from pipeline.endpointing import EndpointSettings
+from pipeline.engines import GenerationOptions
 from pipeline.errors import ConfigError
+from pipeline.reply import ReplySettings
+from pipeline.settings import SessionLimits, SessionSettings, Tuning
+from pipeline.turns import TurnSettings
+from transports.realtime.config import OPENAI_VOICES
+
+# The pipeline's own defaults are the server's: one place for each fact.
+_SESSION, _LIMITS, _TUNING = SessionSettings(), SessionLimits(), Tuning()
+_TURNS, _REPLY, _EOT, _GEN = (
+    TurnSettings(),
+    ReplySettings(),
+    EndpointSettings(),
+    GenerationOptions(),
+)
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
@@ -98,8 +113,8 @@ class LlmConfig:
     base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
     model: str = doc("Model name for `openai`.", "")
     api_key: str = doc("API key for `openai` (also read from `OPENAI_API_KEY`).", "")
-    max_tokens: int = doc("Longest reply (tokens).", 120)
-    temperature: float = doc("Sampling temperature.", 0.6)
+    max_tokens: int = doc("Longest reply (tokens).", _GEN.max_tokens)
+    temperature: float = doc("Sampling temperature.", _GEN.temperature)
     first_token_timeout: float = doc("Seconds to wait for the first token.", 20.0)
     next_token_timeout: float = doc("Seconds to wait for each next token.", 10.0)
 
@@ -107,35 +122,83 @@ class LlmConfig:
 @dataclass(slots=True)
 class TtsConfig:
     voice_path: str = doc("Piper `.onnx` voice; empty = bundled `en_US-joe-medium`.", "")
-    voice_name: str = doc("Name the voice is reported under.", "joe")
-    length_scale: float = doc("Speaking rate (< 1 is faster); 0 keeps the voice's own.", 0.0)
+    voice_name: str = doc("Name of that voice, the server's default.", "joe")
+    voices: str = doc(
+        "More Piper voices a client may choose, `name=/path/voice.onnx,...` (each with its"
+        " `.onnx.json` beside it); empty = only `voice_name`.",
+        "",
+    )
+    voice_map: str = doc(
+        "The voice a Realtime client gets for each OpenAI voice name, `alloy=joe,ash=joe,...`"
+        " (values: `voice_name` or a name in `voices`); a client may also choose a server voice"
+        " by its own name, and any other name is refused.",
+        ",".join(f"{name}={_SESSION.voice}" for name in OPENAI_VOICES),
+    )
+    length_scale: float = doc(
+        "Phoneme duration at a client's `speed` 1.0 (< 1 is faster; `speed` divides it); 0 keeps"
+        " each voice's own.",
+        0.0,
+    )
     threads: int = doc("onnxruntime threads per synthesis.", 1)
-    timeout: float = doc("Seconds to wait for one clause's audio.", 30.0)
+    timeout: float = doc("Seconds to wait for one clause's audio.", _REPLY.tts_timeout)
+
+    def voice_paths(self) -> dict[str, str]:
+        """Every server voice: its name → its `.onnx` file (empty: the bundled voice)."""
+        paths = {self.voice_name: self.voice_path}
+        for name, path in _pairs(self.voices, "tts.voices").items():
+            if name in paths:
+                raise ConfigError(f"tts.voices: voice {name!r} is named twice")
+            paths[name] = path
+        return paths
+
+    def voice_table(self) -> dict[str, str]:
+        """The names a client may choose → the server voice each speaks with."""
+        own = self.voice_paths()
+        table = {name: name for name in own}
+        for name, target in _pairs(self.voice_map, "tts.voice_map").items():
+            if target not in own:
+                raise ConfigError(
+                    f"tts.voice_map: {name}={target}, but there is no voice {target!r}"
+                    f" (voices: {', '.join(own)})"
+                )
+            table[name] = target
+        return table
 
 
 @dataclass(slots=True)
 class VadConfig:
     model_path: str = doc("Silero ONNX model; empty = the one in the `silero-vad` package.", "")
-    threshold: float = doc("Speech probability threshold.", 0.5)
-    min_speech_ms: int = doc("Speech needed before `speech_started`.", 96)
-    prefix_padding_ms: int = doc("Audio kept before the speech onset.", 300)
-    silence_duration_ms: int = doc("Silence that ends a turn.", 500)
-    tentative_silence_ms: int = doc("Silence after which ASR (and a speculative reply) starts.", 96)
-    interrupt_min_speech_ms: int = doc("Speech needed to interrupt the agent (barge-in).", 192)
+    threshold: float = doc("Speech probability threshold.", _TURNS.threshold)
+    hysteresis: float = doc(
+        "Once speaking, a window still counts as speech down to `threshold - hysteresis`.",
+        _TURNS.hysteresis,
+    )
+    min_speech_ms: int = doc("Speech needed before `speech_started`.", _TURNS.min_speech_ms)
+    prefix_padding_ms: int = doc("Audio kept before the speech onset.", _TURNS.prefix_padding_ms)
+    silence_duration_ms: int = doc("Silence that ends a turn.", _TURNS.silence_duration_ms)
+    tentative_silence_ms: int = doc(
+        "Silence after which ASR (and a speculative reply) starts.", _TURNS.tentative_silence_ms
+    )
+    interrupt_min_speech_ms: int = doc(
+        "Speech needed to interrupt the agent (barge-in).", _TURNS.interrupt_min_speech_ms
+    )
     pause_on_onset: bool = doc(
         "Hold the agent's audio from the caller's first speech window (resumed if it was not"
         " speech); the reply is cancelled only after `interrupt_min_speech_ms`.",
-        True,
+        _TUNING.pause_on_onset,
     )
     eot_adaptive: bool = doc(
         "End the turn after a silence chosen by the words heard so far (below) rather than"
         " `silence_duration_ms` (which then only applies to clients that turn this off).",
-        True,
+        _TUNING.eot_adaptive,
     )
-    eot_complete_ms: int = doc("Silence after a finished question or exclamation.", 250)
-    eot_statement_ms: int = doc("Silence after a statement ending in a period.", 600)
+    eot_complete_ms: int = doc(
+        "Silence after a finished question or exclamation.", _EOT.complete_ms
+    )
+    eot_statement_ms: int = doc("Silence after a statement ending in a period.", _EOT.statement_ms)
     eot_incomplete_ms: int = doc(
-        "Silence after words that trail off (and, the, a comma …), or before they are known.", 1100
+        "Silence after words that trail off (and, the, a comma …), or before they are known.",
+        _EOT.incomplete_ms,
     )
     eot_llm: bool = doc(
         "Let the embedded LLM judge the words too: a request it finds complete ends after"
@@ -146,61 +209,75 @@ class VadConfig:
     eot_llm_complete: float = doc(
         "Probability (words, then their punctuation, then end of message) from which a sentence"
         " ending in a period is a finished turn.",
-        0.2,
+        _EOT.likely_complete,
     )
     eot_llm_unfinished: float = doc(
-        "Probability below which a question is taken as unfinished.", 0.01
+        "Probability below which a question is taken as unfinished.", _EOT.unlikely_complete
     )
 
 
 @dataclass(slots=True)
 class PipelineConfig:
-    instructions: str = doc(
-        "Default system instructions.",
-        "You are a friendly voice assistant. Answer in one or two short sentences,"
-        " in plain words, without lists or markdown.",
+    instructions: str = doc("Default system instructions.", _SESSION.instructions)
+    frame_ms: int = doc("Output frame length (ms).", _REPLY.frame_ms)
+    lead_ms: int = doc(
+        "Audio sent ahead of real time (ms), to absorb network jitter.", _REPLY.lead_ms
     )
-    frame_ms: int = doc("Output frame length (ms).", 20)
-    lead_ms: int = doc("Audio sent ahead of real time (ms), to absorb network jitter.", 60)
-    first_clause_chars: int = doc("Shortest first piece of a reply sent to TTS at a comma.", 16)
-    min_clause_chars: int = doc("Shortest later piece sent to TTS at a comma.", 40)
-    early_asr: bool = doc("Transcribe at the tentative end of speech, before the turn ends.", True)
+    first_clause_chars: int = doc(
+        "Shortest first piece of a reply sent to TTS at a comma.", _REPLY.first_clause_chars
+    )
+    min_clause_chars: int = doc(
+        "Shortest later piece sent to TTS at a comma.", _REPLY.min_clause_chars
+    )
+    early_asr: bool = doc(
+        "Transcribe at the tentative end of speech, before the turn ends.", _TUNING.early_asr
+    )
     interim_asr_ms: int = doc(
         "Streaming ASR: while the caller speaks, transcribe the words so far after every this many"
         " ms of speech (0 = off); sent as `x.voice.input_audio_transcription.interim` and"
         " pre-evaluated by the LLM.",
-        0,
+        _TUNING.interim_asr_ms,
     )
     speculative_reply: bool = doc(
         "Start the LLM and TTS on that early transcript; play only once the turn is confirmed.",
-        True,
+        _TUNING.speculative_reply,
     )
     first_clause_words: int = doc(
-        "Cut the first piece for TTS after this many words even without punctuation (0 = off).", 4
+        "Cut the first piece for TTS after this many words even without punctuation (0 = off).",
+        _REPLY.first_clause_words,
     )
     trim_leading_silence: bool = doc(
         "Drop the quiet start of a reply's first synthesized piece (Piper begins with 30-60 ms of"
         " near-silence), so the first sound leaves at once.",
-        True,
+        _REPLY.trim_leading_silence,
     )
 
 
 @dataclass(slots=True)
 class LimitsConfig:
     max_pending_input_ms: int = doc(
-        "Caller audio ahead of real time, or waiting for the VAD, before audio is dropped.", 10_000
+        "Caller audio ahead of real time, or waiting for the VAD, before audio is dropped.",
+        _LIMITS.max_pending_input_ms,
     )
-    max_input_buffer_s: float = doc("Longest turn (s); manual mode refuses appends past it.", 60.0)
-    max_pending_events: int = doc("Server events queued for a slow client before closing it.", 4096)
+    max_input_buffer_s: float = doc(
+        "Longest turn (s); manual mode refuses appends past it.", _LIMITS.max_input_buffer_s
+    )
+    max_pending_events: int = doc(
+        "Server events queued for a slow client before closing it.", _LIMITS.max_pending_events
+    )
     max_conversation_bytes: int = doc(
         "Text one conversation holds (UTF-8 bytes): a client item past it gets an `error`"
         " (`conversation_too_large`); spoken turns past it make the oldest items go.",
-        1 << 20,
+        _LIMITS.max_conversation_bytes,
     )
     asr_timeout: float = doc(
         "Seconds to wait for a transcription of up to 30 s of audio (longer audio: this much per"
         " started 30 s).",
-        30.0,
+        _LIMITS.asr_timeout,
+    )
+    judge_timeout: float = doc(
+        "Seconds the end-of-turn judge may take; later, the words alone decide.",
+        _LIMITS.judge_timeout,
     )
 
 
@@ -289,6 +366,17 @@ def load(
     if not config.llm.api_key:
         config.llm.api_key = env.get("OPENAI_API_KEY", "")
     return config
+
+
+def _pairs(text: str, where: str) -> dict[str, str]:
+    """``a=x,b=y`` → ``{"a": "x", "b": "y"}``."""
+    pairs: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or not name or not value:
+            raise ConfigError(f"{where}: expected name=value, got {entry!r}")
+        pairs[name] = value
+    return pairs
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:

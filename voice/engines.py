@@ -78,13 +78,23 @@ def load_engines(config: Config) -> LoadedEngines:
     llm = _load_llm(config)
 
     voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
+    more_voices = {
+        name: Path(path)
+        for name, path in config.tts.voice_paths().items()
+        if name != config.tts.voice_name
+    }
     tts_options = PiperOptions(
         model_path=voice_path,
+        name=config.tts.voice_name,
+        more_voices=more_voices,
         length_scale=config.tts.length_scale or None,
         threads=config.tts.threads,
     )
     tts = _timed(
-        f"TTS piper {config.tts.voice_name}", voice_path, "cpu", lambda: PiperTts(tts_options)
+        f"TTS piper {', '.join([config.tts.voice_name, *more_voices])}",
+        voice_path,
+        "cpu",
+        lambda: PiperTts(tts_options),
     )
     judge = llm if config.vad.eot_llm and isinstance(llm, LlamaLlm) else None
     return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts, judge=judge), device)

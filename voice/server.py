@@ -26,7 +26,7 @@ from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 from pipeline.turns import TurnSettings
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
-from transports.sdp import MAX_SDP_BYTES
+from transports.realtime_request import read_offer, wants_extensions
 from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
@@ -69,6 +69,8 @@ class VoiceServer:
         self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
         self.calls: dict[str, WebRtcCall] = {}
+        self.voices = config.tts.voice_table()
+        """The voice names a Realtime client may choose → the server voice of each."""
         self.app = web.Application()
         self.app.router.add_get("/v1/realtime", self._realtime)
         self.app.router.add_get("/v1/twilio/media-stream", self._twilio)
@@ -87,6 +89,7 @@ class VoiceServer:
         v, p, c = self.config.vad, self.config.pipeline, self.config.llm
         turns = TurnSettings(
             threshold=v.threshold,
+            hysteresis=v.hysteresis,
             min_speech_ms=v.min_speech_ms,
             prefix_padding_ms=v.prefix_padding_ms,
             silence_duration_ms=v.silence_duration_ms,
@@ -120,6 +123,7 @@ class VoiceServer:
                 max_input_buffer_s=lim.max_input_buffer_s,
                 max_conversation_bytes=lim.max_conversation_bytes,
                 asr_timeout=lim.asr_timeout,
+                judge_timeout=lim.judge_timeout,
             ),
             tuning=Tuning(
                 early_asr=p.early_asr,
@@ -137,12 +141,16 @@ class VoiceServer:
             ),
         )
 
-    def open_realtime(self, *, webrtc: bool = False) -> RealtimeConnection:
+    def open_realtime(
+        self, *, webrtc: bool = False, extensions: bool = False
+    ) -> RealtimeConnection:
+        """``extensions``: the client asked for the ``x.voice.*`` events (``x_voice_events=1``)."""
         # WebRTC has its own jitter buffer on the far side: the track's 20 ms pacing is the lead
         session = self.new_session(lead_ms=0 if webrtc else None)
         config = RealtimeConfig(
             model=self.config.server.model_name,
             settings=session.settings,
+            voices=dict(self.voices),
             transcription_model=f"whisper-{self.config.asr.model}",
             max_tokens_cap=max(self.config.llm.max_tokens, 1024),
             fixed_output_rate=48_000 if webrtc else None,
@@ -152,15 +160,19 @@ class VoiceServer:
         else:  # a WebRTC call's session counts once the call connects (_call_connected)
             self.sessions[session.id] = session
         return RealtimeConnection(
-            session, config, max_event_bytes=self.config.server.max_event_bytes
+            session,
+            config,
+            max_event_bytes=self.config.server.max_event_bytes,
+            extensions=extensions,
         )
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        extensions = wants_extensions(request)
         self._check_capacity()
         opened: list[Session] = []
 
         def open_connection() -> RealtimeConnection:
-            conn = self.open_realtime()
+            conn = self.open_realtime(extensions=extensions)
             opened.append(conn.session)
             return conn
 
@@ -238,26 +250,23 @@ class VoiceServer:
         )
 
     async def _call_create(self, request: web.Request) -> web.Response:
-        """``POST /v1/realtime/calls``: an SDP offer in, the SDP answer out (201)."""
-        if request.content_type != "application/sdp":
-            raise web.HTTPUnsupportedMediaType(
-                text=f"expected Content-Type application/sdp, got {request.content_type or 'none'}"
-            )
-        if (request.content_length or 0) > MAX_SDP_BYTES:
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=MAX_SDP_BYTES, actual_size=request.content_length or 0
-            )
-        try:
-            offer = await request.text()
-        except (UnicodeDecodeError, ValueError):
-            raise web.HTTPBadRequest(text="the SDP offer is not valid text") from None
+        """``POST /v1/realtime/calls``: an SDP offer (with, in the SDK's multipart form, the
+        session configuration) in, the SDP answer out (201)."""
+        extensions = wants_extensions(request)
+        offer = await read_offer(request, max_session_bytes=self.config.server.max_event_bytes)
         self._check_capacity()
         self._check_connecting()
-        conn = self.open_realtime(webrtc=True)
+        conn = self.open_realtime(webrtc=True, extensions=extensions)
+        if offer.session is not None:
+            try:
+                conn.apply_session(offer.session)
+            except ProtocolError as exc:
+                conn.session.close(f"bad session configuration: {exc}")
+                raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
         call = WebRtcCall(conn, self.webrtc_options(), self._call_ended, self._call_connected)
         self.calls[call.id] = call
         try:
-            answer = await call.answer(offer)
+            answer = await call.answer(offer.sdp)
         except ProtocolError as exc:
             await call.close(f"bad offer: {exc}")
             raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None

@@ -1,13 +1,14 @@
 // The WebRTC transport, the OpenAI-compatible flow: the mic track and a data channel
 // "oai-events" on a peer connection; the SDP offer is POSTed to /v1/realtime/calls (after ICE
 // gathering, so it carries our candidates) and the answer applied. The agent's voice comes
-// back as an Opus track.
+// back as an Opus track. x_voice_events=1 asks for the server's x.voice.* events (turn metrics,
+// interim transcripts) on the data channel.
 import { client } from "./client.js";
 import { setInfo } from "./status.js";
 
 const ICE_WAIT_MS = 3000; // longest wait for ICE gathering before the offer goes anyway
 const OPEN_WAIT_MS = 20000; // longest wait for the data channel to open
-const CALLS = "/v1/realtime/calls";
+const CALLS = "/v1/realtime/calls?x_voice_events=1";
 
 // A call not yet started: {pc, channel, location}. Hold it before startCall, so that closeCall
 // can end it whatever point the start reaches.

@@ -1,6 +1,8 @@
 // The WebSocket transport: JSON events both ways, the audio inside them as base64 PCM16.
+// x_voice_events=1 asks for the server's x.voice.* events (turn metrics, interim transcripts).
 
-export const socketUrl = () => `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime`;
+export const socketUrl = () =>
+  `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime?x_voice_events=1`;
 
 // Resolves with the open socket; `onClosed(closeEvent)` fires if it closes after that.
 export function openSocket(url, { onEvent, onClosed }) {

@@ -9,12 +9,13 @@ CPU-heavy inference runs in the engine's own thread pool, never on the event loo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 
 from ..context import ChatMessage
+from .tools import ToolSpec
 
 
 class VadStream(Protocol):
@@ -44,14 +45,55 @@ class SpeechRecognizer(Protocol):
 
 @dataclass(slots=True)
 class GenerationOptions:
-    max_tokens: int = 200
-    temperature: float = 0.7
+    max_tokens: int = 120
+    temperature: float = 0.6
+    tools: list[ToolSpec] = field(default_factory=list)
+    """Functions the reply may call (checked with :func:`tools.check_tools`)."""
+    tool_choice: str = "auto"
+    """``auto`` (the model decides), ``none`` (text only), ``required`` (a call to one of
+    ``tools``) or a tool's name (a call to that one)."""
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """The next piece of a function call's JSON ``arguments``. Every piece of one call carries
+    its ``index`` (0, 1, … in the reply), ``call_id`` and ``name``; joined in order, the pieces
+    of an index are the call's arguments, a JSON object matching the tool's schema."""
+
+    index: int
+    call_id: str
+    name: str
+    arguments: str
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """The last item of a reply: why it ended (``length``: ``max_tokens`` was reached, the
+    reply is incomplete, and so is a call in progress, which must not be run) and its usage
+    in the model's tokens (the prompt as sent, after fitting; the reply)."""
+
+    finish_reason: FinishReason
+    input_tokens: int
+    output_tokens: int
+
+
+LlmEvent = str | ToolCallDelta | StreamEnd
+"""What :meth:`LanguageModel.stream` yields: text deltas, call pieces, and one end."""
 
 
 class LanguageModel(Protocol):
-    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
-        """Text deltas of the assistant's reply. Closing or cancelling the iterator stops
-        generation at the next token; raises :class:`pipeline.errors.EngineError`."""
+    def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[LlmEvent]:
+        """The assistant's reply: ``str`` text deltas (spoken words, which may precede a
+        call), :class:`ToolCallDelta` pieces of function calls when ``options.tools`` allow,
+        and finally one :class:`StreamEnd`. ``messages`` may hold earlier calls (assistant
+        ``tool_calls``) and their outputs (``tool`` messages). Closing or cancelling the
+        iterator stops generation at the next token; raises
+        :class:`pipeline.errors.EngineError` (also for a tool the engine cannot use)."""
         ...
 
 
@@ -65,8 +107,12 @@ class TurnJudge(Protocol):
 class SpeechSynthesizer(Protocol):
     sample_rate: int
 
-    async def synthesize(self, text: str) -> np.ndarray:
-        """Speech for ``text`` (int16 mono at ``sample_rate``). Cancel-safe."""
+    async def synthesize(
+        self, text: str, *, speed: float = 1.0, voice: str | None = None
+    ) -> np.ndarray:
+        """Speech for ``text`` (int16 mono at ``sample_rate``). ``speed``: the speaking rate,
+        relative to the voice's own (1.5 is half as fast again, so about 1/1.5 as long).
+        ``voice``: one of the engine's voices by name; ``None``: its default. Cancel-safe."""
         ...
 
 

@@ -1,6 +1,6 @@
-"""Moving a blocking token generator onto the event loop, cancellably.
+"""Moving a blocking generator (of tokens, or of any items) onto the event loop, cancellably.
 
-The generator runs in the engine's thread; tokens cross to the loop through a queue. Closing or
+The generator runs in the engine's thread; its items cross to the loop through a queue. Closing or
 cancelling the async iterator sets a flag the thread checks before each token, so generation
 stops within one token. Waiting for the first token and for each next one is bounded by
 timeouts; the queue holds at most ``max_tokens`` entries because that is all the generator makes.
@@ -11,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar, cast
 
 from ..errors import EngineError, EngineTimeout
 from ._threads import EngineThreads
 
 _END = object()
+T = TypeVar("T")
 
 
 async def stream_from_thread(
     threads: EngineThreads,
-    make: Callable[[], Iterator[str]],
+    make: Callable[[], Iterator[T]],
     *,
     engine: str,
     first_timeout: float,
     next_timeout: float,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[T]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[object] = asyncio.Queue()
     stop = threading.Event()
@@ -59,7 +61,7 @@ async def stream_from_thread(
             if isinstance(item, BaseException):
                 raise EngineError(f"{engine} failed: {item}", engine=engine) from item
             timeout = next_timeout
-            yield str(item)
+            yield cast(T, item)
     finally:
         stop.set()
         future.add_done_callback(_consume_exception)

@@ -18,6 +18,17 @@ counted with the model's tokenizer on the rendered chat template: the system pro
 newest turns are kept, older turns dropped, a turn too long even alone is cut. The judge fits
 for ``reply_tokens`` and shares the engine's memory of where history was cut, so it evaluates
 the prompt the reply will start with.
+
+Function calls (``_llama_tools.py``): the chat template has no tools, so they are described in
+a system message placed *after* the history, just before the reply, and a call is the marker
+``<tool_call>`` and then JSON generated under a grammar made from the tools' schemas. Placing
+the description last keeps the prompt's prefix what the end-of-turn judge evaluated (the
+system prompt and history): a reply with tools evaluates only the description (about 20 + 15
+tokens a tool) on top, instead of the whole history again. tool_choice ``required`` or a
+name: the reply is a call from its first token. ``auto``: the reply is generated freely; if
+it writes the marker (after words, which are streamed), generation goes on under the grammar
+from there, re-using the evaluated prefix. ``none``: no tools in the prompt. One call per
+reply. The first use of a tool set converts its schemas (a few ms, then cached).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +44,20 @@ from typing import Any
 import numpy as np
 
 from ..context import ChatMessage
-from ..context_fit import HeadMemory, Overhead, fit_messages
+from ..context_fit import HeadMemory, Overhead, fit_messages, message_text
 from ..errors import ConfigError, EngineError
-from . import GenerationOptions
+from . import FinishReason, GenerationOptions, LlmEvent, StreamEnd, ToolCallDelta
 from ._bridge import stream_from_thread
+from ._llama_tools import (
+    MARKER,
+    CallParser,
+    GrammarCache,
+    MarkerScanner,
+    template_message,
+    tools_message,
+)
 from ._threads import EngineThreads
+from .tools import TOOL_CHOICES, ToolSpec, chosen
 
 log = logging.getLogger("voice.llm")
 _FINAL_PUNCTUATION = re.compile(r"[\s.?!…]+$")
@@ -85,9 +105,10 @@ class LlamaLlm:
         self._memory = HeadMemory()
         self._count = functools.lru_cache(maxsize=options.count_cache)(self._count_text)
         self._overhead = self._measure_overhead()
+        self._grammars = GrammarCache(self._grammar_parses)
 
-    def _prompt(self, messages: list[ChatMessage]) -> str:
-        rendered = self._format(messages=[{"role": m.role, "content": m.content} for m in messages])
+    def _prompt(self, messages: Sequence[ChatMessage]) -> str:
+        rendered = self._format(messages=[template_message(m) for m in messages])
         return str(rendered.prompt)
 
     def _tokens(self, prompt: str) -> list[int]:
@@ -114,18 +135,19 @@ class LlamaLlm:
         return Overhead(per_message + 1, max(0, one - 2 * x - 2 * per_message))
 
     def _fit(
-        self, messages: list[ChatMessage], max_tokens: int
+        self, messages: list[ChatMessage], max_tokens: int, tail: Sequence[ChatMessage] = ()
     ) -> tuple[list[ChatMessage], list[int]]:
         """The messages that fit the context with ``max_tokens`` (at most half of it) left for
-        the reply, and their rendered prompt's tokens."""
+        the reply, and the tokens of their rendered prompt followed by ``tail`` (kept whole)."""
         n_ctx = self.options.n_ctx
         budget = n_ctx - min(max_tokens, n_ctx // 2) - _MARGIN
-        target = budget
+        per_message = self._overhead.per_message
+        target = budget - sum(self._count(message_text(m)) + per_message for m in tail)
         for _ in range(_FIT_TRIES):  # the estimate is checked on the rendered prompt
             fitted = fit_messages(
                 messages, target, self._count, overhead=self._overhead, memory=self._memory
             )
-            tokens = self._tokens(self._prompt(fitted))
+            tokens = self._tokens(self._prompt([*fitted, *tail]))
             if len(tokens) <= budget:
                 if len(fitted) < len(messages):
                     log.debug("prompt fitted: %s of %s messages", len(fitted), len(messages))
@@ -133,27 +155,90 @@ class LlamaLlm:
             target -= len(tokens) - budget
         raise EngineError(f"cannot fit the prompt into {n_ctx} tokens", engine="llm")
 
-    def _generate(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
+    def _generate(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> Iterator[LlmEvent]:
         self._generating += 1  # (only the engine's one thread changes it)
         try:
-            yield from self._completion(messages, options)
+            yield from self._reply(messages, options)
         finally:
             self._generating -= 1
 
-    def _completion(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[str]:
+    def _reply(self, messages: list[ChatMessage], options: GenerationOptions) -> Iterator[LlmEvent]:
         # The prompt is rendered here (not by create_chat_completion) so that end_of_turn
         # evaluates exactly the tokens a reply starts with, and the reply re-uses them.
-        _, tokens = self._fit(messages, options.max_tokens)
-        chunks: Any = self._llama.create_completion(
-            tokens,
-            stream=True,
-            max_tokens=min(options.max_tokens, self.options.n_ctx - len(tokens)),
-            temperature=options.temperature,
-        )
-        for chunk in chunks:
-            delta = chunk["choices"][0].get("text")
-            if delta:
+        specs = self._callable(options)
+        forced = bool(specs) and options.tool_choice != "auto"
+        tail = [tools_message(specs, forced)] if specs else []
+        _, prompt = self._fit(messages, options.max_tokens, tail)
+        budget = min(options.max_tokens, self.options.n_ctx - len(prompt))
+        if forced:
+            prompt = prompt + self._tokens(MARKER)
+            call = yield from self._call(prompt, specs, budget, options.temperature)
+            yield StreamEnd(call.finish, len(prompt), call.count)
+            return
+        text = _Pieces(self._llama, prompt, budget, options.temperature)
+        scanner = MarkerScanner()
+        for delta in text:
+            if not specs:
                 yield delta
+                continue
+            if said := scanner.feed(delta):
+                yield said
+            if scanner.found:
+                text.close()
+                break
+        if said := scanner.flush():
+            yield said
+        if not scanner.found or text.count >= budget:
+            yield StreamEnd(text.finish, len(prompt), text.count)
+            return
+        prompt = prompt + self._tokens(scanner.text + MARKER)
+        call = yield from self._call(prompt, specs, budget - text.count, options.temperature)
+        yield StreamEnd(call.finish, len(prompt), text.count + call.count)
+
+    def _callable(self, options: GenerationOptions) -> list[ToolSpec]:
+        """The tools the reply may call; ``EngineError`` for a tool_choice naming none."""
+        specs = chosen(options.tools, options.tool_choice)
+        if not specs and options.tool_choice not in ("auto", "none"):
+            which = "tools" if options.tool_choice in TOOL_CHOICES else "such tool"
+            raise EngineError(
+                f"tool_choice {options.tool_choice!r}, but there are no {which}", engine="llm"
+            )
+        return specs
+
+    def _call(
+        self, prompt: list[int], specs: list[ToolSpec], budget: int, temperature: float
+    ) -> Generator[ToolCallDelta, None, _Pieces]:
+        """Generate one call under the tools' grammar, streaming its arguments; returns the
+        completion (its ``finish`` is ``tool_calls`` when the call is complete and valid)."""
+        try:
+            grammar = self._grammars.get(specs)
+        except ValueError as exc:
+            raise EngineError(f"unusable tool: {exc}", engine="llm") from None
+        call = _Pieces(self._llama, prompt, budget, temperature, grammar)
+        parser = CallParser(specs)
+        for delta in call:
+            if piece := parser.feed(delta):
+                yield ToolCallDelta(0, parser.call_id, parser.name or "", piece)
+        if call.finish == "length":
+            return call  # cut at max_tokens: incomplete, not checked
+        try:
+            parser.finish()
+        except ValueError as exc:
+            raise EngineError(f"invalid tool call: {exc}", engine="llm") from None
+        call.finish = "tool_calls"
+        return call
+
+    def _grammar_parses(self, gbnf: str) -> bool:
+        import llama_cpp
+
+        vocab = self._llama._model.vocab
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
 
     def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         if not messages or messages[-1].role != "user" or not messages[-1].content.strip():
@@ -211,7 +296,10 @@ class LlamaLlm:
         except Exception as exc:  # llama.cpp errors are RuntimeError/ValueError
             raise EngineError(f"end-of-turn scoring failed: {exc}", engine="llm") from exc
 
-    def stream(self, messages: list[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+    def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[LlmEvent]:
+        """See :class:`pipeline.engines.LanguageModel`; call ids are ``call_<hex>``."""
         return stream_from_thread(
             self._threads,
             lambda: self._generate(messages, options),
@@ -223,6 +311,38 @@ class LlamaLlm:
     def warm_up(self) -> None:
         for _ in self._generate([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
             pass
+
+
+class _Pieces:
+    """The text pieces of one llama.cpp completion, streamed; when exhausted, ``finish``
+    (``stop`` or ``length``) and ``count``, the pieces (about one a token)."""
+
+    def __init__(
+        self,
+        llama: Any,
+        prompt: list[int],
+        max_tokens: int,
+        temperature: float,
+        grammar: Any = None,
+    ) -> None:
+        self.finish: FinishReason = "stop"
+        self.count = 0
+        self._chunks: Any = llama.create_completion(
+            prompt, stream=True, max_tokens=max_tokens, temperature=temperature, grammar=grammar
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._chunks:
+            choice = chunk["choices"][0]
+            if choice.get("finish_reason") == "length":
+                self.finish = "length"
+            if choice.get("text"):
+                self.count += 1
+                yield choice["text"]
+
+    def close(self) -> None:
+        """Stop generating (llama.cpp keeps what it evaluated, for the next prompt's prefix)."""
+        self._chunks.close()
 
 
 def _last_logits(ctx: Any) -> Any:

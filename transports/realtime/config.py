@@ -14,12 +14,18 @@ from pipeline.turns import TurnSettings
 
 from .formats import PCM, AudioFormat, parse_format
 from .validate import field as get
-from .validate import number
+from .validate import number, short_repr
 
 TEMPERATURE = (0.6, 1.2)
 """OpenAI's documented range for ``temperature``."""
 PREFIX_PADDING_MS = (0, 2000)
 SILENCE_DURATION_MS = (0, 10_000)
+
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+)  # fmt: skip
+"""OpenAI's voice names: a client may choose any of them, mapped to one of the server's voices
+(``RealtimeConfig.voices``, from ``tts.voice_map``)."""
 
 _SESSION_KEYS = {
     "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
@@ -44,11 +50,25 @@ class RealtimeConfig:
     input_format: AudioFormat = PCM
     output_format: AudioFormat = PCM
     speed: float = 1.0
+    """Speaking rate the client asked for (0.25-1.5; 1.0 is the voice's own): each synthesis of
+    the session's replies is to run at it (``SpeechSynthesizer.synthesize(text, speed=...)``)."""
+    voices: dict[str, str] = field(default_factory=dict)
+    """The voice names a client may choose → the server voice each one speaks with
+    (``settings.voice``). Empty: every OpenAI name and the server's own voice map to
+    ``settings.voice``."""
+    voice: str = ""
+    """The voice name the client chose, as reported; empty: the server's voice."""
     transcription_model: str = "whisper"
     max_tokens_cap: int = 1024
     fixed_output_rate: int | None = None
     """Set by transports with their own codec (WebRTC: Opus at 48 kHz)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        own = self.settings.voice
+        if not self.voices:
+            self.voices = {own: own, **dict.fromkeys(OPENAI_VOICES, own)}
+        self.voice = self.voice or own
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -69,7 +89,7 @@ class RealtimeConfig:
                 },
                 "output": {
                     "format": self.output_format.describe(),
-                    "voice": s.voice,
+                    "voice": self.voice,
                     "speed": self.speed,
                 },
             },
@@ -135,9 +155,11 @@ class RealtimeConfig:
         for container, param in ((audio_out, "session.audio.output"), (session, "session")):
             voice = container.get("voice")
             if voice is not None:
-                s.voice = _voice(voice, f"{param}.voice")
+                self.voice = _voice(voice, f"{param}.voice", self.voices)
+                s.voice = self.voices[self.voice]
         for container, path in ((audio_out, "session.audio.output"), (session, "session")):
             self.speed = number(container, "speed", float, 0.25, 1.5, path=path, default=self.speed)
+        s.speed = self.speed
         temperature = number(
             session, "temperature", float, *TEMPERATURE, path="session", default=None
         )
@@ -222,12 +244,16 @@ def _describe_vad(s: SessionSettings) -> dict[str, Any] | None:
     }
 
 
-def _voice(value: Any, param: str) -> str:
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    if isinstance(value, str) and value:
-        return value
-    raise ProtocolError(f"{param} must be a voice name", code="invalid_value", param=param)
+def _voice(value: Any, param: str, voices: dict[str, str]) -> str:
+    """A voice name (or ``{"id": name}``) that ``voices`` knows."""
+    name = value.get("id") if isinstance(value, dict) else value
+    if isinstance(name, str) and name in voices:
+        return name
+    raise ProtocolError(
+        f"{param}: unknown voice {short_repr(name)}; the voices are {', '.join(sorted(voices))}",
+        code="invalid_value",
+        param=param,
+    )
 
 
 def _max_tokens(value: Any, current: GenerationOptions, cap: int, key: str) -> GenerationOptions:

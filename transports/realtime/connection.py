@@ -28,10 +28,15 @@ log = logging.getLogger("voice.realtime")
 MAX_AUDIO_END_MS = 24 * 3600 * 1000
 
 METRICS_EVENT = "x.voice.turn.metrics"
+"""Extension event: the stage timings of one response, after its ``response.done``."""
 INTERIM_EVENT = "x.voice.input_audio_transcription.interim"
-"""The caller's words so far, while they speak (``pipeline.interim_asr_ms``); the item it names
-is announced (``conversation.item.added``) only when the turn is committed."""
-"""Extension event (namespaced so other clients ignore it): one per response."""
+"""Extension event: the caller's words so far, while they speak (``pipeline.interim_asr_ms``);
+the item it names is announced (``conversation.item.added``) only when the turn is committed.
+
+Extension events go only to clients that ask for them (``x_voice_events=1`` on the URL): the
+openai SDK validates every server event and logs an error for each one it does not know."""
+ROOT = "root"
+"""``previous_item_id`` that inserts an item at the start of the conversation."""
 
 Event = dict[str, Any]
 
@@ -41,11 +46,27 @@ def event_id() -> str:
 
 
 class RealtimeConnection:
-    def __init__(self, session: Session, config: RealtimeConfig, *, max_event_bytes: int) -> None:
+    """``extensions``: send the ``x.voice.*`` events (``METRICS_EVENT``, ``INTERIM_EVENT``).
+    ``clear_output``: set by a transport that plays the audio itself (WebRTC): it empties that
+    output for ``output_audio_buffer.clear`` and returns the events to send; without it the event
+    is refused (the client holds the audio, as on a WebSocket)."""
+
+    def __init__(
+        self,
+        session: Session,
+        config: RealtimeConfig,
+        *,
+        max_event_bytes: int,
+        extensions: bool = False,
+    ) -> None:
         self.session = session
         self.config = config
         self.max_event_bytes = max_event_bytes
+        self.extensions = extensions
+        self.clear_output: Callable[[], list[Event]] | None = None
         self.closed = False
+        self._rooted: set[str] = set()
+        """Items inserted at the start (``previous_item_id`` ``root``), not yet announced."""
         self._formats: dict[str, AudioFormat] = {}
         """Each response's output format, fixed when it starts: a ``session.update`` that
         changes the format applies from the next response."""
@@ -59,6 +80,8 @@ class RealtimeConnection:
             "conversation.item.create": self._item_create,
             "conversation.item.delete": self._item_delete,
             "conversation.item.truncate": self._item_truncate,
+            "conversation.item.retrieve": self._item_retrieve,
+            "output_audio_buffer.clear": self._output_clear,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
         }
@@ -98,9 +121,14 @@ class RealtimeConnection:
                 )
             ]
 
-    def _session_update(self, event: Event) -> list[Event]:
-        self.config.apply_update(field(event, "session", dict))
+    def apply_session(self, session: Any) -> None:
+        """Apply a session object as ``session.update`` does (all or nothing); raises
+        :class:`ProtocolError`. Also serves the ``session`` part of ``POST /v1/realtime/calls``."""
+        self.config.apply_update(session)
         self.session.update(self.config.settings)
+
+    def _session_update(self, event: Event) -> list[Event]:
+        self.apply_session(field(event, "session", dict))
         return [
             {"type": "session.updated", "event_id": event_id(), "session": self.config.describe()}
         ]
@@ -152,11 +180,41 @@ class RealtimeConnection:
                     param=f"{path}.type",
                 )
         item = Item(item_id, role, text=" ".join(texts))
+        after = None if previous == ROOT else previous
         if audio is not None:
-            self.session.add_audio_item(item, audio, self.config.input_format.rate, previous)
+            self.session.add_audio_item(item, audio, self.config.input_format.rate, after)
         else:
-            self.session.add_item(item, previous)
+            self.session.add_item(item, after)
+        if previous == ROOT:
+            self._move_to_start(item)
         return []
+
+    def _move_to_start(self, item: Item) -> None:
+        """The session appends; an item created after ``root`` then moves to the front (its
+        ``conversation.item.added``, queued meanwhile, is rendered with no previous item)."""
+        items = self.session.conversation.items
+        if len(items) > 1 and items[-1] is item:
+            items.insert(0, items.pop())
+            self._rooted.add(item.id)
+
+    def _item_retrieve(self, event: Event) -> list[Event]:
+        item_id = field(event, "item_id", str)
+        item = self.session.conversation.get(item_id)
+        if item is None:
+            raise ProtocolError(
+                f"item {item_id!r} does not exist", code="item_not_found", param="item_id"
+            )
+        return [_e("conversation.item.retrieved", item=render_item(item))]
+
+    def _output_clear(self, event: Event) -> list[Event]:
+        if self.clear_output is None:
+            raise ProtocolError(
+                "output_audio_buffer.clear is for WebRTC connections, where the server plays the"
+                " audio; on a WebSocket use response.cancel and conversation.item.truncate",
+                code="unsupported_event",
+                param="type",
+            )
+        return self.clear_output()
 
     def _item_delete(self, event: Event) -> list[Event]:
         self.session.delete_item(field(event, "item_id", str))
@@ -235,11 +293,13 @@ class RealtimeConnection:
 
     def _r_item_added(self, ev: m.ItemAdded) -> list[Event]:
         item = render_item(ev.item)
-        out = [_e("conversation.item.added", previous_item_id=ev.previous_item_id, item=item)]
+        previous = ev.previous_item_id
+        if ev.item.id in self._rooted:
+            self._rooted.discard(ev.item.id)
+            previous = None
+        out = [_e("conversation.item.added", previous_item_id=previous, item=item)]
         if ev.done:
-            out.append(
-                _e("conversation.item.done", previous_item_id=ev.previous_item_id, item=item)
-            )
+            out.append(_e("conversation.item.done", previous_item_id=previous, item=item))
         return out
 
     def _r_transcript(self, ev: m.UserTranscript) -> list[Event]:
@@ -256,6 +316,8 @@ class RealtimeConnection:
         ]
 
     def _r_interim(self, ev: m.InterimTranscript) -> list[Event]:
+        if not self.extensions:
+            return []
         return [_e(INTERIM_EVENT, item_id=ev.item_id, transcript=ev.transcript)]
 
     def _r_reply_started(self, ev: m.ReplyStarted) -> list[Event]:
@@ -370,6 +432,8 @@ class RealtimeConnection:
         return [_e("conversation.item.deleted", item_id=ev.item_id)]
 
     def _r_metrics(self, ev: m.TurnMetrics) -> list[Event]:
+        if not self.extensions:
+            return []
         return [
             _e(METRICS_EVENT, response_id=ev.response_id, item_id=ev.item_id, metrics_ms=ev.marks)
         ]
@@ -393,7 +457,7 @@ class RealtimeConnection:
             "audio": {
                 "output": {
                     "format": self._formats.get(response_id, self.config.output_format).describe(),
-                    "voice": self.config.settings.voice,
+                    "voice": self.config.voice,
                 }
             },
         }

@@ -1,0 +1,418 @@
+"""Listening: the caller's audio, from the transport to "the turn is over, these are the words".
+
+One :class:`Listener` per session. :meth:`Listener.append` takes caller audio (resampled to 16 kHz,
+rate-limited, buffered); :meth:`Listener.run` scores it with the VAD and feeds the turn detector
+(``turns.py``); at a pause it transcribes early, asks the end-of-turn judge and lets the words set
+the silence that ends the turn (``endpointing.py``); when the turn ends it hands the owner an
+:class:`EndedTurn`. It never touches a reply itself: it tells its owner (the session) through the
+:class:`ListenerOwner` hooks — hold the agent's voice, the caller cut in, prepare a reply on
+these words — and the owner decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .audio import PIPELINE_RATE, Resampler
+from .clock import Clock, timeout
+from .context import ChatMessage, new_id
+from .endpointing import silence_needed
+from .engines import Engines
+from .errors import EngineError, EngineTimeout, LimitExceeded, ProtocolError
+from .input_buffer import InputBuffer
+from .messages import (
+    InterimTranscript,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
+from .metrics import Marks
+from .replying import ReplyHandle
+from .settings import ASR_TIMEOUT_SPAN_S, SessionLimits, SessionSettings, Tuning
+from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
+
+MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
+
+
+class ListenerOwner(Protocol):
+    """What a listener asks of its session."""
+
+    def hold_reply(self) -> None:
+        """The caller may be cutting in: hold the agent's voice (it may go on)."""
+
+    def resume_reply(self) -> None:
+        """It was not speech, or the caller paused: a held reply goes on."""
+
+    def caller_started(self) -> None:
+        """The caller speaks: a reply not yet heard is stale."""
+
+    def barge_in(self) -> None:
+        """The caller has spoken long enough to interrupt the agent."""
+
+    def may_answer(self, text: str) -> bool:
+        """Whether these words would get a reply now."""
+
+    def prepare_reply(self, text: str, marks: Marks) -> ReplyHandle:
+        """Start a silent, speculative reply to ``text`` (the turn is not confirmed yet)."""
+
+    def prompt_with(self, text: str) -> list[ChatMessage]:
+        """The messages a reply to ``text`` would start with (for the end-of-turn judge)."""
+
+    def turn_ended(self, turn: EndedTurn) -> None:
+        """The caller's turn is over: it becomes an item, is transcribed, maybe answered."""
+
+
+@dataclass(slots=True)
+class EndedTurn:
+    item_id: str
+    audio: np.ndarray
+    early: asyncio.Task[str] | None
+    """A transcription started at the pause, covering all of ``audio`` (None: transcribe)."""
+    marks: Marks
+    speculation: ReplyHandle | None
+    respond: bool
+
+
+@dataclass(slots=True)
+class _Turn:
+    item_id: str
+    start: int  # absolute sample index, prefix padding included
+    early: asyncio.Task[str] | None = None
+    early_end: int = 0
+    interim: asyncio.Task[None] | None = None
+    interim_end: int = 0
+    marks: Marks | None = None
+    speculation: ReplyHandle | None = None
+
+
+class Listener:
+    def __init__(
+        self,
+        owner: ListenerOwner,
+        engines: Engines,
+        settings: SessionSettings,
+        *,
+        limits: SessionLimits,
+        tuning: Tuning,
+        clock: Clock,
+        log: logging.LoggerAdapter[logging.Logger],
+        owner_id: str,
+        emit: Callable[[SessionEvent], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
+        self.owner = owner
+        self.engines = engines
+        self.settings = settings
+        self.limits = limits
+        self.tuning = tuning
+        self.clock = clock
+        self.log = log
+        self._owner_id = owner_id
+        self._emit = emit
+        self._spawn = spawn
+        self.closed = False
+        self._vad = engines.vad.stream()
+        self._detector = self._new_detector()
+        self._buffer = InputBuffer()
+        self._resampler: Resampler | None = None
+        self._pending: list[np.ndarray] = []
+        self._pending_samples = 0
+        self._lead_s = 0.0  # caller audio received ahead of the clock (drains in real time)
+        self._lead_at: float | None = None
+        self._scored = 0  # absolute index up to which the VAD has scored audio
+        self._wake = asyncio.Event()
+        self._turn: _Turn | None = None
+        self._handlers: dict[TurnEventKind, Callable[[TurnEvent, TurnSettings], None]] = {
+            TurnEventKind.ONSET: self._on_onset,
+            TurnEventKind.SPEECH_STARTED: self._on_speech_started,
+            TurnEventKind.INTERRUPT: self._on_interrupt,
+            TurnEventKind.PAUSED: self._on_paused,
+            TurnEventKind.RESUMED: self._on_resumed,
+            TurnEventKind.TURN_ENDED: self._on_turn_ended,
+        }
+
+    @property
+    def in_turn(self) -> bool:
+        """The caller is in the middle of a turn."""
+        return self._turn is not None
+
+    # ---------------------------------------------------------------- commands
+
+    async def run(self) -> None:
+        """Score caller audio until :meth:`close`. Cancel-safe."""
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._score_pending()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    def update(self, settings: SessionSettings) -> None:
+        old, self.settings = self.settings, settings
+        if settings.turn_detection != old.turn_detection:
+            self._detector = self._new_detector()
+            self.discard_turn()
+
+    def append(self, samples: np.ndarray, rate: int) -> None:
+        """Caller audio (int16 mono at ``rate``). Raises :class:`LimitExceeded` when it arrives
+        faster than the VAD can follow or overflows the turn buffer (the audio is dropped)."""
+        if self._resampler is None or self._resampler.rate_in != rate:
+            self._resampler = Resampler(rate, PIPELINE_RATE)
+        pcm = self._resampler.process(samples)
+        if self.settings.turn_detection is None:
+            if self._buffer.duration() + len(pcm) / PIPELINE_RATE > self.limits.max_input_buffer_s:
+                raise LimitExceeded(
+                    f"input audio buffer is full ({self.limits.max_input_buffer_s:g} s);"
+                    " commit or clear it",
+                    code="input_audio_buffer_full",
+                )
+            self._buffer.append(pcm, self.clock.now())
+            self._scored = self._buffer.end
+            return
+        self._check_rate(len(pcm))
+        self._buffer.append(pcm, self.clock.now())
+        self._pending.append(pcm)
+        self._pending_samples += len(pcm)
+        self._wake.set()
+
+    def _check_rate(self, samples: int) -> None:
+        limit_ms = self.limits.max_pending_input_ms
+        now = self.clock.now()
+        lead = max(0.0, self._lead_s - (now - self._lead_at if self._lead_at is not None else 0.0))
+        lead += samples / PIPELINE_RATE
+        # two ways to be too fast: ahead of real time (a burst; whatever the VAD's speed), or
+        # ahead of the VAD (a VAD slower than real time)
+        behind_vad = self._pending_samples + samples > limit_ms * PIPELINE_RATE // 1000
+        if lead * 1000 > limit_ms or behind_vad:
+            raise LimitExceeded(
+                f"audio is arriving faster than real time: more than {limit_ms} ms is waiting;"
+                f" {samples * 1000 // PIPELINE_RATE} ms dropped",
+                code="input_audio_rate_exceeded",
+            )
+        self._lead_s, self._lead_at = lead, now
+
+    def commit(self) -> None:
+        """Make the buffered audio a user item (manual turns, or forcing a turn end)."""
+        start = self._turn.start if self._turn else self._buffer.start
+        if self._buffer.end - start < MIN_COMMIT_SAMPLES:
+            raise ProtocolError(
+                "buffer too small: expected at least 100 ms of audio",
+                code="input_audio_buffer_commit_empty",
+            )
+        turn = self._turn or _Turn(new_id("item"), start)
+        self._turn = None
+        self._detector.reset()
+        self._hand_over(turn, self._buffer.end, Marks({"turn_end": self.clock.now()}), False)
+
+    def clear(self) -> None:
+        self.discard_turn()
+        self._buffer.clear()
+        self._detector.reset()
+
+    def discard_turn(self) -> None:
+        if self._turn is not None:
+            self._drop_early(self._turn)
+            if self._turn.interim is not None:
+                self._turn.interim.cancel()
+        self._turn = None
+
+    async def transcribe(self, audio: np.ndarray) -> str:
+        """The text of ``audio``; raises :class:`EngineError` (:class:`EngineTimeout` past the
+        limit, ``limits.asr_timeout`` per 30 s of audio). Cancel-safe."""
+        spans = max(1, math.ceil(len(audio) / (ASR_TIMEOUT_SPAN_S * PIPELINE_RATE)))
+        seconds = self.limits.asr_timeout * spans
+        try:
+            async with timeout(self.clock, seconds):
+                return await self.engines.asr.transcribe(audio, owner=self._owner_id)
+        except TimeoutError:
+            raise EngineTimeout(
+                f"transcription timed out after {seconds:g} s", engine="asr"
+            ) from None
+
+    # ---------------------------------------------------------------- the VAD and turns
+
+    async def _score_pending(self) -> None:
+        window = self._vad.window
+        while self._pending and not self.closed:
+            data = np.concatenate(self._pending)
+            usable = len(data) - len(data) % window
+            if usable == 0:
+                return
+            self._pending = [data[usable:]] if usable < len(data) else []
+            self._pending_samples = len(data) - usable
+            windows = data[:usable].reshape(-1, window)
+            probabilities = await self._vad.probabilities(windows)
+            for probability in probabilities:
+                self._scored += window
+                self._on_window(probability, self._scored)
+
+    def _on_window(self, probability: float, end: int) -> None:
+        td = self.settings.turn_detection
+        if td is None:
+            return
+        for event in self._detector.feed(probability, end / PIPELINE_RATE, 512 / PIPELINE_RATE):
+            self._on_turn_event(event, td)
+        if self._turn is not None and self.tuning.interim_asr_ms > 0:
+            self._maybe_interim(self._turn, end)
+        if self._turn is None:
+            keep = (td.prefix_padding_ms + td.min_speech_ms) * PIPELINE_RATE // 1000 + 1024
+            self._buffer.trim_before(end - keep)
+        elif self._buffer.end - self._turn.start > self.limits.max_input_buffer_s * PIPELINE_RATE:
+            self.log.info("turn longer than %ss: ending it", self.limits.max_input_buffer_s)
+            self._detector.reset()
+            self._end_turn(end)
+
+    def _on_turn_event(self, event: TurnEvent, td: TurnSettings) -> None:
+        if event.kind in (TurnEventKind.NOISE, TurnEventKind.PAUSED, TurnEventKind.TURN_ENDED):
+            self.owner.resume_reply()  # not a real interruption: a held agent goes on
+        handler = self._handlers.get(event.kind)
+        if handler is not None:
+            handler(event, td)
+
+    def _on_onset(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self.settings.interrupt_response and self.tuning.pause_on_onset:
+            self.owner.hold_reply()  # hold the agent's voice at the first speech window
+
+    def _on_speech_started(self, event: TurnEvent, td: TurnSettings) -> None:
+        start = max(0, int((event.at * 1000 - td.prefix_padding_ms) * PIPELINE_RATE / 1000))
+        self._turn = _Turn(new_id("item"), max(start, self._buffer.start))
+        self._emit(SpeechStarted(self._turn.item_id, self._turn.start * 1000 // PIPELINE_RATE))
+        self.owner.caller_started()
+
+    def _on_interrupt(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self.settings.interrupt_response:
+            self.owner.barge_in()
+
+    def _on_paused(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None and self.tuning.early_asr:
+            self._start_early(self._turn, int(event.at * PIPELINE_RATE))
+
+    def _on_resumed(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None:
+            self._drop_early(self._turn)
+
+    def _on_turn_ended(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None:
+            self._end_turn(int(event.at * PIPELINE_RATE))
+
+    # ---------------------------------------------------------------- words before the end
+
+    def _maybe_interim(self, turn: _Turn, end: int) -> None:
+        """Transcribe the words so far if enough new speech came in and nothing is running."""
+        if turn.early is not None or (turn.interim is not None and not turn.interim.done()):
+            return  # paused (the early transcription covers it), or one is still running
+        step = self.tuning.interim_asr_ms * PIPELINE_RATE // 1000
+        if end - max(turn.start, turn.interim_end) < step:
+            return
+        turn.interim_end = end
+        turn.interim = self._spawn(self._interim(turn, self._buffer.slice(turn.start, end)))
+
+    async def _interim(self, turn: _Turn, audio: np.ndarray) -> None:
+        try:
+            text = await self.transcribe(audio)
+        except (EngineError, TimeoutError) as exc:  # the turn's own transcription reports it
+            self.log.debug("interim transcription failed: %s", exc)
+            return
+        if self._turn is not turn or not text.strip() or self.closed:
+            return
+        self._emit(InterimTranscript(turn.item_id, text))
+        if turn.early is None and self.tuning.eot_adaptive:
+            await self._judge(text, Marks())  # evaluates the words' prompt ahead of the reply
+
+    def _start_early(self, turn: _Turn, speech_end: int) -> None:
+        """The caller paused: transcribe now, and maybe start the reply, while the silence is
+        still being judged."""
+        end = speech_end + PIPELINE_RATE // 10
+        if self.tuning.eot_adaptive:  # hold the turn open until the words say how long to wait
+            self._detector.set_silence_target(self.tuning.endpoint.incomplete_ms)  # (not yet due)
+        turn.marks = Marks({"speech_end": self._buffer.arrival_of(speech_end - 1)})
+        turn.marks.set_once("paused", self.clock.now())
+        turn.early = self._spawn(self._early(turn, self._buffer.slice(turn.start, end)))
+        turn.early_end = end
+
+    async def _early(self, turn: _Turn, audio: np.ndarray) -> str:
+        marks = turn.marks or Marks()
+        marks.set_once("asr_start", self.clock.now())
+        try:
+            text = await self.transcribe(audio)
+        except (EngineError, TimeoutError) as exc:
+            self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
+            return ""
+        marks.set_once("asr_done", self.clock.now())
+        completion = None
+        if self.tuning.eot_adaptive and self._turn is turn:
+            completion = await self._judge(text, marks)
+        if self._turn is turn and not self.closed:
+            if self.tuning.speculative_reply and self.owner.may_answer(text):
+                turn.speculation = self.owner.prepare_reply(text, marks)
+            td = self.settings.turn_detection
+            if self.tuning.eot_adaptive and td is not None:
+                target = silence_needed(text, self.tuning.endpoint, completion)
+                for event in self._detector.set_silence_target(target):
+                    self._on_turn_event(event, td)
+        return text
+
+    async def _judge(self, text: str, marks: Marks) -> float | None:
+        """The LLM's probability that ``text`` is a finished turn (``None``: unknown). The
+        prompt is the one a reply would get, so the reply re-uses its evaluation."""
+        judge = self.engines.judge
+        if judge is None or not text.strip():
+            return None
+        messages = self.owner.prompt_with(text)
+        marks.set_once("judge_start", self.clock.now())
+        try:
+            async with timeout(self.clock, self.limits.judge_timeout):
+                completion = await judge.end_of_turn(messages)
+        except (EngineError, TimeoutError) as exc:
+            self.log.warning("end-of-turn judge failed (%r): the words alone decide", exc)
+            return None
+        marks.set_once("judge_done", self.clock.now())
+        self.log.debug("end of turn: p=%s for %r", completion, text)
+        return completion
+
+    def _drop_early(self, turn: _Turn) -> None:
+        """Speech resumed: the early transcript and any speculative reply are stale."""
+        if turn.early is not None:
+            turn.early.cancel()
+        if turn.speculation is not None:
+            turn.speculation.cancel("turn_detected")
+        turn.early, turn.speculation, turn.marks = None, None, None
+
+    # ---------------------------------------------------------------- the end of a turn
+
+    def _end_turn(self, speech_end: int) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return
+        if turn.interim is not None:
+            turn.interim.cancel()
+        self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
+        end = min(speech_end + PIPELINE_RATE // 10, self._buffer.end)
+        if turn.marks is None or turn.early_end < end:
+            self._drop_early(turn)
+            turn.marks = Marks({"speech_end": self._buffer.arrival_of(speech_end - 1)})
+        turn.marks.set_once("turn_end", self.clock.now())
+        self._hand_over(turn, end, turn.marks, self.settings.create_response)
+
+    def _hand_over(self, turn: _Turn, end: int, marks: Marks, respond: bool) -> None:
+        audio = self._buffer.slice(turn.start, end)
+        self._buffer.trim_before(end)
+        early = turn.early if turn.early is not None and turn.early_end >= end else None
+        if early is None:
+            self._drop_early(turn)
+        self.owner.turn_ended(
+            EndedTurn(turn.item_id, audio, early, marks, turn.speculation, respond)
+        )
+
+    def _new_detector(self) -> TurnDetector:
+        return TurnDetector(self.settings.turn_detection or TurnSettings())

@@ -1,0 +1,83 @@
+"""A session's settings, in one place: what a client may change (:class:`SessionSettings`), the
+bounds of a session (:class:`SessionLimits`) and the latency techniques (:class:`Tuning`).
+
+The defaults here are the production defaults: ``voice/config.py`` takes its defaults from these
+classes (and from :class:`~pipeline.turns.TurnSettings`, :class:`~pipeline.reply.ReplySettings`,
+:class:`~pipeline.endpointing.EndpointSettings`, :class:`~pipeline.engines.GenerationOptions`), so
+a unit test that builds a session with defaults runs what the server runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .endpointing import EndpointSettings
+from .engines import GenerationOptions
+from .turns import TurnSettings
+
+ASR_TIMEOUT_SPAN_S = 30.0
+"""``SessionLimits.asr_timeout`` is per this much audio (Whisper's window)."""
+
+
+@dataclass(slots=True)
+class SessionSettings:
+    """What a client may change with ``session.update``."""
+
+    instructions: str = (
+        "You are a friendly voice assistant. Answer in one or two short sentences,"
+        " in plain words, without lists or markdown."
+    )
+    turn_detection: TurnSettings | None = field(default_factory=TurnSettings)
+    """None: manual turns (the client commits and asks for responses)."""
+    create_response: bool = True
+    interrupt_response: bool = True
+    output_rate: int = 24_000
+    voice: str = "joe"
+    """The server voice replies are spoken with (a name the TTS engine knows)."""
+    speed: float = 1.0
+    """Speaking rate (1.0: the voice's own; 1.5 is half as fast again)."""
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+
+
+@dataclass(slots=True)
+class SessionLimits:
+    """Bounds of one session; each has a finite default (see the README)."""
+
+    max_pending_events: int = 4096
+    """Events waiting for the transport; past it the client is too slow and the session closes."""
+    max_pending_input_ms: int = 10_000
+    """Caller audio waiting for the VAD; audio beyond it (sent faster than real time) is dropped."""
+    max_input_buffer_s: float = 60.0
+    """Audio held for one turn; a longer turn is ended there (manual mode: appends are refused)."""
+    asr_timeout: float = 30.0
+    """Seconds for one transcription of up to ``ASR_TIMEOUT_SPAN_S`` of audio; longer audio
+    gets this for each started span (it is transcribed in pieces, in turn with other sessions)."""
+    judge_timeout: float = 1.0
+    """An end-of-turn judgement later than this is skipped (the words alone decide)."""
+    truncation_memory: int = 16
+    """Replies whose audio/text alignment is kept for ``conversation.item.truncate``."""
+    max_conversation_bytes: int = 1 << 20
+    """Text held by the conversation (UTF-8 bytes). A client item that would pass it is refused
+    (``conversation_too_large``); past it, the oldest spoken turns are forgotten."""
+
+
+@dataclass(slots=True)
+class Tuning:
+    """Latency techniques, each a switch so a benchmark can compare them in one run."""
+
+    early_asr: bool = True
+    """Transcribe at the tentative end of speech, before the turn is confirmed."""
+    speculative_reply: bool = True
+    """Start the LLM and TTS on that transcript; play only once the turn is confirmed."""
+    eot_adaptive: bool = True
+    """Let the words heard so far set the silence that ends the turn (``endpoint``) instead of
+    the fixed ``silence_duration_ms``; needs ``early_asr``."""
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    pause_on_onset: bool = True
+    """Hold the agent's audio from the caller's first speech window; cancel the reply once the
+    speech lasts ``interrupt_min_speech_ms``, go on if it was a click or a cough."""
+    interim_asr_ms: int = 0
+    """Streaming ASR: while the caller speaks, transcribe the words so far after every this
+    many ms of new speech (0: off), when the recognizer is idle. Each result is sent as an
+    ``InterimTranscript`` and put to the end-of-turn judge, which leaves the words' prompt in
+    the LLM's cache for the reply."""
