@@ -6,14 +6,17 @@
     ├── ConfigError            bad configuration (a key, a value, a missing model)
     ├── EngineError            an engine failed (ONNX, CTranslate2, llama.cpp, HTTP); ``retryable``
     │   └── EngineTimeout      an engine did not answer in time (retryable)
-    └── ProtocolError          a client sent something we cannot accept; ``code`` and ``event_id``
-        └── LimitExceeded      a documented limit was crossed (message size, buffer, rate)
+    ├── ProtocolError          a client sent something we cannot accept; ``code`` and ``event_id``
+    │   └── LimitExceeded      a documented limit was crossed (message size, buffer, rate)
+    └── ToolError              a server-side tool call failed; its message is for the model
 
 Errors raised by third-party libraries are translated into this tree at the boundary where they are
 caught (the engine modules and the transport adapters), so callers only handle ``VoiceError``.
 """
 
 from __future__ import annotations
+
+import json
 
 
 class VoiceError(Exception):
@@ -68,3 +71,17 @@ class ProtocolError(VoiceError):
 
 class LimitExceeded(ProtocolError):
     """A documented limit was crossed: message size, buffered audio, rate."""
+
+
+class ToolError(VoiceError):
+    """A server-side tool call failed: an unknown tool, arguments that do not fit, the timeout,
+    an exception in the tool. The message is written for the model, which reads it as the
+    call's output (:meth:`output`) and may try again or tell the caller."""
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+    def output(self) -> str:
+        """The ``function_call_output`` text for this failure: ``{"error": "..."}``."""
+        return json.dumps({"error": str(self)}, ensure_ascii=False)
