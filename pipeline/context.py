@@ -16,13 +16,21 @@ def new_id(prefix: str) -> str:
 
 @dataclass(slots=True)
 class Item:
+    """One item of the conversation: a ``message`` (``role`` user, assistant or system, its
+    ``text``), a ``function_call`` the assistant made (``call_id``, ``name``, ``arguments``)
+    or a ``function_call_output`` (``call_id``, the output as ``text``)."""
+
     id: str
-    role: str  # "user" | "assistant" | "system"
+    role: str  # "user" | "assistant" | "system"; "assistant" for function calls, "tool" outputs
     text: str = ""
     audio: bool = False
     """True when the content is audio (with ``text`` as its transcript)."""
     status: str = "completed"  # "in_progress" | "completed" | "incomplete"
     audio_ms: int = 0
+    type: str = "message"  # "message" | "function_call" | "function_call_output"
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +95,52 @@ class Conversation:
     def delete(self, item_id: str) -> None:
         self.items.pop(self.index(item_id))
 
-    def messages(self, instructions: str | None = None) -> list[ChatMessage]:
-        """System prompt + every finished item with text; the engine drops what does not fit."""
-        history = [
-            ChatMessage(item.role, item.text.strip())
-            for item in self.items
-            if item.text.strip() and item.status != "in_progress"
+    def messages(
+        self, instructions: str | None = None, items: list[Item] | None = None
+    ) -> list[ChatMessage]:
+        """System prompt + every finished item (of ``items``, default the conversation's) as
+        chat messages; the engine drops what does not fit. A function call appears only once
+        its output is there (chat APIs refuse a call without one), on the assistant message
+        it followed; its output follows it."""
+        return [
+            ChatMessage("system", instructions if instructions is not None else self.instructions),
+            *history_messages(self.items if items is None else items),
         ]
-        while history and history[0].role == "assistant":
-            history.pop(0)  # chat templates expect the user to speak first
-        system = ChatMessage(
-            "system", instructions if instructions is not None else self.instructions
-        )
-        return [system, *history]
 
     def transcript(self) -> list[dict[str, str]]:
-        return [{"role": i.role, "text": i.text, "status": i.status} for i in self.items]
+        return [_transcript_entry(i) for i in self.items]
+
+
+def history_messages(items: list[Item]) -> list[ChatMessage]:
+    answered = {i.call_id for i in items if i.type == "function_call_output"}
+    called = {i.call_id for i in items if i.type == "function_call" and i.status == "completed"}
+    history: list[ChatMessage] = []
+    for item in items:
+        if item.status == "in_progress":
+            continue
+        if item.type == "function_call":
+            if item.call_id not in answered or item.status != "completed":
+                continue
+            call = ToolCall(item.call_id, item.name, item.arguments)
+            last = history[-1] if history else None
+            if last is not None and last.role == "assistant":
+                last.tool_calls.append(call)
+            else:
+                history.append(ChatMessage("assistant", "", tool_calls=[call]))
+        elif item.type == "function_call_output":
+            if item.call_id in called:
+                history.append(ChatMessage("tool", item.text, tool_call_id=item.call_id))
+        elif item.text.strip():
+            history.append(ChatMessage(item.role, item.text.strip()))
+    while history and history[0].role in ("assistant", "tool"):
+        history.pop(0)  # chat templates expect the user to speak first
+    return history
+
+
+def _transcript_entry(item: Item) -> dict[str, str]:
+    entry = {"role": item.role, "text": item.text, "status": item.status}
+    if item.type != "message":
+        entry |= {"type": item.type, "call_id": item.call_id}
+        if item.type == "function_call":
+            entry |= {"name": item.name, "arguments": item.arguments}
+    return entry

@@ -14,7 +14,7 @@ finds unlikely to be finished waits as long as a statement.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _TRAILING = frozenset(
     [
@@ -118,6 +118,24 @@ class EndpointSettings:
     ``complete_ms``."""
     unlikely_complete: float = 0.01
     """A ``completion`` below this makes a question or exclamation wait ``statement_ms``."""
+
+
+EAGERNESS = {"high": 0.6, "medium": 1.0, "auto": 1.0, "low": 2.0}
+"""``semantic_vad``'s eagerness → the factor on every silence of :class:`EndpointSettings`. With
+the defaults (250/600/1100 ms): ``high`` 150/360/660, ``medium`` (= ``auto``) 250/600/1100,
+``low`` 500/1200/2200 ms for a finished / a plain statement / a trailing sentence. Each stays
+under OpenAI's longest wait for that eagerness (2 s, 4 s, 8 s)."""
+
+
+def for_eagerness(settings: EndpointSettings, eagerness: str) -> EndpointSettings:
+    """``settings`` with its silences scaled by ``EAGERNESS[eagerness]``."""
+    factor = EAGERNESS[eagerness]
+    return replace(
+        settings,
+        complete_ms=round(settings.complete_ms * factor),
+        statement_ms=round(settings.statement_ms * factor),
+        incomplete_ms=round(settings.incomplete_ms * factor),
+    )
 
 
 def silence_needed(

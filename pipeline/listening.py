@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,23 +23,29 @@ import numpy as np
 from .audio import PIPELINE_RATE, Resampler
 from .clock import Clock, timeout
 from .context import ChatMessage, new_id
-from .endpointing import silence_needed
+from .endpointing import EndpointSettings, for_eagerness, silence_needed
 from .engines import Engines
 from .errors import EngineError, EngineTimeout, LimitExceeded, ProtocolError
 from .input_buffer import InputBuffer
 from .messages import (
+    IdleTimeout,
     InterimTranscript,
-    SessionError,
     SessionEvent,
     SpeechStarted,
     SpeechStopped,
+    TranscriptionFailed,
 )
 from .metrics import Marks
 from .replying import ReplyHandle
-from .settings import ASR_TIMEOUT_SPAN_S, SessionLimits, SessionSettings, Tuning
+from .settings import ASR_TIMEOUT_SPAN_S, ResponseOptions, SessionLimits, SessionSettings, Tuning
 from .turns import TurnDetector, TurnEvent, TurnEventKind, TurnSettings
 
 MIN_COMMIT_SAMPLES = PIPELINE_RATE // 10  # OpenAI's rule: at least 100 ms to commit
+IDLE_INSTRUCTIONS = (
+    "The caller has said nothing for a while. In one short sentence, invite them to go on."
+)
+"""Added to the session's instructions for the reply to an idle timeout."""
+_END_PUNCTUATION = ".,;:!?…"
 
 
 class ListenerOwner(Protocol):
@@ -69,6 +75,12 @@ class ListenerOwner(Protocol):
     def turn_ended(self, turn: EndedTurn) -> None:
         """The caller's turn is over: it becomes an item, is transcribed, maybe answered."""
 
+    def replying(self) -> bool:
+        """A reply of the conversation is under way (until its audio has played)."""
+
+    def create_response(self, options: ResponseOptions | None = None) -> str:
+        """Start a reply now (raises :class:`ProtocolError` when one is under way)."""
+
 
 @dataclass(slots=True)
 class EndedTurn:
@@ -91,6 +103,8 @@ class _Turn:
     interim_end: int = 0
     marks: Marks | None = None
     speculation: ReplyHandle | None = None
+    sent_words: list[str] | None = None
+    """The interim words given so far (``InterimTranscript.delta``), compared without case."""
 
 
 class Listener:
@@ -130,6 +144,7 @@ class Listener:
         self._scored = 0  # absolute index up to which the VAD has scored audio
         self._wake = asyncio.Event()
         self._turn: _Turn | None = None
+        self._idle_from = 0  # absolute sample index since which the caller has been idle
         self._handlers: dict[TurnEventKind, Callable[[TurnEvent, TurnSettings], None]] = {
             TurnEventKind.ONSET: self._on_onset,
             TurnEventKind.SPEECH_STARTED: self._on_speech_started,
@@ -159,7 +174,10 @@ class Listener:
 
     def update(self, settings: SessionSettings) -> None:
         old, self.settings = self.settings, settings
-        if settings.turn_detection != old.turn_detection:
+        new_td, old_td = settings.turn_detection, old.turn_detection
+        if new_td != old_td:
+            self._idle_from = self._buffer.end  # a new idle timeout counts from now
+        if _detection(new_td) != _detection(old_td):  # (not for an idle timeout alone)
             self._detector = self._new_detector()
             self.discard_turn()
 
@@ -264,6 +282,7 @@ class Listener:
             self._on_turn_event(event, td)
         if self._turn is not None and self.tuning.interim_asr_ms > 0:
             self._maybe_interim(self._turn, end)
+        self._check_idle(td, end)
         if self._turn is None:
             keep = (td.prefix_padding_ms + td.min_speech_ms) * PIPELINE_RATE // 1000 + 1024
             self._buffer.trim_before(end - keep)
@@ -294,7 +313,7 @@ class Listener:
             self.owner.barge_in()
 
     def _on_paused(self, event: TurnEvent, td: TurnSettings) -> None:
-        if self._turn is not None and self.tuning.early_asr:
+        if self._turn is not None and (self.tuning.early_asr or td.eagerness is not None):
             self._start_early(self._turn, int(event.at * PIPELINE_RATE))
 
     def _on_resumed(self, event: TurnEvent, td: TurnSettings) -> None:
@@ -325,16 +344,17 @@ class Listener:
             return
         if self._turn is not turn or not text.strip() or self.closed:
             return
-        self._emit(InterimTranscript(turn.item_id, text))
-        if turn.early is None and self.tuning.eot_adaptive:
+        delta, turn.sent_words = interim_delta(turn.sent_words or [], text)
+        self._emit(InterimTranscript(turn.item_id, text, delta))
+        if turn.early is None and self._adaptive:
             await self._judge(text, Marks())  # evaluates the words' prompt ahead of the reply
 
     def _start_early(self, turn: _Turn, speech_end: int) -> None:
         """The caller paused: transcribe now, and maybe start the reply, while the silence is
         still being judged."""
         end = speech_end + PIPELINE_RATE // 10
-        if self.tuning.eot_adaptive:  # hold the turn open until the words say how long to wait
-            self._detector.set_silence_target(self.tuning.endpoint.incomplete_ms)  # (not yet due)
+        if self._adaptive:  # hold the turn open until the words say how long to wait
+            self._detector.set_silence_target(self._endpoint.incomplete_ms)  # (not yet due)
         turn.marks = Marks({"speech_end": self._buffer.arrival_of(speech_end - 1)})
         turn.marks.set_once("paused", self.clock.now())
         turn.early = self._spawn(self._early(turn, self._buffer.slice(turn.start, end)))
@@ -346,18 +366,22 @@ class Listener:
         try:
             text = await self.transcribe(audio)
         except (EngineError, TimeoutError) as exc:
-            self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
+            if self._turn is turn:  # the turn goes on: it is transcribed afresh when it ends
+                self.log.info("early transcription failed (%s); retried at the turn's end", exc)
+                turn.early, turn.marks = None, None
+            else:  # handed over: the session is waiting for this transcript
+                self._emit(TranscriptionFailed(turn.item_id, f"transcription failed: {exc}"))
             return ""
         marks.set_once("asr_done", self.clock.now())
         completion = None
-        if self.tuning.eot_adaptive and self._turn is turn:
+        if self._adaptive and self._turn is turn:
             completion = await self._judge(text, marks)
         if self._turn is turn and not self.closed:
             if self.tuning.speculative_reply and self.owner.may_answer(text):
                 turn.speculation = self.owner.prepare_reply(text, marks)
             td = self.settings.turn_detection
-            if self.tuning.eot_adaptive and td is not None:
-                target = silence_needed(text, self.tuning.endpoint, completion)
+            if self._adaptive and td is not None:
+                target = silence_needed(text, self._endpoint, completion)
                 for event in self._detector.set_silence_target(target):
                     self._on_turn_event(event, td)
         return text
@@ -379,6 +403,20 @@ class Listener:
         marks.set_once("judge_done", self.clock.now())
         self.log.debug("end of turn: p=%s for %r", completion, text)
         return completion
+
+    @property
+    def _adaptive(self) -> bool:
+        """The words (and the judge) set the silence that ends a turn: ``semantic_vad`` always,
+        ``server_vad`` when ``tuning.eot_adaptive``."""
+        td = self.settings.turn_detection
+        return self.tuning.eot_adaptive or (td is not None and td.eagerness is not None)
+
+    @property
+    def _endpoint(self) -> EndpointSettings:
+        td = self.settings.turn_detection
+        if td is None or td.eagerness is None:
+            return self.tuning.endpoint
+        return for_eagerness(self.tuning.endpoint, td.eagerness)
 
     def _drop_early(self, turn: _Turn) -> None:
         """Speech resumed: the early transcript and any speculative reply are stale."""
@@ -416,3 +454,63 @@ class Listener:
 
     def _new_detector(self) -> TurnDetector:
         return TurnDetector(self.settings.turn_detection or TurnSettings())
+
+    # ---------------------------------------------------------------- an idle caller
+
+    def _check_idle(self, td: TurnSettings, end: int) -> None:
+        """``idle_timeout_ms``: the caller has said nothing for that long since the agent's
+        reply ended (or since their own last turn). On input audio time: the timer runs while
+        audio arrives, and a reply or a turn in progress holds it at zero."""
+        if td.idle_timeout_ms is None or self._turn is not None or self.owner.replying():
+            self._idle_from = end
+        elif self._detector.quiet and (end - self._idle_from) * 1000 >= (
+            td.idle_timeout_ms * PIPELINE_RATE
+        ):
+            self._idle_timeout(end)
+
+    def _idle_timeout(self, end: int) -> None:
+        """OpenAI's rule: the silent audio is committed as a user item (no transcription: it
+        is silence, and Whisper would make words of it) and a reply is asked for."""
+        turn = _Turn(new_id("item"), self._buffer.start)
+        start_ms = self._idle_from * 1000 // PIPELINE_RATE
+        self._idle_from = end
+        self.log.info("caller silent since %d ms: committing the silence, replying", start_ms)
+        self._emit(IdleTimeout(turn.item_id, start_ms, end * 1000 // PIPELINE_RATE))
+        turn.early, turn.early_end = self._spawn(_no_words()), end
+        self._hand_over(turn, end, Marks({"turn_end": self.clock.now()}), False)
+        instructions = f"{self.settings.instructions}\n\n{IDLE_INSTRUCTIONS}"
+        try:
+            self.owner.create_response(ResponseOptions(instructions=instructions))
+        except ProtocolError as exc:  # a reply started meanwhile: it answers
+            self.log.info("no reply to the idle timeout: %s", exc)
+
+
+async def _no_words() -> str:
+    return ""
+
+
+def _detection(td: TurnSettings | None) -> TurnSettings | None:
+    """What the turn detector is built from."""
+    return None if td is None else replace(td, idle_timeout_ms=None)
+
+
+def interim_delta(sent: list[str], text: str) -> tuple[str, list[str]]:
+    """The words of ``text`` past the ``sent`` ones, to append to them, and the words sent now.
+
+    Words compare without case and punctuation. An interim result that does not start with
+    the words already sent (the recognizer revised them) gives nothing: text once given is
+    never taken back, and the final transcript (``UserTranscript``) is the whole truth. The
+    last word loses its trailing punctuation, as the sentence may go on ("What time." then
+    "What time is it?" gives "What time" then " is it")."""
+    words = [word for word in text.split() if _key(word)]
+    keys = [_key(word) for word in words]
+    if len(keys) <= len(sent) or keys[: len(sent)] != sent:
+        return "", sent
+    new = words[len(sent) :]
+    new[-1] = new[-1].rstrip(_END_PUNCTUATION)
+    piece = " ".join(word for word in new if word)
+    return (f" {piece}" if sent else piece), keys
+
+
+def _key(word: str) -> str:
+    return word.strip(_END_PUNCTUATION + "\"'()[]-").lower()

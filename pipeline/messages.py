@@ -54,16 +54,37 @@ class UserTranscript:
 
 @dataclass(slots=True)
 class InterimTranscript:
-    """The caller's words so far, while they are still speaking (streaming ASR)."""
+    """The caller's words so far, while they are still speaking (streaming ASR). ``delta``: the
+    words past those of the previous interim result of this turn, to append to them (empty when
+    the recognizer revised earlier words instead: text once given is never taken back)."""
 
     item_id: str
     transcript: str
+    delta: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ResponseInfo:
+    """How a response was asked for, as the transport reports it back."""
+
+    out_of_band: bool = False
+    """``conversation: "none"``: nothing of it joins the conversation."""
+    text_only: bool = False
+    metadata: dict[str, str] | None = None
+    max_output_tokens: int | None = None
+    """None: the session's."""
+    voice: str | None = None
+    """The voice name the client asked for in ``response.create`` (None: the session's)."""
 
 
 @dataclass(slots=True)
 class ReplyStarted:
+    """A response began. ``item`` is its assistant message, announced by the transport once it
+    has words or audio (a reply may be only a function call)."""
+
     response_id: str
     item: Item
+    info: ResponseInfo = ResponseInfo()
 
 
 @dataclass(slots=True)
@@ -85,14 +106,49 @@ class ReplyText:
 
 
 @dataclass(slots=True)
+class CallStarted:
+    """The reply calls a function: its ``function_call`` item (arguments follow)."""
+
+    response_id: str
+    item: Item
+
+
+@dataclass(slots=True)
+class CallArguments:
+    response_id: str
+    item_id: str
+    call_id: str
+    delta: str
+
+
+@dataclass(slots=True)
+class CallDone:
+    """A function call's arguments are complete (``item.status`` ``completed``), or the reply
+    ended before they were (``incomplete``: it must not be run)."""
+
+    response_id: str
+    item: Item
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(slots=True)
 class ReplyDone:
-    """A reply ended; ``status`` is ``completed``, ``cancelled`` or ``failed``."""
+    """A reply ended; ``status`` is ``completed``, ``incomplete`` (``reason``
+    ``max_output_tokens``), ``cancelled`` or ``failed``. ``calls``: its function calls, after
+    the message ``item`` (None once the client deleted it)."""
 
     response_id: str
     item: Item | None
     status: str
     reason: str | None = None
     output_started: bool = False
+    calls: list[Item] = field(default_factory=list)
+    usage: Usage | None = None
 
 
 @dataclass(slots=True)
@@ -130,8 +186,30 @@ class SessionClosed:
     reason: str
 
 
+@dataclass(slots=True)
+class TranscriptionFailed:
+    """The transcription of a user item failed (its transcript stays empty)."""
+
+    item_id: str
+    message: str
+    code: str = "asr_failed"
+
+
+@dataclass(slots=True)
+class IdleTimeout:
+    """The caller said nothing for ``idle_timeout_ms``: the silence from ``audio_start_ms`` to
+    ``audio_end_ms`` (input audio time) becomes the user item ``item_id``, and a reply follows."""
+
+    item_id: str
+    audio_start_ms: int
+    audio_end_ms: int
+
+
 SessionEvent = (
-    SpeechStarted
+    CallStarted
+    | CallArguments
+    | CallDone
+    | SpeechStarted
     | SpeechStopped
     | InputCommitted
     | InputCleared
@@ -147,4 +225,6 @@ SessionEvent = (
     | TurnMetrics
     | SessionError
     | SessionClosed
+    | TranscriptionFailed
+    | IdleTimeout
 )

@@ -88,7 +88,8 @@ class Reply:
         self._gate: asyncio.Event | None = asyncio.Event() if gated else None
         self._speech = speech or Speech()
         self._on_call = on_call
-        self._held_calls: list[ToolCallDelta] = []  # made while gated, told on release
+        self._held_calls: list[ToolCallDelta] = []  # not told yet (see _flush_calls)
+        self._played = False  # every synthesized piece has been handed to the playout
         self.generated = ""
         self.text_sent = ""
         """Text-only replies: the words sent so far."""
@@ -118,9 +119,7 @@ class Reply:
         if self._gate is not None:
             self._gate.set()
             self.marks.set_once("released", self._clock.now())
-        held, self._held_calls = self._held_calls, []
-        for delta in held:
-            self._tell_call(delta)
+        self._flush_calls()
 
     def interrupt(self) -> None:
         """Stop emitting audio now; the caller then cancels the task running :meth:`run`."""
@@ -196,14 +195,20 @@ class Reply:
         call = self.calls.get(delta.index)
         arguments = (call.arguments if call else "") + delta.arguments
         self.calls[delta.index] = ToolCall(delta.call_id, delta.name, arguments)
-        if self._gate is not None and not self._gate.is_set():
-            self._held_calls.append(delta)
-        else:
-            self._tell_call(delta)
+        self._held_calls.append(delta)
+        self._flush_calls()
 
-    def _tell_call(self, delta: ToolCallDelta) -> None:
-        if self._on_call is not None:
-            self._on_call(delta)
+    def _flush_calls(self) -> None:
+        """Tell the calls once the reply is heard — and, after words spoken before a call
+        ("Let me check that"), once those words have started: the message comes first."""
+        if self._gate is not None and not self._gate.is_set():
+            return
+        if self.audio and self.generated.strip() and self.spoken_pieces == 0 and not self._played:
+            return
+        held, self._held_calls = self._held_calls, []
+        for delta in held:
+            if self._on_call is not None:
+                self._on_call(delta)
 
     async def _synthesize(
         self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
@@ -238,7 +243,10 @@ class Reply:
                 return
             self._on_text(segment.text if self.spoken_pieces == 0 else " " + segment.text)
             self.spoken_pieces += 1
+            self._flush_calls()
             await self.playout.play(segment)
+        self._played = True
+        self._flush_calls()
         await self.playout.drain()
 
     def _emit(self, frame: np.ndarray) -> None:

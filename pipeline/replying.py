@@ -19,6 +19,7 @@ import asyncio
 import enum
 
 from .context import Item
+from .messages import ResponseInfo
 from .reply import Reply
 
 
@@ -39,10 +40,15 @@ class ReplyHandle:
     """One response: its id, its assistant item, the :class:`Reply` doing the work and the task
     running it."""
 
-    def __init__(self, response_id: str, item: Item, reply: Reply) -> None:
+    def __init__(
+        self, response_id: str, item: Item, reply: Reply, info: ResponseInfo | None = None
+    ) -> None:
         self.response_id = response_id
         self.item = item
         self.reply = reply
+        self.info = info or ResponseInfo()
+        self.calls: dict[int, Item] = {}
+        """The reply's ``function_call`` items, by the LLM's call index."""
         self.state = ReplyState.PREPARING
         self.adopted = False
         """Whether it was ever the conversation's (so its end is announced)."""
@@ -54,6 +60,10 @@ class ReplyHandle:
     @property
     def done(self) -> bool:
         return self.state is ReplyState.DONE
+
+    @property
+    def out_of_band(self) -> bool:
+        return self.info.out_of_band
 
     def adopt(self) -> None:
         """The reply becomes the conversation's and is heard."""

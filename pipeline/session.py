@@ -11,6 +11,7 @@ It is the only place that decides "cancel the reply" and what the conversation h
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -22,10 +23,13 @@ import numpy as np
 from .audio import PIPELINE_RATE, Resampler
 from .clock import Clock, MonotonicClock
 from .context import ChatMessage, Conversation, Item, new_id
-from .engines import Engines
+from .engines import Engines, ToolCallDelta
 from .errors import EngineError, LimitExceeded, ProtocolError, VoiceError
 from .listening import EndedTurn, Listener
 from .messages import (
+    CallArguments,
+    CallDone,
+    CallStarted,
     InputCleared,
     InputCommitted,
     ItemAdded,
@@ -35,18 +39,22 @@ from .messages import (
     ReplyDone,
     ReplyStarted,
     ReplyText,
+    ResponseInfo,
     SessionClosed,
     SessionError,
     SessionEvent,
+    TranscriptionFailed,
     TurnMetrics,
+    Usage,
     UserTranscript,
 )
 from .metrics import Marks, report
 from .playout import Playout
 from .reply import Reply, ReplySettings, Speech
 from .replying import ReplyHandle
-from .settings import SessionLimits, SessionSettings, Tuning
+from .settings import ResponseOptions, SessionLimits, SessionSettings, Tuning
 from .tasks import cancel_and_wait
+from .tools import ToolContext, ToolError, ToolRegistry
 
 __all__ = ["Session", "SessionLimits", "SessionSettings", "Tuning"]
 
@@ -62,8 +70,11 @@ class Session:
         clock: Clock | None = None,
         session_id: str | None = None,
         tuning: Tuning | None = None,
+        tools: ToolRegistry | None = None,
     ) -> None:
         self.id = session_id or new_id("sess")
+        self.tools = tools or ToolRegistry()
+        """The server's own tools: the model may call them, and the session runs them."""
         self.settings = settings or SessionSettings()
         self.limits = limits or SessionLimits()
         self.reply_settings = reply_settings or ReplySettings()
@@ -77,6 +88,9 @@ class Session:
         """True when the session ended because of an error of the server's own."""
         self._events: asyncio.Queue[SessionEvent] = asyncio.Queue(self.limits.max_pending_events)
         self._active: ReplyHandle | None = None
+        self._out_of_band: dict[str, ReplyHandle] = {}
+        self._tool_runs: dict[asyncio.Task[None], list[Item]] = {}
+        self._tool_rounds = 0  # server-tool follow-ups in a row (bounded: no endless loop)
         self._alignments: OrderedDict[str, Playout] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.listener = Listener(
@@ -113,8 +127,9 @@ class Session:
             return
         self.closed_reason = reason
         self.log.info("session closing: %s", reason)
-        if self._active is not None:
-            self._active.cancel("session_closed")
+        for handle in [self._active, *self._out_of_band.values()]:
+            if handle is not None:
+                handle.cancel("session_closed")
         self.listener.close()
         self._force_emit(SessionClosed(reason))
 
@@ -199,13 +214,23 @@ class Session:
         self._alignments.pop(item_id, None)
         self._emit(ItemDeleted(item_id))
 
-    def create_response(self, instructions: str | None = None) -> None:
-        if self._active is not None:
+    def create_response(self, options: ResponseOptions | None = None) -> str:
+        """Start a response; returns its id. An out-of-band one may run beside the
+        conversation's (at most ``limits.max_out_of_band``); the conversation has one at most."""
+        options = options or ResponseOptions()
+        if options.out_of_band:
+            if len(self._out_of_band) >= self.limits.max_out_of_band:
+                raise LimitExceeded(
+                    f"{len(self._out_of_band)} out-of-band responses are running, the limit"
+                    f" (limits.max_out_of_band); wait for one to finish",
+                    code="too_many_out_of_band_responses",
+                )
+        elif self._active is not None:
             raise ProtocolError(
                 "Conversation already has an active response",
                 code="conversation_already_has_active_response",
             )
-        self._start_reply(Marks({"requested": self.clock.now()}), instructions)
+        return self._start_reply(Marks({"requested": self.clock.now()}), options).response_id
 
     def cancel_response(self) -> None:
         if self._active is None:
@@ -267,12 +292,16 @@ class Session:
         active = self._active
         if active is not None and not active.reply.output_started:
             active.cancel("turn_detected")  # the caller went on: that reply is stale
+        self._tool_rounds = 0
 
     def barge_in(self) -> None:
         active = self._active
         if active is not None:
             self.log.info("barge-in after %d ms of reply audio", active.reply.playout.played_ms())
             active.cancel("turn_detected")
+        for task, calls in self._tool_runs.items():
+            if any(self.tools.cancel_on_barge_in(c.name) for c in calls):
+                task.cancel()  # (a tool that must finish goes on; its output is kept)
 
     def may_answer(self, text: str) -> bool:
         return (
@@ -287,6 +316,9 @@ class Session:
 
     def prompt_with(self, text: str) -> list[ChatMessage]:
         return [*self.conversation.messages(None), ChatMessage("user", text)]
+
+    def replying(self) -> bool:
+        return self._active is not None
 
     def turn_ended(self, turn: EndedTurn) -> None:
         item = Item(
@@ -325,7 +357,7 @@ class Session:
                 marks.set_once("asr_start", self.clock.now())
                 text = await self.listener.transcribe(audio)
         except (EngineError, TimeoutError) as exc:
-            self._emit(SessionError(f"transcription failed: {exc}", code="asr_failed"))
+            self._emit(TranscriptionFailed(item.id, f"transcription failed: {exc}"))
             text = ""
         item.text = text
         marks.set_once("asr_done", self.clock.now())
@@ -349,21 +381,43 @@ class Session:
     # ---------------------------------------------------------------- replies
 
     def _start_reply(
-        self, marks: Marks, instructions: str | None, *, pending_user: str | None = None
+        self,
+        marks: Marks,
+        options: ResponseOptions | None = None,
+        *,
+        pending_user: str | None = None,
     ) -> ReplyHandle:
         """Start a reply. With ``pending_user`` (the caller's words before the turn is
         confirmed) it is speculative: silent and outside the conversation until adopted."""
+        opts = options or ResponseOptions()
+        s = self.settings
         response_id = new_id("resp")
-        item = Item(new_id("item"), "assistant", audio=True, status="in_progress")
-        rate = self.settings.output_rate
-        messages = self.conversation.messages(instructions)
+        text_only = s.text_only if opts.text_only is None else opts.text_only
+        item = Item(new_id("item"), "assistant", audio=not text_only, status="in_progress")
+        rate = s.output_rate
+        messages = self.conversation.messages(opts.instructions, opts.input)
         if pending_user is not None:
             messages.append(ChatMessage("user", pending_user))
+        generation = replace(opts.generation or s.generation)
+        generation.tools = [*generation.tools, *self.tools.specs()]
+        if opts.tool_choice_after_tools and generation.tool_choice not in ("auto", "none"):
+            generation.tool_choice = "auto"  # a forced call again would call again, for ever
+        info = ResponseInfo(
+            out_of_band=opts.out_of_band,
+            text_only=text_only,
+            metadata=opts.metadata,
+            max_output_tokens=generation.max_tokens,
+            voice=opts.client_voice,
+        )
+
+        def on_call(delta: ToolCallDelta) -> None:
+            self._on_call(handle, delta)
+
         reply = Reply(
             llm=self.engines.llm,
             tts=self.engines.tts,
             messages=messages,
-            generation=replace(self.settings.generation),
+            generation=generation,
             settings=self.reply_settings,
             clock=self.clock,
             output_rate=rate,
@@ -371,9 +425,10 @@ class Session:
             on_text=lambda delta: self._emit(ReplyText(response_id, item.id, delta)),
             marks=marks,
             gated=pending_user is not None,
-            speech=Speech(voice=self.settings.voice, speed=self.settings.speed),
+            speech=Speech(audio=not text_only, voice=opts.voice or s.voice, speed=s.speed),
+            on_call=on_call,
         )
-        handle = ReplyHandle(response_id, item, reply)
+        handle = ReplyHandle(response_id, item, reply, info)
         handle.task = asyncio.get_running_loop().create_task(self._run_reply(handle))
         self._tasks.add(handle.task)
         handle.task.add_done_callback(lambda task: self._reply_task_done(handle, task))
@@ -382,14 +437,38 @@ class Session:
         return handle
 
     def _adopt(self, handle: ReplyHandle) -> None:
-        """The reply becomes the conversation's: announced, recorded, and heard."""
+        """The reply becomes the conversation's (or, out of band, the client's): announced,
+        recorded, and heard."""
         if handle.reply.gated:
             handle.reply.marks.set_once("speculative", 1.0)
-        self.conversation.add(handle.item)
-        self._remember_alignment(handle.item.id, handle.reply.playout)
-        self._emit(ReplyStarted(handle.response_id, handle.item))
-        self._active = handle
+        if handle.out_of_band:
+            self._out_of_band[handle.response_id] = handle
+        else:
+            self.conversation.add(handle.item)
+            self._remember_alignment(handle.item.id, handle.reply.playout)
+            self._active = handle
+        self._emit(ReplyStarted(handle.response_id, handle.item, handle.info))
         handle.adopt()
+
+    def _on_call(self, handle: ReplyHandle, delta: ToolCallDelta) -> None:
+        """A piece of a function call the reply makes: its item first, then its arguments."""
+        item = handle.calls.get(delta.index)
+        if item is None:
+            item = Item(
+                new_id("item"),
+                "assistant",
+                type="function_call",
+                status="in_progress",
+                call_id=delta.call_id,
+                name=delta.name,
+            )
+            handle.calls[delta.index] = item
+            if not handle.out_of_band:
+                self.conversation.add(item)
+            self._emit(CallStarted(handle.response_id, item))
+        item.arguments += delta.arguments
+        if delta.arguments:
+            self._emit(CallArguments(handle.response_id, item.id, item.call_id, delta.arguments))
 
     async def _run_reply(self, handle: ReplyHandle) -> None:
         status, reason = "completed", None
@@ -417,12 +496,23 @@ class Session:
         reply, item = handle.reply, handle.item
         if self._active is handle:
             self._active = None
+        self._out_of_band.pop(handle.response_id, None)
         if not handle.adopted:
             self.log.debug("speculative reply %s discarded (%s)", handle.response_id, status)
             return
+        end = reply.end
+        if status == "completed" and end is not None and end.finish_reason == "length":
+            status, reason = "incomplete", "max_output_tokens"
+        usage = Usage(end.input_tokens, end.output_tokens) if end is not None else None
+        calls = list(handle.calls.values())
+        for call in calls:
+            call.status = "completed" if status == "completed" else "incomplete"
+            self._emit(CallDone(handle.response_id, call))
+        done = ReplyDone(handle.response_id, None, status, reason, reply.output_started)
+        done.calls, done.usage = calls, usage
         if handle.deleted:
             self.log.info("agent (%s): reply deleted by the client", status)
-            self._emit(ReplyDone(handle.response_id, None, status, reason, reply.output_started))
+            self._emit(done)
             self._emit(TurnMetrics(handle.response_id, None, report(reply.marks)))
             return
         if status == "completed":
@@ -430,10 +520,51 @@ class Session:
         else:
             item.text, item.status = reply.heard_text(), "incomplete"
         item.audio_ms = reply.playout.played_ms()
-        self.log.info("agent (%s): %r", status, item.text[:200])
+        if not item.text and not reply.output_started and not handle.out_of_band:
+            self.conversation.items = [i for i in self.conversation.items if i is not item]
+        self.log.info("agent (%s): %r%s", status, item.text[:200], _calls_note(calls))
         self._forget_oldest()
-        self._emit(ReplyDone(handle.response_id, item, status, reason, reply.output_started))
+        done.item = item
+        self._emit(done)
         self._emit(TurnMetrics(handle.response_id, item.id, report(reply.marks)))
+        server_calls = [c for c in calls if c.status == "completed" and c.name in self.tools]
+        if server_calls and not handle.out_of_band and self.closed_reason is None:
+            task = self._spawn(self._run_tools(server_calls))
+            self._tool_runs[task] = server_calls
+            task.add_done_callback(lambda t: self._tool_runs.pop(t, None))
+
+    async def _run_tools(self, calls: list[Item]) -> None:
+        """Run the server's own tools the model called, add their outputs, and let the model
+        answer with them. Cancelled by a barge-in for tools that allow it."""
+        context = ToolContext(self.id, end_call=self._end_call)
+        for call in calls:
+            try:
+                output = await self.tools.run(call.name, call.arguments, context, clock=self.clock)
+            except ToolError as exc:
+                output = exc.output()
+            except asyncio.CancelledError:
+                self._add_output(call, json.dumps({"error": "the caller interrupted"}))
+                raise
+            self._add_output(call, output)
+        self._tool_rounds += 1
+        if self._active is None and self.closed_reason is None and not self.listener.in_turn:
+            if self._tool_rounds > self.limits.max_tool_rounds:
+                self.log.warning("%d tool rounds in a row: not asking again", self._tool_rounds)
+                return
+            options = ResponseOptions(tool_choice_after_tools=True)
+            self._start_reply(Marks({"requested": self.clock.now()}), options)
+
+    def _add_output(self, call: Item, output: str) -> None:
+        item = Item(
+            new_id("item"), "tool", type="function_call_output", call_id=call.call_id, text=output
+        )
+        prev = self.conversation.add(item)
+        self.log.info("tool %s -> %r", call.name, output[:200])
+        self._emit(ItemAdded(item, prev, done=True))
+
+    def _end_call(self, reason: str) -> None:
+        """A tool ends the call (once the reply that asked for it has been heard)."""
+        self.close(f"the agent ended the call{': ' + reason if reason else ''}")
 
     def _remember_alignment(self, item_id: str, playout: Playout) -> None:
         self._alignments[item_id] = playout
@@ -490,3 +621,7 @@ class Session:
                 return
             except asyncio.QueueFull:
                 self._events.get_nowait()
+
+
+def _calls_note(calls: list[Item]) -> str:
+    return "".join(f" + {c.name}({c.arguments[:120]})" for c in calls)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .context import Item
 from .endpointing import EndpointSettings
 from .engines import GenerationOptions
 from .turns import TurnSettings
@@ -36,6 +37,8 @@ class SessionSettings:
     """The server voice replies are spoken with (a name the TTS engine knows)."""
     speed: float = 1.0
     """Speaking rate (1.0: the voice's own; 1.5 is half as fast again)."""
+    text_only: bool = False
+    """``output_modalities: ["text"]``: replies are text, nothing is synthesized."""
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
 
@@ -56,6 +59,10 @@ class SessionLimits:
     """An end-of-turn judgement later than this is skipped (the words alone decide)."""
     truncation_memory: int = 16
     """Replies whose audio/text alignment is kept for ``conversation.item.truncate``."""
+    max_out_of_band: int = 4
+    """Out-of-band responses (``conversation: "none"``) running at once."""
+    max_tool_rounds: int = 4
+    """Server-side tool calls answered in a row before the model is not asked again."""
     max_conversation_bytes: int = 1 << 20
     """Text held by the conversation (UTF-8 bytes). A client item that would pass it is refused
     (``conversation_too_large``); past it, the oldest spoken turns are forgotten."""
@@ -81,3 +88,26 @@ class Tuning:
     many ms of new speech (0: off), when the recognizer is idle. Each result is sent as an
     ``InterimTranscript`` and put to the end-of-turn judge, which leaves the words' prompt in
     the LLM's cache for the reply."""
+
+
+@dataclass(slots=True)
+class ResponseOptions:
+    """What one ``response.create`` may change for that response only (None: the session's)."""
+
+    instructions: str | None = None
+    generation: GenerationOptions | None = None
+    """Tools, tool choice, the token limit and the temperature of this response."""
+    text_only: bool | None = None
+    voice: str | None = None
+    """The server voice to speak with."""
+    client_voice: str | None = None
+    """The voice name the client used, reported back."""
+    out_of_band: bool = False
+    """``conversation: "none"``: the response is not part of the conversation, and may run
+    beside the conversation's own."""
+    input: list[Item] | None = None
+    """The context of this response instead of the conversation's items."""
+    metadata: dict[str, str] | None = None
+    tool_choice_after_tools: bool = False
+    """The server's follow-up once its own tools answered: a forced ``tool_choice``
+    (``required``, a name) becomes ``auto`` for it, or every reply would call again."""

@@ -18,10 +18,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+EAGERNESS_NAMES = ("low", "medium", "high", "auto")
+
 
 @dataclass(slots=True)
 class TurnSettings:
-    """Server-VAD parameters (names follow OpenAI's ``turn_detection``)."""
+    """Turn-detection parameters (names follow OpenAI's ``turn_detection``)."""
 
     threshold: float = 0.5
     """Speech probability above which a window counts as speech."""
@@ -37,6 +39,13 @@ class TurnSettings:
     """Silence after which the turn is *probably* over: ASR starts early on ``PAUSED``."""
     interrupt_min_speech_ms: int = 192
     """Speech needed to interrupt the agent (barge-in)."""
+    eagerness: str | None = None
+    """``semantic_vad``: ``low``, ``medium``, ``high`` or ``auto`` (``medium``); the words and
+    the end-of-turn judge set the silence that ends a turn, scaled by it
+    (``endpointing.EAGERNESS``). None: ``server_vad``."""
+    idle_timeout_ms: int | None = None
+    """``server_vad``: after this long without speech from the caller (counted from the end of
+    the agent's reply, or of the caller's last turn), commit the silence and ask for a reply."""
 
     def validate(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -50,6 +59,10 @@ class TurnSettings:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.eagerness is not None and self.eagerness not in EAGERNESS_NAMES:
+            raise ValueError(f"eagerness must be one of {', '.join(EAGERNESS_NAMES)}")
+        if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
+            raise ValueError("idle_timeout_ms must be > 0")
 
 
 class TurnEventKind(enum.Enum):
@@ -101,6 +114,11 @@ class TurnDetector:
             return []
         self._silence_target = float(milliseconds)
         return self._pause_progress(self._last_end)
+
+    @property
+    def quiet(self) -> bool:
+        """No speech, not even a first window that may be speech."""
+        return self._state is _State.QUIET
 
     @property
     def speaking(self) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.clock import VirtualClock
 from pipeline.context import ChatMessage
-from pipeline.engines import Engines, GenerationOptions
+from pipeline.engines import Engines, GenerationOptions, LlmEvent, ToolCallDelta
 
 RATE = 16_000
 
@@ -50,10 +50,15 @@ class ScriptedAsr:
         return self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
 
 
+Script = str | list[LlmEvent]
+"""A reply: its words (split into word deltas), or exactly the events to yield."""
+
+
 class ScriptedLlm:
-    def __init__(self, replies: list[str]) -> None:
+    def __init__(self, replies: list[Script]) -> None:
         self.replies = list(replies)
         self.seen: list[list[ChatMessage]] = []
+        self.options: list[GenerationOptions] = []
         self._clock: VirtualClock | None = None
         self._delay = 0.0
 
@@ -63,13 +68,27 @@ class ScriptedLlm:
 
     async def stream(
         self, messages: list[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[LlmEvent]:
         self.seen.append(list(messages))
+        self.options.append(options)
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
         if self._clock is not None:
             await self._clock.sleep_until(self._clock.now() + self._delay)
+        if isinstance(reply, list):
+            for event in reply:
+                yield event
+            return
         for word in reply.split(" "):
             yield word + " "
+
+
+def call(name: str, arguments: str, call_id: str = "call_1", index: int = 0) -> list[LlmEvent]:
+    """A function call as an engine streams it: the arguments in two pieces."""
+    half = len(arguments) // 2
+    return [
+        ToolCallDelta(index, call_id, name, arguments[:half]),
+        ToolCallDelta(index, call_id, name, arguments[half:]),
+    ]
 
 
 class ScriptedJudge:

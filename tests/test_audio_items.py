@@ -67,7 +67,8 @@ async def test_a_transcription_timeout_says_so_and_scales_with_the_length() -> N
     assert session._events.empty()
     await clock.advance(1.5)
     error, transcript = await next_events(session, 2)
-    assert isinstance(error, m.SessionError) and error.code == "asr_failed"
+    assert isinstance(error, m.TranscriptionFailed) and error.code == "asr_failed"
+    assert error.item_id == "item_a"
     # (the old message was "transcription failed: ")
     assert error.message == "transcription failed: transcription timed out after 60 s"
     assert isinstance(transcript, m.UserTranscript) and transcript.transcript == ""

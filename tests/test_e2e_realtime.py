@@ -118,7 +118,11 @@ async def test_barge_in_end_to_end(server: VoiceServer, engines: Engines) -> Non
         # the interruption is itself a turn, and it is answered normally
         await caller.wait_for(lambda: caller.response_done(2), TURN_TIMEOUT, "the next response")
         second = caller.of("response.done")[1]["response"]
-        assert second["status"] == "completed"
+        # a storyteller may run into the token limit: that ends "incomplete", as OpenAI says
+        assert second["status"] == "completed" or second["status_details"] == {
+            "type": "incomplete",
+            "reason": "max_output_tokens",
+        }
         assert len(caller.audio_of(second["id"])) > 0
 
 

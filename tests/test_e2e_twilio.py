@@ -163,13 +163,27 @@ class FakeTwilio:
         return predicate()
 
     def of(self, kind: str, since: int = 0) -> list[dict[str, Any]]:
-        return [m for _, m in self.received[since:] if m["event"] == kind]
+        return [m for _, m in self.received[since:] if _is(m, kind)]
 
     def index_of(self, kind: str, since: int = 0) -> int | None:
         for i in range(since, len(self.received)):
-            if self.received[i][1]["event"] == kind:
+            if _is(self.received[i][1], kind):
                 return i
         return None
+
+    def progress_marks(self) -> list[str]:
+        return [
+            m["mark"]["name"]
+            for _, m in self.received
+            if m["event"] == "mark" and m["mark"]["name"].startswith("~")
+        ]
+
+
+def _is(message: dict[str, Any], kind: str) -> bool:
+    """``mark`` means the mark after a reply; progress marks ("~item~ms") are apart."""
+    if message["event"] != kind:
+        return False
+    return kind != "mark" or not message["mark"]["name"].startswith("~")
 
 
 def new_session_id(server: VoiceServer, before: set[str]) -> str:
@@ -206,6 +220,8 @@ async def test_a_phone_call(server: VoiceServer) -> None:
     (mark,) = twilio.of("mark")
     assert mark["mark"]["name"].startswith("resp_")
     assert not twilio.of("clear")
+    # progress marks every 200 ms of the reply, echoed back: the session's heard position
+    assert len(twilio.progress_marks()) >= len(audio) // 1600 - 1
 
     assert record["closed_reason"] == "stop received from Twilio"
     items: list[dict[str, str]] = record["items"]  # type: ignore[assignment]

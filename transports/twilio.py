@@ -19,6 +19,7 @@ come back as ``media`` messages of 20 ms (160 bytes of μ-law), at the session's
   skipped; the stream goes on. ``stop``, a closed socket, a frame over ``max_frame_bytes``, no
   ``start`` within ``start_timeout``, silence on the socket for ``idle_timeout`` (Twilio streams
   media all call long) or a send that cannot complete within ``send_timeout`` end the session.
+  The session's lifecycle (run, pump, teardown) is :class:`~transports.runner.SessionRunner`'s.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from pipeline import messages as m
 from pipeline.errors import LimitExceeded, ProtocolError
 from pipeline.session import Session
-from pipeline.tasks import cancel_and_wait
 
 from . import g711
 from . import twilio_messages as tw
+from .runner import SessionRunner
 
 log = logging.getLogger("voice.transport.twilio")
 
@@ -172,6 +173,13 @@ class TwilioStream:
                 "stream %s: %s (%s: %s); %d so far", self.stream_sid, what, exc.code, exc, count
             )
 
+    def describe(self) -> str:
+        """This stream's facts for the log line that ends the session."""
+        return (
+            f"stream {self.stream_sid}, call {self.call_sid}, {self.malformed} malformed messages,"
+            f" {self.dropped_media} media messages dropped, DTMF {''.join(self.dtmf)[-64:]!r}"
+        )
+
     # ------------------------------------------------------------ session → Twilio
 
     def render(self, event: m.SessionEvent) -> list[str]:
@@ -235,68 +243,46 @@ async def serve_twilio(
     session = stream.session
     log.info("session %s: Twilio media stream from %s connected", session.id, request.remote)
 
-    async def pump() -> None:
-        while True:
-            event = await session.next_event()
-            for frame in stream.render(event):
-                async with asyncio.timeout(send_timeout):
-                    await ws.send_str(frame)
-            if isinstance(event, m.SessionClosed):
-                code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
-                await ws.close(code=code, message=event.reason.encode()[:120])
+    async def deliver(event: m.SessionEvent) -> None:
+        for frame in stream.render(event):
+            if ws.closed:  # Twilio has gone: the reader says why
                 return
+            await ws.send_str(frame)
 
-    runner = asyncio.create_task(session.run(), name=f"session-{session.id}")
-    writer = asyncio.create_task(pump(), name=f"twilio-writer-{session.id}")
-    reason = "Twilio disconnected"
+    runner = SessionRunner(
+        session,
+        deliver,
+        log=log,
+        peer="Twilio",
+        send_timeout=send_timeout,
+        describe=stream.describe,
+    )
     try:
-        reason = await _read(ws, stream, writer, start_timeout, idle_timeout)
+        await runner.serve(lambda: _read(ws, stream, start_timeout, idle_timeout))
     finally:
-        session.close(reason)
-        await cancel_and_wait((writer, runner))
-        await ws.close()
-        log.info(
-            "session %s ended (%s): stream %s, call %s, %d malformed messages, %d media messages"
-            " dropped, DTMF %r; %s",
-            session.id,
-            session.closed_reason,
-            stream.stream_sid,
-            stream.call_sid,
-            stream.malformed,
-            stream.dropped_media,
-            "".join(stream.dtmf)[-64:],
-            session.transcript_summary(),
-        )
+        code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(send_timeout):
+                await ws.close(code=code, message=(session.closed_reason or "").encode()[:120])
     return ws
 
 
 async def _read(
-    ws: web.WebSocketResponse,
-    stream: TwilioStream,
-    writer: asyncio.Task[None],
-    start_timeout: float,
-    idle_timeout: float,
+    ws: web.WebSocketResponse, stream: TwilioStream, start_timeout: float, idle_timeout: float
 ) -> str:
     """Feed Twilio's frames to the stream; returns why the stream ended."""
     loop = asyncio.get_running_loop()
     start_by = loop.time() + start_timeout
-    while not writer.done():
+    while True:
         waiting_start = stream.stream_sid is None
-        timeout = min(idle_timeout, start_by - loop.time()) if waiting_start else idle_timeout
-        reader = asyncio.ensure_future(ws.receive())
-        done, _ = await asyncio.wait(
-            {reader, writer}, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-        if reader not in done:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if writer.done():
-                return _writer_end(stream, writer)
+        wait = min(idle_timeout, start_by - loop.time()) if waiting_start else idle_timeout
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                msg = await ws.receive()
+        except TimeoutError:
             if waiting_start and loop.time() >= start_by:
                 return f"no start message within {start_timeout:g} s"
             return f"no message from Twilio for {idle_timeout:g} s"
-        msg = reader.result()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             stream.receive(msg.data)
             if stream.stopped:
@@ -308,13 +294,3 @@ async def _read(
             return "WebSocket error"
         else:  # CLOSE, CLOSING, CLOSED
             return "Twilio disconnected"
-    return _writer_end(stream, writer)
-
-
-def _writer_end(stream: TwilioStream, writer: asyncio.Task[None]) -> str:
-    """Why the writer stopped: the session closed, or a send failed or timed out."""
-    if not writer.cancelled() and (exc := writer.exception()) is not None:
-        if isinstance(exc, TimeoutError):
-            return "Twilio is not reading: a send timed out"
-        return f"cannot send to Twilio: {exc!r}"
-    return stream.session.closed_reason or "session ended"

@@ -8,7 +8,9 @@ the call. Audio travels as Opus both ways; events travel on the client's data ch
 ``response.output_audio.delta`` is never sent, ``output_audio_buffer.started`` / ``stopped`` /
 ``cleared`` are, and ``output_audio_buffer.clear`` is served here. Incoming Opus is decoded by
 aiortc to 48 kHz stereo, down-mixed here; outgoing speech is queued as 20 ms frames that
-:class:`ReplyTrack` releases in real time, and flushed at once on barge-in or that clear.
+:class:`ReplyTrack` releases in real time, and flushed at once on barge-in or that clear. What
+the track releases is what the caller hears: it reports that position to the session
+(``Session.heard``). The session's lifecycle is :class:`~transports.runner.SessionRunner`'s.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from pipeline import messages as m
-from pipeline.clock import Clock, MonotonicClock
+from pipeline.clock import Clock
 from pipeline.context import new_id
 from pipeline.errors import ProtocolError
 from pipeline.tasks import cancel_and_wait
 
 from .realtime.connection import RealtimeConnection, event_id
+from .runner import SessionRunner
 from .sdp import check_offer
 
 log = logging.getLogger("voice.transport.webrtc")
@@ -60,27 +63,53 @@ class WebRtcOptions:
     """Reply audio waiting for the track; older frames are dropped past it."""
 
 
+@dataclass(slots=True)
+class _Queued:
+    samples: np.ndarray  # one frame
+    item_id: str | None
+    item_ms: int
+    """Of that item's audio, what comes before this frame."""
+
+
 class ReplyTrack(MediaStreamTrack):
     """The agent's voice: queued 20 ms frames at 48 kHz, released one per 20 ms (silence when
-    there is nothing to say). ``flush`` drops everything queued at once."""
+    there is nothing to say). ``flush`` drops everything queued at once.
+
+    The track knows what the caller hears: when it releases a frame of an assistant item (aiortc
+    pulls it to send it), everything of that item before the frame has been played out, and it
+    says so to ``on_heard(item_id, ms)`` — the session's :meth:`~pipeline.session.Session.heard`.
+    Flushed frames are never released, so never reported."""
 
     kind = "audio"
 
-    def __init__(self, clock: Clock, max_frames: int) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        max_frames: int,
+        on_heard: Callable[[str, int], None] | None = None,
+    ) -> None:
         super().__init__()
         self._clock = clock
-        self._frames: deque[np.ndarray] = deque(maxlen=max_frames)
+        self._frames: deque[_Queued] = deque(maxlen=max_frames)
+        self._on_heard = on_heard
         self._start: float | None = None
         self._sent = 0
         self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._item: str | None = None  # the item being queued, and its samples so far
+        self._item_samples = 0
         self.released = 0
 
-    def push(self, samples: np.ndarray) -> None:
+    def push(self, samples: np.ndarray, item_id: str | None = None) -> None:
+        """Queue 48 kHz audio, of the assistant item ``item_id`` when it has one."""
+        if item_id != self._item:
+            self._item, self._item_samples = item_id, 0
         for start in range(0, len(samples), FRAME):
             frame = samples[start : start + FRAME]
+            item_ms = self._item_samples * 1000 // RATE
+            self._item_samples += len(frame)
             if len(frame) < FRAME:
                 frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
-            self._frames.append(frame)
+            self._frames.append(_Queued(frame, item_id, item_ms))
 
     def flush(self) -> int:
         dropped = len(self._frames)
@@ -98,15 +127,20 @@ class ReplyTrack(MediaStreamTrack):
             self._start = self._clock.now()
         else:
             await self._clock.sleep_until(self._start + self._sent * FRAME / RATE)
-        samples = self._frames.popleft() if self._frames else self._silence
-        if self._frames or samples is not self._silence:
-            self.released += 1
+        samples = self._release() if self._frames else self._silence
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._sent * FRAME
         frame.time_base = fractions.Fraction(1, RATE)
         self._sent += 1
         return frame
+
+    def _release(self) -> np.ndarray:
+        queued = self._frames.popleft()
+        self.released += 1
+        if queued.item_id is not None and self._on_heard is not None:
+            self._on_heard(queued.item_id, queued.item_ms)
+        return queued.samples
 
 
 def downmix(frame: AudioFrame) -> np.ndarray:
@@ -144,7 +178,12 @@ class WebRtcCall:
         self.connected = False
         """The peer connection has been up (it stays True once it was)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=options.ice_servers))
-        self.track = ReplyTrack(MonotonicClock(), max(1, options.max_queued_ms // 20))
+        self.track = ReplyTrack(
+            self.session.clock, max(1, options.max_queued_ms // 20), self.session.heard
+        )
+        self.runner = SessionRunner(
+            self.session, self._deliver, log=log, peer="peer", describe=self._describe
+        )
         self.channel: RTCDataChannel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
@@ -178,8 +217,8 @@ class WebRtcCall:
             self.session.id,
             summary.media,
         )
-        self._spawn(self.session.run(), "session")
-        self._spawn(self._pump(), "events")
+        self.runner.start()
+        self._spawn(self._end_with_session(), "ended")
         self._spawn(self._watchdog(), "watchdog")
         return self.pc.localDescription.sdp
 
@@ -237,13 +276,12 @@ class WebRtcCall:
             except ProtocolError as exc:
                 self._send([_error(str(exc), exc.code)])
 
-    async def _pump(self) -> None:
-        while True:
-            event = await self.session.next_event()
-            self._send(self._render(event))
-            if isinstance(event, m.SessionClosed):
-                await self.close(event.reason)
-                return
+    async def _deliver(self, event: m.SessionEvent) -> None:
+        self._send(self._render(event))
+
+    async def _end_with_session(self) -> None:
+        """Hang up once the session's output ends (it closed, or a send failed)."""
+        await self.close(await self.runner.wait())
 
     async def _watchdog(self) -> None:
         """Drop the call if it has not connected within ``connect_timeout``."""
@@ -270,7 +308,7 @@ class WebRtcCall:
         if isinstance(event, m.ReplyAudio):
             if event.response_id in self._cleared:
                 return []
-            self.track.push(event.audio)
+            self.track.push(event.audio, event.item_id)
             if self._playing != event.response_id:
                 self._playing = self._last_played = event.response_id
                 return [_buffer_event("output_audio_buffer.started", event.response_id)]
@@ -308,13 +346,15 @@ class WebRtcCall:
             await self._closed.wait()
             return
         self.closing = True
-        self.session.close(reason)
+        await self.runner.stop(reason)
         await cancel_and_wait(list(self._tasks))
         self.track.stop()
         await self.pc.close()
-        log.info("call %s (session %s) ended: %s", self.id, self.session.id, reason)
         self._on_end(self)
         self._closed.set()
+
+    def _describe(self) -> str:
+        return f"call {self.id}, {self.track.released} frames of speech released"
 
 
 def _buffer_event(kind: str, response_id: str) -> dict[str, Any]:

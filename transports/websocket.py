@@ -4,23 +4,27 @@ A thin adapter: text frames go to :class:`transports.realtime.connection.Realtim
 its events come back as text frames. Frames larger than ``max_frame_bytes`` close the socket
 (1009); events larger than ``max_event_bytes`` get an ``error`` event and the session goes on.
 A send that cannot complete within ``send_timeout`` (a client that stopped reading) closes it.
+The session's lifecycle (run, pump, teardown) is :class:`~transports.runner.SessionRunner`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from pipeline.tasks import cancel_and_wait
+from pipeline import messages as m
 
 from .realtime.connection import RealtimeConnection, error_event
+from .runner import SessionRunner
 
 log = logging.getLogger("voice.transport.ws")
+NOT_READING = "client is not reading: a send timed out"
 
 
 async def serve_realtime(
@@ -33,7 +37,8 @@ async def serve_realtime(
 ) -> web.WebSocketResponse:
     """Run one Realtime session over the request's WebSocket until either side leaves. A ping
     goes out every ``heartbeat`` seconds; a client that does not answer within half of that is
-    dropped."""
+    dropped. The socket closes with 1000 and the session's reason (1011 when the session
+    failed)."""
     ws = web.WebSocketResponse(
         max_msg_size=max_frame_bytes, protocols=("realtime",), heartbeat=heartbeat
     )
@@ -44,68 +49,65 @@ async def serve_realtime(
 
     async def send(events: list[dict[str, Any]]) -> None:
         for event in events:
-            async with asyncio.timeout(send_timeout):
-                await ws.send_str(json.dumps(event, separators=(",", ":")))
-
-    async def pump() -> None:
-        while True:
-            events = await conn.next_events()
-            await send(events)
-            if conn.closed:
-                code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
-                await ws.close(code=code, message=(session.closed_reason or "").encode()[:120])
+            if ws.closed:  # the client has gone: the reader says why
                 return
+            await ws.send_str(json.dumps(event, separators=(",", ":")))
 
-    runner = asyncio.create_task(session.run(), name=f"session-{session.id}")
-    await send(conn.hello())
-    writer = asyncio.create_task(pump(), name=f"writer-{session.id}")
+    async def deliver(event: m.SessionEvent) -> None:
+        await send(conn.render(event))
+
+    async def read() -> str:
+        try:
+            await _read(ws, conn, send, send_timeout)
+        except TimeoutError:
+            return NOT_READING
+        return _close_reason(ws)
+
+    runner = SessionRunner(session, deliver, log=log, peer="client", send_timeout=send_timeout)
     try:
-        await _read(ws, conn, send, writer)
+        async with asyncio.timeout(send_timeout):  # session.created comes first
+            await send(conn.hello())
+    except TimeoutError:
+        await runner.stop(NOT_READING)
+    else:
+        await runner.serve(read)
     finally:
-        session.close(_close_reason(ws))
-        await cancel_and_wait((writer, runner))
-        await ws.close()
-        log.info(
-            "session %s ended (%s); %s",
-            session.id,
-            session.closed_reason,
-            session.transcript_summary(),
-        )
+        code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(send_timeout):
+                await ws.close(code=code, message=(session.closed_reason or "").encode()[:120])
     return ws
 
 
 async def _read(
     ws: web.WebSocketResponse,
     conn: RealtimeConnection,
-    send: Callable[[list[dict[str, Any]]], Any],
-    writer: asyncio.Task[None],
+    send: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    send_timeout: float,
 ) -> None:
-    while not writer.done():
-        reader = asyncio.ensure_future(ws.receive())
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if reader not in done:
-            reader.cancel()
-            return
-        msg = reader.result()
+    """Feed the client's frames to the connection until the socket closes; a send slower than
+    ``send_timeout`` raises :class:`TimeoutError`."""
+    while True:
+        msg = await ws.receive()
         if msg.type == WSMsgType.TEXT:
-            await send(conn.receive(msg.data))
+            events = conn.receive(msg.data)
         elif msg.type == WSMsgType.BINARY:
-            await send(
-                [
-                    error_event(
-                        "binary frames are not supported: send JSON text events",
-                        "invalid_frame",
-                        "invalid_request_error",
-                        None,
-                        None,
-                    )
-                ]
-            )
+            events = [
+                error_event(
+                    "binary frames are not supported: send JSON text events",
+                    "invalid_frame",
+                    "invalid_request_error",
+                    None,
+                    None,
+                )
+            ]
         elif msg.type == WSMsgType.ERROR:
             log.info("session %s: WebSocket error: %s", conn.session.id, ws.exception())
             return
         else:  # CLOSE, CLOSING, CLOSED
             return
+        async with asyncio.timeout(send_timeout):
+            await send(events)
 
 
 def _close_reason(ws: web.WebSocketResponse) -> str:

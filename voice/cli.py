@@ -1,6 +1,6 @@
 """The ``voice`` command line.
 
-voice serve [--host H] [--port P] [--config FILE] [--set section.key=value ...]
+voice serve [--host H] [--port P] [--tools MODULES] [--config FILE] [--set section.key=value ...]
 voice config [--config FILE] [--markdown]
 voice bench [--url URL] [--protocol realtime|twilio] [--concurrency 1,4] ...   (voice bench --help)
 
@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="start the server with the configured models")
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="TCP port (server.port)")
+    serve.add_argument(
+        "--tools",
+        metavar="MODULES",
+        help="comma-separated modules of @tool functions the server runs, e.g."
+        " pipeline.tools.examples (server.tools)",
+    )
     serve.add_argument("--config", help="a TOML configuration file")
     serve.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config key"
@@ -83,6 +89,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         out["server.host"] = args.host
     if getattr(args, "port", None) is not None:
         out["server.port"] = str(args.port)
+    if getattr(args, "tools", None) is not None:
+        out["server.tools"] = args.tools
     return out
 
 

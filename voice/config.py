@@ -17,6 +17,7 @@ from pipeline.engines import GenerationOptions
 from pipeline.errors import ConfigError
 from pipeline.reply import ReplySettings
 from pipeline.settings import SessionLimits, SessionSettings, Tuning
+from pipeline.tools import DEFAULT_TIMEOUT_S as DEFAULT_TOOL_TIMEOUT_S
 from pipeline.turns import TurnSettings
 from transports.realtime.config import OPENAI_VOICES
 
@@ -61,6 +62,12 @@ class ServerConfig:
         "",
     )
     transcripts_kept: int = doc("Ended sessions whose transcripts stay in memory.", 100)
+    tools: str = doc(
+        "Comma-separated Python modules whose `@tool` functions the server runs itself when the"
+        " LLM calls them (`voice serve --tools`); e.g. `pipeline.tools.examples` (the time,"
+        " ending the call). Empty = none.",
+        "",
+    )
 
 
 @dataclass(slots=True)
@@ -114,6 +121,11 @@ class LlmConfig:
     model: str = doc("Model name for `openai`.", "")
     api_key: str = doc("API key for `openai` (also read from `OPENAI_API_KEY`).", "")
     max_tokens: int = doc("Longest reply (tokens).", _GEN.max_tokens)
+    tool_choice: str = doc(
+        "Default `tool_choice`: `auto`, `none`, `required` or a tool's name (a Realtime client"
+        " may change it per session or response).",
+        _GEN.tool_choice,
+    )
     temperature: float = doc("Sampling temperature.", _GEN.temperature)
     first_token_timeout: float = doc("Seconds to wait for the first token.", 20.0)
     next_token_timeout: float = doc("Seconds to wait for each next token.", 10.0)
@@ -275,9 +287,18 @@ class LimitsConfig:
         " started 30 s).",
         _LIMITS.asr_timeout,
     )
+    max_tool_rounds: int = doc(
+        "Server-side tool calls answered in a row before the model is not asked again.",
+        _LIMITS.max_tool_rounds,
+    )
     judge_timeout: float = doc(
         "Seconds the end-of-turn judge may take; later, the words alone decide.",
         _LIMITS.judge_timeout,
+    )
+    tool_timeout: float = doc(
+        "Seconds a server-side tool may run unless it sets its own `timeout_s`; past it the model"
+        " gets an error as the call's output.",
+        DEFAULT_TOOL_TIMEOUT_S,
     )
 
 

@@ -20,12 +20,15 @@ from aiortc import RTCIceServer
 
 from pipeline.endpointing import EndpointSettings
 from pipeline.engines import Engines, GenerationOptions
-from pipeline.errors import ProtocolError
+from pipeline.engines.tools import TOOL_CHOICES
+from pipeline.errors import ConfigError, ProtocolError
 from pipeline.reply import ReplySettings
 from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
+from pipeline.tools import ToolRegistry
 from pipeline.turns import TurnSettings
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
+from transports.realtime.input_config import recognizer_languages
 from transports.realtime_request import read_offer, wants_extensions
 from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
@@ -33,6 +36,7 @@ from transports.websocket import serve_realtime
 
 from .config import Config
 from .engines import load_engines, warm_up
+from .tools import load_tools
 
 log = logging.getLogger("voice.server")
 
@@ -62,9 +66,21 @@ WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
 
 
 class VoiceServer:
-    def __init__(self, config: Config, engines: Engines) -> None:
+    def __init__(self, config: Config, engines: Engines, tools: ToolRegistry | None = None) -> None:
         self.config = config
         self.engines = engines
+        self.tools = (
+            tools
+            if tools is not None
+            else load_tools(config.server.tools, default_timeout_s=config.limits.tool_timeout)
+        )
+        """The server's own tools (``server.tools``): every session's model may call them."""
+        choice = config.llm.tool_choice
+        if choice not in TOOL_CHOICES and choice not in self.tools:
+            raise ConfigError(
+                f"llm.tool_choice {choice!r}: use auto, none, required or one of the server's"
+                f" tools ({', '.join(s.name for s in self.tools.specs()) or 'none loaded'})"
+            )
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
@@ -100,7 +116,9 @@ class VoiceServer:
             instructions=p.instructions,
             turn_detection=turns,
             voice=self.config.tts.voice_name,
-            generation=GenerationOptions(max_tokens=c.max_tokens, temperature=c.temperature),
+            generation=GenerationOptions(
+                max_tokens=c.max_tokens, temperature=c.temperature, tool_choice=c.tool_choice
+            ),
         )
 
     def new_session(self, *, lead_ms: int | None = None) -> Session:
@@ -108,6 +126,7 @@ class VoiceServer:
         return Session(
             self.engines,
             self.session_settings(),
+            tools=self.tools,
             reply_settings=ReplySettings(
                 frame_ms=p.frame_ms,
                 lead_ms=p.lead_ms if lead_ms is None else lead_ms,
@@ -124,6 +143,7 @@ class VoiceServer:
                 max_conversation_bytes=lim.max_conversation_bytes,
                 asr_timeout=lim.asr_timeout,
                 judge_timeout=lim.judge_timeout,
+                max_tool_rounds=lim.max_tool_rounds,
             ),
             tuning=Tuning(
                 early_asr=p.early_asr,
@@ -154,6 +174,10 @@ class VoiceServer:
             transcription_model=f"whisper-{self.config.asr.model}",
             max_tokens_cap=max(self.config.llm.max_tokens, 1024),
             fixed_output_rate=48_000 if webrtc else None,
+            server_tools=[spec.name for spec in self.tools.specs()],
+            transcription_languages=recognizer_languages(
+                self.config.asr.model, self.config.asr.language
+            ),
         )
         if webrtc:
             session.settings.output_rate = 48_000

@@ -133,6 +133,10 @@ const handlers = {
   "input_audio_buffer.speech_started": onSpeechStarted,
   "conversation.item.added": showItem,
   "conversation.item.input_audio_transcription.completed": showUserTranscript,
+  "conversation.item.input_audio_transcription.failed": (ev) => {
+    showUserTranscript({ item_id: ev.item_id, transcript: "" });
+    showError((ev.error && ev.error.message) || "transcription failed");
+  },
   "x.voice.input_audio_transcription.interim": showInterimTranscript,
   "response.created": (ev) => ensureResponse(ev.response.id),
   "response.output_audio.delta": onAudioDelta,

@@ -494,7 +494,8 @@ class TwilioCall(Call):
             self._played_until = max(now, self._played_until) + len(samples) / self.rate
         elif kind == "mark":
             name = str((message.get("mark") or {}).get("name") or "")
-            self.add(Ev(now, MARK, text=name))
+            if not name.startswith("~"):  # a progress mark ("~item~ms") is only echoed
+                self.add(Ev(now, MARK, text=name))
             loop = asyncio.get_running_loop()
             delay = max(0.0, self._played_until - now)
             handle = loop.call_later(delay, self._echo_mark, name)

@@ -8,24 +8,33 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.engines import GenerationOptions
+from pipeline.engines.tools import TOOL_CHOICES, ToolSpec
 from pipeline.errors import ProtocolError
 from pipeline.session import SessionSettings
-from pipeline.turns import TurnSettings
 
 from .formats import PCM, AudioFormat, parse_format
+from .input_config import (
+    Recognizer,
+    Transcription,
+    apply_transcription,
+    apply_turn_detection,
+    describe_transcription,
+    describe_turn_detection,
+)
+from .tools import check_choice, parse_tool_choice, parse_tools
 from .validate import field as get
 from .validate import number, short_repr
 
 TEMPERATURE = (0.6, 1.2)
 """OpenAI's documented range for ``temperature``."""
-PREFIX_PADDING_MS = (0, 2000)
-SILENCE_DURATION_MS = (0, 10_000)
 
 OPENAI_VOICES = (
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
 )  # fmt: skip
 """OpenAI's voice names: a client may choose any of them, mapped to one of the server's voices
 (``RealtimeConfig.voices``, from ``tts.voice_map``)."""
+
+OPENAI_REALTIME_MODELS = ("gpt-realtime", "gpt-4o-realtime", "gpt-4o-mini-realtime")
 
 _SESSION_KEYS = {
     "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
@@ -34,10 +43,6 @@ _SESSION_KEYS = {
     "modalities", "voice", "input_audio_format", "output_audio_format", "turn_detection",
     "input_audio_transcription", "max_response_output_tokens", "input_audio_noise_reduction",
     "speed", "object", "id", "expires_at", "client_secret",
-}  # fmt: skip
-_VAD_KEYS = {
-    "type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
-    "interrupt_response", "idle_timeout_ms",
 }  # fmt: skip
 
 
@@ -59,9 +64,17 @@ class RealtimeConfig:
     voice: str = ""
     """The voice name the client chose, as reported; empty: the server's voice."""
     transcription_model: str = "whisper"
+    """The server's recognizer, by the name ``session.created`` shows."""
+    transcription_languages: tuple[str, ...] = ("en",)
+    """The languages it transcribes (``input_config.recognizer_languages``)."""
+    transcription: Transcription | None = field(default_factory=lambda: Transcription(""))
+    """What the client asked of transcription; None: no transcription events (the server
+    still transcribes). The default: the server's recognizer, no language set."""
     max_tokens_cap: int = 1024
     fixed_output_rate: int | None = None
     """Set by transports with their own codec (WebRTC: Opus at 48 kHz)."""
+    server_tools: list[str] = field(default_factory=list)
+    """Names of the server's own tools (the model may call them too; a client's may not clash)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,6 +82,12 @@ class RealtimeConfig:
         if not self.voices:
             self.voices = {own: own, **dict.fromkeys(OPENAI_VOICES, own)}
         self.voice = self.voice or own
+        if self.transcription is not None and not self.transcription.model:
+            self.transcription = Transcription(self.transcription_model)
+
+    @property
+    def recognizer(self) -> Recognizer:
+        return Recognizer(self.transcription_model, self.transcription_languages)
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
@@ -76,16 +95,16 @@ class RealtimeConfig:
             "type": "realtime",
             "model": self.model,
             "instructions": s.instructions,
-            "output_modalities": ["audio"],
+            "output_modalities": ["text"] if s.text_only else ["audio"],
             "max_output_tokens": s.generation.max_tokens,
-            "tools": [],
-            "tool_choice": "auto",
+            "tools": [describe_tool(t) for t in s.generation.tools],
+            "tool_choice": describe_choice(s.generation.tool_choice),
             "audio": {
                 "input": {
                     "format": self.input_format.describe(),
-                    "transcription": {"model": self.transcription_model},
+                    "transcription": describe_transcription(self.transcription),
                     "noise_reduction": None,
-                    "turn_detection": _describe_vad(s),
+                    "turn_detection": describe_turn_detection(s),
                 },
                 "output": {
                     "format": self.output_format.describe(),
@@ -126,16 +145,11 @@ class RealtimeConfig:
         for key in ("max_output_tokens", "max_response_output_tokens"):
             if key in session:
                 s.generation = _max_tokens(session[key], s.generation, self.max_tokens_cap, key)
-        tools = get(session, "tools", list, path="session", default=[])
-        if tools:
-            raise ProtocolError(
-                "tools are not supported by this server yet",
-                code="unsupported_parameter",
-                param="session.tools",
-            )
+        self._apply_tools(session)
         audio = get(session, "audio", dict, path="session", default={})
         audio_in = get(audio, "input", dict, path="session.audio", default={})
         audio_out = get(audio, "output", dict, path="session.audio", default={})
+        _refuse_unsupported(session, audio_in)
         for value, param in (
             (audio_in.get("format"), "session.audio.input.format"),
             (session.get("input_audio_format"), "session.input_audio_format"),
@@ -152,6 +166,12 @@ class RealtimeConfig:
         for container, param in ((audio_in, "session.audio.input"), (session, "session")):
             if "turn_detection" in container:
                 self._apply_vad(container["turn_detection"], f"{param}.turn_detection")
+        for container, key in ((audio_in, "transcription"), (session, "input_audio_transcription")):
+            if key in container:
+                param = f"session.audio.input.{key}" if container is audio_in else f"session.{key}"
+                self.transcription = apply_transcription(
+                    container[key], param, self.transcription, self.recognizer
+                )
         for container, param in ((audio_out, "session.audio.output"), (session, "session")):
             voice = container.get("voice")
             if voice is not None:
@@ -169,79 +189,32 @@ class RealtimeConfig:
     def _apply_modalities(self, session: dict[str, Any]) -> None:
         for key in ("output_modalities", "modalities"):
             value = get(session, key, list, path="session", default=None)
-            if value is not None and "audio" not in value:
-                raise ProtocolError(
-                    "only audio output is supported (output_modalities ['audio'])",
-                    code="invalid_value",
-                    param=f"session.{key}",
-                )
+            if value is not None:
+                self.settings.text_only = parse_modalities(value, f"session.{key}")
+        if "model" in session:
+            self._check_model(get(session, "model", str, path="session"))
+
+    def _check_model(self, model: str) -> None:
+        """This server's model name, or an OpenAI realtime model's (served by the local
+        cascade: a client written for OpenAI runs unchanged)."""
+        if model != self.model and not model.startswith(OPENAI_REALTIME_MODELS):
+            raise ProtocolError(
+                f"model {short_repr(model)} is not served here: use {self.model!r} (or an"
+                " OpenAI realtime model name, served by this server's model)",
+                code="invalid_value",
+                param="session.model",
+            )
+
+    def _apply_tools(self, session: dict[str, Any]) -> None:
+        g = self.settings.generation
+        if "tools" in session:
+            g.tools = parse_tools(session["tools"], "session.tools")
+        if "tool_choice" in session:
+            g.tool_choice = parse_tool_choice(session["tool_choice"], "session.tool_choice")
+        check_choice(g.tools, self.server_tools, g.tool_choice, "session.tool_choice")
 
     def _apply_vad(self, value: Any, param: str) -> None:
-        s = self.settings
-        if value is None:
-            s.turn_detection = None
-            return
-        if not isinstance(value, dict):
-            raise ProtocolError(
-                f"{param} must be an object or null", code="invalid_type", param=param
-            )
-        unknown = set(value) - _VAD_KEYS
-        if unknown:
-            raise ProtocolError(
-                f"unknown parameter '{param}.{sorted(unknown)[0]}'",
-                code="unknown_parameter",
-                param=param,
-            )
-        kind = get(value, "type", str, path=param, default="server_vad")
-        if kind != "server_vad":
-            raise ProtocolError(
-                f"turn detection {kind!r} is not supported: use 'server_vad' or null",
-                code="invalid_value",
-                param=f"{param}.type",
-            )
-        if value.get("idle_timeout_ms") is not None:
-            raise ProtocolError(
-                "idle_timeout_ms is not supported by this server yet",
-                code="unsupported_parameter",
-                param=f"{param}.idle_timeout_ms",
-            )
-        td = replace(s.turn_detection) if s.turn_detection else TurnSettings()
-        td.threshold = number(value, "threshold", float, 0.0, 1.0, path=param, default=td.threshold)
-        td.prefix_padding_ms = number(
-            value, "prefix_padding_ms", int, *PREFIX_PADDING_MS, path=param,
-            default=td.prefix_padding_ms,
-        )  # fmt: skip
-        td.silence_duration_ms = number(
-            value, "silence_duration_ms", int, *SILENCE_DURATION_MS, path=param,
-            default=td.silence_duration_ms,
-        )  # fmt: skip
-        try:
-            td.validate()
-        except ValueError as exc:
-            raise ProtocolError(
-                f"{param}: {exc}", code="invalid_value", param=f"{param}.threshold"
-            ) from None
-        s.turn_detection = td
-        s.create_response = get(
-            value, "create_response", bool, path=param, default=s.create_response
-        )
-        s.interrupt_response = get(
-            value, "interrupt_response", bool, path=param, default=s.interrupt_response
-        )
-
-
-def _describe_vad(s: SessionSettings) -> dict[str, Any] | None:
-    td = s.turn_detection
-    if td is None:
-        return None
-    return {
-        "type": "server_vad",
-        "threshold": td.threshold,
-        "prefix_padding_ms": td.prefix_padding_ms,
-        "silence_duration_ms": td.silence_duration_ms,
-        "create_response": s.create_response,
-        "interrupt_response": s.interrupt_response,
-    }
+        apply_turn_detection(value, param, self.settings)
 
 
 def _voice(value: Any, param: str, voices: dict[str, str]) -> str:
@@ -266,3 +239,47 @@ def _max_tokens(value: Any, current: GenerationOptions, cap: int, key: str) -> G
             param=f"session.{key}",
         )
     return replace(current, max_tokens=min(value, cap))
+
+
+def parse_modalities(value: list[Any], param: str) -> bool:
+    """``["audio"]`` (speech, with its transcript) or ``["text"]``; True for text only."""
+    if not value or any(v not in ("text", "audio") for v in value):
+        raise ProtocolError(
+            f"{param} must be ['audio'] or ['text']", code="invalid_value", param=param
+        )
+    return "audio" not in value
+
+
+def describe_tool(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "name": spec.name,
+        "description": spec.description,
+        "parameters": spec.parameters,
+    }
+
+
+def describe_choice(choice: str) -> Any:
+    return choice if choice in TOOL_CHOICES else {"type": "function", "name": choice}
+
+
+def _refuse_unsupported(session: dict[str, Any], audio_in: dict[str, Any]) -> None:
+    """Fields whose OpenAI meaning this server does not implement: refused by name when set to
+    anything but their default, never silently ignored."""
+    nr = "there is no noise filter"
+    checks = (
+        ("prompt", session.get("prompt"), None, "stored prompt templates are OpenAI's"),
+        ("tracing", session.get("tracing"), None, "there is no tracing service here"),
+        ("include", session.get("include") or None, None, "logprobs are not available"),
+        ("truncation", session.get("truncation", "auto"), "auto", "the prompt is always fitted"),
+        ("audio.input.noise_reduction", audio_in.get("noise_reduction"), None, nr),
+        ("input_audio_noise_reduction", session.get("input_audio_noise_reduction"), None, nr),
+    )  # fmt: skip
+    for name, value, default, why in checks:
+        if value != default:
+            raise ProtocolError(
+                f"session.{name} {short_repr(value)} is not supported here ({why}); leave it"
+                f" {'unset' if default is None else repr(default)}",
+                code="unsupported_parameter",
+                param=f"session.{name}",
+            )

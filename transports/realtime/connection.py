@@ -8,21 +8,25 @@ object serves the WebSocket endpoint and the WebRTC data channel.
 
 from __future__ import annotations
 
-import base64
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from pipeline import messages as m
-from pipeline.audio import Resampler
-from pipeline.context import Item, new_id
+from pipeline.context import Item
 from pipeline.errors import ProtocolError
 from pipeline.session import Session
 
 from .config import RealtimeConfig
+from .events import error_event, event_id
+from .events import make_event as _e
 from .formats import AudioFormat, decode_base64
+from .items import parse_item, render_item
+from .response_request import parse_response
+from .responses import ResponseRenderer
 from .validate import field, number, parse_event, short_repr
+
+__all__ = ["RealtimeConnection", "error_event", "event_id", "render_item"]
 
 log = logging.getLogger("voice.realtime")
 MAX_AUDIO_END_MS = 24 * 3600 * 1000
@@ -35,14 +39,12 @@ the item it names is announced (``conversation.item.added``) only when the turn 
 
 Extension events go only to clients that ask for them (``x_voice_events=1`` on the URL): the
 openai SDK validates every server event and logs an error for each one it does not know."""
+MAX_FAILED_KEPT = 64
+"""Failed transcriptions remembered until their item's transcript (see ``_r_transcript``)."""
 ROOT = "root"
 """``previous_item_id`` that inserts an item at the start of the conversation."""
 
 Event = dict[str, Any]
-
-
-def event_id() -> str:
-    return f"event_{secrets.token_hex(10)}"
 
 
 class RealtimeConnection:
@@ -65,12 +67,13 @@ class RealtimeConnection:
         self.extensions = extensions
         self.clear_output: Callable[[], list[Event]] | None = None
         self.closed = False
+        self._failed: dict[str, None] = {}
+        """User items whose transcription failed: their (empty) ``completed`` is not sent."""
         self._rooted: set[str] = set()
         """Items inserted at the start (``previous_item_id`` ``root``), not yet announced."""
-        self._formats: dict[str, AudioFormat] = {}
-        """Each response's output format, fixed when it starts: a ``session.update`` that
-        changes the format applies from the next response."""
-        self._resamplers: dict[str, Resampler] = {}
+        self.responses = ResponseRenderer(self)
+        """Each response's events; its output format is fixed when it starts (a
+        ``session.update`` that changes the format applies from the next response)."""
         session.settings = config.settings
         self._handlers: dict[str, Callable[[Event], list[Event]]] = {
             "session.update": self._session_update,
@@ -148,38 +151,10 @@ class RealtimeConnection:
         return []
 
     def _item_create(self, event: Event) -> list[Event]:
-        raw = field(event, "item", dict)
         previous: str | None = field(event, "previous_item_id", (str, type(None)), default=None)
-        if field(raw, "type", str, path="item", default="message") != "message":
-            raise ProtocolError(
-                "only items of type 'message' are supported",
-                code="unsupported_value",
-                param="item.type",
-            )
-        role = field(raw, "role", str, path="item")
-        if role not in ("user", "assistant", "system"):
-            raise ProtocolError(f"invalid role {role!r}", code="invalid_value", param="item.role")
-        item_id = field(raw, "id", str, path="item", default=None) or new_id("item")
-        content = field(raw, "content", list, path="item")
-        texts: list[str] = []
-        audio = None
-        for i, part in enumerate(content):
-            path = f"item.content[{i}]"
-            if not isinstance(part, dict):
-                raise ProtocolError(f"{path} must be an object", code="invalid_type", param=path)
-            kind = field(part, "type", str, path=path)
-            if kind in ("input_text", "text", "output_text"):
-                texts.append(field(part, "text", str, path=path))
-            elif kind == "input_audio" and role == "user":
-                data = decode_base64(field(part, "audio", str, path=path), f"{path}.audio")
-                audio = self.config.input_format.decode(data)
-            else:
-                raise ProtocolError(
-                    f"unsupported content type {kind!r}",
-                    code="unsupported_value",
-                    param=f"{path}.type",
-                )
-        item = Item(item_id, role, text=" ".join(texts))
+        item, audio = parse_item(field(event, "item", dict), self.config.input_format)
+        if item.type == "function_call_output":
+            self._check_call_id(item.call_id)
         after = None if previous == ROOT else previous
         if audio is not None:
             self.session.add_audio_item(item, audio, self.config.input_format.rate, after)
@@ -188,6 +163,15 @@ class RealtimeConnection:
         if previous == ROOT:
             self._move_to_start(item)
         return []
+
+    def _check_call_id(self, call_id: str) -> None:
+        calls = {i.call_id for i in self.session.conversation.items if i.type == "function_call"}
+        if call_id not in calls:
+            raise ProtocolError(
+                f"no function call with call_id {short_repr(call_id)} in the conversation",
+                code="unknown_call_id",
+                param="item.call_id",
+            )
 
     def _move_to_start(self, item: Item) -> None:
         """The session appends; an item created after ``root`` then moves to the front (its
@@ -236,16 +220,27 @@ class RealtimeConnection:
 
     def _response_create(self, event: Event) -> list[Event]:
         response = field(event, "response", dict, default={})
-        instructions = field(response, "instructions", str, path="response", default=None)
-        modalities = field(response, "output_modalities", list, path="response", default=None)
-        if modalities is not None and "audio" not in modalities:
-            raise ProtocolError(
-                "only audio output is supported",
-                code="invalid_value",
-                param="response.output_modalities",
-            )
-        self.session.create_response(instructions)
+        self.session.create_response(parse_response(response, self.config, self._item_for))
         return []
+
+    def _item_for(self, raw: Any, path: str) -> Item:
+        """An item of ``response.input``: a new item, or ``{"type": "item_reference", "id"}``."""
+        if isinstance(raw, dict) and raw.get("type") == "item_reference":
+            item_id = field(raw, "id", str, path=path)
+            found = self.session.conversation.get(item_id)
+            if found is None:
+                raise ProtocolError(
+                    f"item {item_id!r} does not exist", code="item_not_found", param=f"{path}.id"
+                )
+            return found
+        item, audio = parse_item(raw, self.config.input_format, path)
+        if audio is not None:
+            raise ProtocolError(
+                "audio in response.input is not supported here: create the item first",
+                code="unsupported_value",
+                param=f"{path}.content",
+            )
+        return item
 
     def _response_cancel(self, event: Event) -> list[Event]:
         self.session.cancel_response()
@@ -303,6 +298,8 @@ class RealtimeConnection:
         return out
 
     def _r_transcript(self, ev: m.UserTranscript) -> list[Event]:
+        if not self._transcription_events(ev.item_id):
+            return []
         item = self.session.conversation.get(ev.item_id)
         seconds = (item.audio_ms if item else 0) / 1000.0
         return [
@@ -316,107 +313,40 @@ class RealtimeConnection:
         ]
 
     def _r_interim(self, ev: m.InterimTranscript) -> list[Event]:
-        if not self.extensions:
-            return []
-        return [_e(INTERIM_EVENT, item_id=ev.item_id, transcript=ev.transcript)]
+        out = []
+        if ev.delta and self.config.transcription is not None:
+            out.append(
+                _e(
+                    "conversation.item.input_audio_transcription.delta",
+                    item_id=ev.item_id,
+                    content_index=0,
+                    delta=ev.delta,
+                )
+            )
+        if self.extensions:
+            out.append(_e(INTERIM_EVENT, item_id=ev.item_id, transcript=ev.transcript))
+        return out
 
     def _r_reply_started(self, ev: m.ReplyStarted) -> list[Event]:
-        self._formats[ev.response_id] = self.config.output_format
-        ids = {"response_id": ev.response_id, "output_index": 0}
-        item = render_item(ev.item)
-        return [
-            _e("response.created", response=self._response(ev.response_id, "in_progress", [])),
-            _e("response.output_item.added", item=item, **ids),
-            _e("conversation.item.added", previous_item_id=self._previous(ev.item.id), item=item),
-            _e(
-                "response.content_part.added",
-                item_id=ev.item.id,
-                content_index=0,
-                part={"type": "audio", "transcript": ""},
-                **ids,
-            ),
-        ]
+        return self.responses.started(ev)
 
     def _r_audio(self, ev: m.ReplyAudio) -> list[Event]:
-        fmt = self._formats.get(ev.response_id, self.config.output_format)
-        audio = ev.audio
-        if ev.rate != fmt.rate:  # a speculative reply made before the format changed
-            resampler = self._resamplers.get(ev.response_id)
-            if resampler is None:
-                resampler = self._resamplers[ev.response_id] = Resampler(ev.rate, fmt.rate)
-            audio = resampler.process(audio)
-        delta = base64.b64encode(fmt.encode(audio)).decode()
-        return [
-            _e(
-                "response.output_audio.delta",
-                response_id=ev.response_id,
-                item_id=ev.item_id,
-                output_index=0,
-                content_index=0,
-                delta=delta,
-            )
-        ]
+        return self.responses.audio(ev)
 
     def _r_text(self, ev: m.ReplyText) -> list[Event]:
-        return [
-            _e(
-                "response.output_audio_transcript.delta",
-                response_id=ev.response_id,
-                item_id=ev.item_id,
-                output_index=0,
-                content_index=0,
-                delta=ev.delta,
-            )
-        ]
+        return self.responses.text(ev)
+
+    def _r_call_started(self, ev: m.CallStarted) -> list[Event]:
+        return self.responses.call_started(ev)
+
+    def _r_call_arguments(self, ev: m.CallArguments) -> list[Event]:
+        return self.responses.call_arguments(ev)
+
+    def _r_call_done(self, ev: m.CallDone) -> list[Event]:
+        return self.responses.call_done(ev)
 
     def _r_reply_done(self, ev: m.ReplyDone) -> list[Event]:
-        out: list[Event] = []
-        item = ev.item
-        status_details: dict[str, Any] = {"type": ev.status}
-        if ev.status == "cancelled":
-            status_details["reason"] = ev.reason or "client_cancelled"
-        elif ev.status == "failed":
-            status_details["error"] = {
-                "type": "server_error",
-                "code": "engine_error",
-                "message": ev.reason,
-            }
-        outputs = []
-        if item is not None:
-            ids = {
-                "response_id": ev.response_id,
-                "item_id": item.id,
-                "output_index": 0,
-                "content_index": 0,
-            }
-            rendered = render_item(item)
-            outputs.append(rendered)
-            out += [
-                _e("response.output_audio.done", **ids),
-                _e("response.output_audio_transcript.done", transcript=item.text, **ids),
-                _e(
-                    "response.content_part.done",
-                    part={"type": "audio", "transcript": item.text},
-                    **ids,
-                ),
-                _e(
-                    "conversation.item.done",
-                    previous_item_id=self._previous(item.id),
-                    item=rendered,
-                ),
-                _e(
-                    "response.output_item.done",
-                    response_id=ev.response_id,
-                    output_index=0,
-                    item=rendered,
-                ),
-            ]
-        response = self._response(ev.response_id, ev.status, outputs)
-        response["status_details"] = status_details
-        self._formats.pop(ev.response_id, None)
-        self._resamplers.pop(ev.response_id, None)
-        out.append(_e("response.done", response=response))
-        return out
+        return self.responses.done(ev)
 
     def _r_truncated(self, ev: m.ItemTruncated) -> list[Event]:
         return [
@@ -445,22 +375,25 @@ class RealtimeConnection:
         self.closed = True
         return []
 
-    def _response(self, response_id: str, status: str, output: list[Event]) -> Event:
-        return {
-            "object": "realtime.response",
-            "id": response_id,
-            "status": status,
-            "output": output,
-            "conversation_id": f"conv_{self.session.id.removeprefix('sess_')}",
-            "output_modalities": ["audio"],
-            "max_output_tokens": self.config.settings.generation.max_tokens,
-            "audio": {
-                "output": {
-                    "format": self._formats.get(response_id, self.config.output_format).describe(),
-                    "voice": self.config.voice,
-                }
-            },
-        }
+    # ------------------------------------------------------------ what responses show
+
+    def output_format(self) -> AudioFormat:
+        return self.config.output_format
+
+    def voice(self) -> str:
+        return self.config.voice
+
+    def max_output_tokens(self) -> int:
+        return self.config.settings.generation.max_tokens
+
+    def conversation_id(self) -> str:
+        return f"conv_{self.session.id.removeprefix('sess_')}"
+
+    def item(self, item_id: str) -> Item | None:
+        return self.session.conversation.get(item_id)
+
+    def previous(self, item_id: str) -> str | None:
+        return self._previous(item_id)
 
     def _previous(self, item_id: str) -> str | None:
         items = self.session.conversation.items
@@ -468,6 +401,46 @@ class RealtimeConnection:
             if item.id == item_id:
                 return items[i - 1].id if i else None
         return None
+
+    # ------------------------------------------------------------ input transcription, idle
+
+    def _transcription_events(self, item_id: str) -> bool:
+        """Whether the item's ``completed`` goes out: not with transcription off, nor after
+        its ``failed`` (a transcription ends one way or the other, as at OpenAI)."""
+        if item_id in self._failed:
+            del self._failed[item_id]
+            return False
+        return self.config.transcription is not None
+
+    def _r_transcription_failed(self, ev: m.TranscriptionFailed) -> list[Event]:
+        if self.config.transcription is None:  # no transcription events: say it as an error
+            return [error_event(ev.message, ev.code, "server_error", None, None)]
+        self._failed[ev.item_id] = None
+        while len(self._failed) > MAX_FAILED_KEPT:  # an item deleted before its transcript
+            del self._failed[next(iter(self._failed))]
+        return [
+            _e(
+                "conversation.item.input_audio_transcription.failed",
+                item_id=ev.item_id,
+                content_index=0,
+                error={
+                    "type": "transcription_error",
+                    "code": ev.code,
+                    "message": ev.message,
+                    "param": None,
+                },
+            )
+        ]
+
+    def _r_idle_timeout(self, ev: m.IdleTimeout) -> list[Event]:
+        return [
+            _e(
+                "input_audio_buffer.timeout_triggered",
+                audio_start_ms=ev.audio_start_ms,
+                audio_end_ms=ev.audio_end_ms,
+                item_id=ev.item_id,
+            )
+        ]
 
 
 _RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
@@ -482,51 +455,14 @@ _RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
     m.ReplyAudio: RealtimeConnection._r_audio,
     m.ReplyText: RealtimeConnection._r_text,
     m.ReplyDone: RealtimeConnection._r_reply_done,
+    m.CallStarted: RealtimeConnection._r_call_started,
+    m.CallArguments: RealtimeConnection._r_call_arguments,
+    m.CallDone: RealtimeConnection._r_call_done,
     m.ItemTruncated: RealtimeConnection._r_truncated,
     m.ItemDeleted: RealtimeConnection._r_deleted,
     m.TurnMetrics: RealtimeConnection._r_metrics,
     m.SessionError: RealtimeConnection._r_error,
     m.SessionClosed: RealtimeConnection._r_closed,
+    m.TranscriptionFailed: RealtimeConnection._r_transcription_failed,
+    m.IdleTimeout: RealtimeConnection._r_idle_timeout,
 }
-
-
-def _e(kind: str, **fields: Any) -> Event:
-    return {"type": kind, "event_id": event_id(), **fields}
-
-
-def error_event(
-    message: str, code: str | None, kind: str, client_event_id: str | None, param: str | None
-) -> Event:
-    return _e(
-        "error",
-        error={
-            "type": kind,
-            "code": code,
-            "message": message,
-            "param": param,
-            "event_id": client_event_id,
-        },
-    )
-
-
-def render_item(item: Item) -> Event:
-    """An item as the Realtime API shows it (audio bytes are never echoed back)."""
-    status = item.status
-    if item.role == "assistant":
-        part: Event = (
-            {"type": "output_audio", "transcript": item.text}
-            if item.audio
-            else {"type": "output_text", "text": item.text}
-        )
-    elif item.role == "user" and item.audio:
-        part = {"type": "input_audio", "transcript": item.text or None}
-    else:
-        part = {"type": "input_text", "text": item.text}
-    return {
-        "id": item.id,
-        "object": "realtime.item",
-        "type": "message",
-        "role": item.role,
-        "status": status,
-        "content": [part],
-    }
