@@ -119,7 +119,7 @@ async def test_beta_names_are_accepted() -> None:
         ('{"type": "session.update", "session": {"bogus": 1}}', "unknown_parameter", "session.bogus"),
         ('{"type": "session.update", "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}}', "invalid_value", "session.audio.input.turn_detection.threshold"),
         ('{"type": "conversation.item.create", "item": {"type": "message", "role": "robot", "content": []}}', "invalid_value", "item.role"),
-        ('{"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 10}', "item_truncate_invalid_item_id", None),
+        ('{"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 10}', "item_truncate_invalid_item_id", "item_id"),
         ('{"type": "response.cancel"}', "response_cancel_not_active", None),
         ('{"type": "input_audio_buffer.commit"}', "input_audio_buffer_commit_empty", None),
         ('{"type": "x", "pad": "' + "a" * 70_000 + '"}', "message_too_large", None),

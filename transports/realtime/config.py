@@ -39,10 +39,14 @@ OPENAI_REALTIME_MODELS = ("gpt-realtime", "gpt-4o-realtime", "gpt-4o-mini-realti
 _SESSION_KEYS = {
     "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
     "tools", "tool_choice", "tracing", "truncation", "include", "prompt", "temperature",
+    "parallel_tool_calls", "reasoning",
     # beta aliases
     "modalities", "voice", "input_audio_format", "output_audio_format", "turn_detection",
     "input_audio_transcription", "max_response_output_tokens", "input_audio_noise_reduction",
-    "speed", "object", "id", "expires_at", "client_secret",
+    "speed",
+    # read-only fields of a beta session object, which clients echo back from
+    # session.created: accepted and ignored, as the beta API did (no client can set them)
+    "object", "id", "expires_at", "client_secret",
 }  # fmt: skip
 
 
@@ -269,6 +273,9 @@ def _refuse_unsupported(session: dict[str, Any], audio_in: dict[str, Any]) -> No
     nr = "there is no noise filter"
     checks = (
         ("prompt", session.get("prompt"), None, "stored prompt templates are OpenAI's"),
+        ("reasoning", session.get("reasoning"), None, "the model has no reasoning effort"),
+        ("parallel_tool_calls", session.get("parallel_tool_calls", True), True,
+         "a reply makes every call the model emits"),
         ("tracing", session.get("tracing"), None, "there is no tracing service here"),
         ("include", session.get("include") or None, None, "logprobs are not available"),
         ("truncation", session.get("truncation", "auto"), "auto", "the prompt is always fitted"),

@@ -45,6 +45,18 @@ ROOT = "root"
 """``previous_item_id`` that inserts an item at the start of the conversation."""
 
 Event = dict[str, Any]
+_FIELDS = {
+    "session.update": {"session"},
+    "input_audio_buffer.append": {"audio"},
+    "conversation.item.create": {"previous_item_id", "item"},
+    "conversation.item.delete": {"item_id"},
+    "conversation.item.truncate": {"item_id", "content_index", "audio_end_ms"},
+    "conversation.item.retrieve": {"item_id"},
+    "response.create": {"response"},
+    "response.cancel": {"response_id"},
+}
+"""Each client event's fields besides ``type`` and ``event_id`` (none where not listed);
+any other is refused by name (``unknown_parameter``), as OpenAI does."""
 
 
 class RealtimeConnection:
@@ -106,6 +118,11 @@ class RealtimeConnection:
             if handler is None:
                 raise ProtocolError(
                     f"unknown event type {event['type']!r}", code="unknown_event", param="type"
+                )
+            unknown = sorted(set(event) - {"type", "event_id"} - _FIELDS.get(event["type"], set()))
+            if unknown:
+                raise ProtocolError(
+                    f"unknown parameter '{unknown[0]}'", code="unknown_parameter", param=unknown[0]
                 )
             return handler(event)
         except ProtocolError as exc:
@@ -215,7 +232,12 @@ class RealtimeConnection:
                 param="content_index",
             )
         audio_end_ms = number(event, "audio_end_ms", int, 0, MAX_AUDIO_END_MS)
-        self.session.truncate_item(item_id, content_index, audio_end_ms)
+        try:
+            self.session.truncate_item(item_id, content_index, audio_end_ms)
+        except ProtocolError as exc:
+            if exc.code == "item_truncate_invalid_item_id":
+                exc.param = exc.param or "item_id"
+            raise
         return []
 
     def _response_create(self, event: Event) -> list[Event]:
@@ -243,6 +265,21 @@ class RealtimeConnection:
         return item
 
     def _response_cancel(self, event: Event) -> list[Event]:
+        response_id = field(event, "response_id", str, default=None)
+        if response_id is not None:
+            out_of_band = self.responses.out_of_band(response_id)
+            if out_of_band is None:
+                raise ProtocolError(
+                    f"no response {short_repr(response_id)} is in progress",
+                    code="response_cancel_not_active",
+                    param="response_id",
+                )
+            if out_of_band:
+                raise ProtocolError(
+                    "cancelling an out-of-band response is not supported here; it ends by itself",
+                    code="unsupported_value",
+                    param="response_id",
+                )
         self.session.cancel_response()
         return []
 

@@ -20,6 +20,14 @@ from .validate import field
 Event = dict[str, Any]
 _ROLES = ("user", "assistant", "system")
 _TEXT_PARTS = ("input_text", "text", "output_text")
+_COMMON_KEYS = {"type", "id", "object", "status"}
+"""``object`` (always ``realtime.item``) and ``status`` ("has no effect on the conversation",
+OpenAI's reference) are accepted and ignored: clients echo them from the server's items."""
+_ITEM_KEYS = {
+    "message": _COMMON_KEYS | {"role", "content"},
+    "function_call": _COMMON_KEYS | {"call_id", "name", "arguments"},
+    "function_call_output": _COMMON_KEYS | {"call_id", "output"},
+}
 
 
 def parse_item(raw: Any, input_format: AudioFormat, path: str = "item") -> tuple[Item, Any]:
@@ -30,6 +38,11 @@ def parse_item(raw: Any, input_format: AudioFormat, path: str = "item") -> tuple
         raise ProtocolError(f"{path} must be an object", code="invalid_type", param=path)
     kind = field(raw, "type", str, path=path, default="message")
     item_id = field(raw, "id", str, path=path, default=None) or new_id("item")
+    _refuse_unknown(raw, _ITEM_KEYS.get(kind, raw.keys()), path)
+    if raw.get("object", "realtime.item") != "realtime.item":
+        raise ProtocolError(
+            f"{path}.object must be 'realtime.item'", code="invalid_value", param=f"{path}.object"
+        )
     if kind == "function_call":
         arguments = field(raw, "arguments", str, path=path, default="{}")
         return Item(
@@ -73,8 +86,17 @@ def _content(
             raise ProtocolError(f"{where} must be an object", code="invalid_type", param=where)
         kind = field(part, "type", str, path=where)
         if kind in _TEXT_PARTS:
+            _refuse_unknown(part, {"type", "text"}, where)
             texts.append(field(part, "text", str, path=where))
         elif kind == "input_audio" and role == "user":
+            _refuse_unknown(part, {"type", "audio", "transcript"}, where)
+            if part.get("transcript"):
+                raise ProtocolError(
+                    f"{where}.transcript is not supported here: the server transcribes the audio"
+                    " itself, and that transcript is what the model reads",
+                    code="unsupported_parameter",
+                    param=f"{where}.transcript",
+                )
             data = decode_base64(field(part, "audio", str, path=where), f"{where}.audio")
             audio = input_format.decode(data)
         else:
@@ -84,6 +106,16 @@ def _content(
                 param=f"{where}.type",
             )
     return texts, audio
+
+
+def _refuse_unknown(obj: dict[str, Any], known: Any, path: str) -> None:
+    unknown = sorted(set(obj) - set(known))
+    if unknown:
+        raise ProtocolError(
+            f"unknown parameter '{path}.{unknown[0]}'",
+            code="unknown_parameter",
+            param=f"{path}.{unknown[0]}",
+        )
 
 
 def render_item(item: Item) -> Event:

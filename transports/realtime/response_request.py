@@ -4,9 +4,9 @@ Every field of OpenAI's ``RealtimeResponseCreateParams`` either does what OpenAI
 this one response or is refused by name: ``instructions``, ``tools``, ``tool_choice``,
 ``max_output_tokens``, ``output_modalities``, ``audio.output.voice``, ``conversation``
 (``auto`` or ``none``: out of band), ``input`` (the context instead of the conversation; items or
-``item_reference``\\ s), ``metadata`` (echoed), ``parallel_tool_calls`` (accepted: a reply makes
-at most the calls the model emits). Refused: ``prompt``, ``reasoning``, an output format other
-than the session's.
+``item_reference``\\ s), ``metadata`` (echoed), ``parallel_tool_calls`` ``true`` (a reply makes
+every call the model emits; ``false`` is refused). Refused: ``prompt``, ``reasoning``, an output
+format other than the session's.
 """
 
 from __future__ import annotations
@@ -52,7 +52,13 @@ def parse_response(
                 code="unsupported_parameter",
                 param=f"response.{key}",
             )
-    field(obj, "parallel_tool_calls", bool, path="response", default=None)
+    if field(obj, "parallel_tool_calls", bool, path="response", default=True) is not True:
+        raise ProtocolError(
+            "response.parallel_tool_calls false is not supported here (a reply makes every call"
+            " the model emits); leave it true",
+            code="unsupported_value",
+            param="response.parallel_tool_calls",
+        )
     options = ResponseOptions(
         instructions=field(obj, "instructions", str, path="response", default=None),
         metadata=_metadata(obj.get("metadata")),

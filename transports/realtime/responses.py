@@ -46,6 +46,11 @@ class ResponseRenderer:
         open_ = self._open.get(response_id)
         return open_.format if open_ else None
 
+    def out_of_band(self, response_id: str) -> bool | None:
+        """Whether a response in progress is out of band; None: none has that id."""
+        open_ = self._open.get(response_id)
+        return open_.info.out_of_band if open_ else None
+
     def started(self, ev: m.ReplyStarted) -> list[Event]:
         self._open[ev.response_id] = _Open(ev.info, self._context.output_format())
         return [_e("response.created", response=self._response(ev.response_id, "in_progress"))]

@@ -51,6 +51,12 @@ def parse_tool_choice(value: Any, param: str) -> str:
         return value
     if isinstance(value, dict) and value.get("type") == "function":
         return field(value, "name", str, path=param)
+    if isinstance(value, dict) and value.get("type") == "mcp":
+        raise ProtocolError(
+            f"{param}: MCP tools are not supported here: choose a function",
+            code="unsupported_value",
+            param=f"{param}.type",
+        )
     raise ProtocolError(
         f"{param} must be 'auto', 'none', 'required' or {{'type': 'function', 'name': ...}}",
         code="invalid_value",
