@@ -148,3 +148,29 @@ async def test_a_phone_caller_uses_a_server_side_tool(tool_serving: VoiceServer)
     assert {"time", "date", "timezone"} <= set(output)
     after = items[kinds.index("function_call_output") + 1 :]
     assert any(i["role"] == "assistant" and i["text"].strip() for i in after), items
+
+
+async def test_text_only_and_out_of_band_responses_through_the_sdk(server: VoiceServer) -> None:
+    async with Caller(server.port) as caller:  # type: ignore[arg-type]
+        ask = {"type": "input_text", "text": "Name a colour."}
+        await caller.send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "output_modalities": ["text"],
+                    "metadata": {"topic": "colour"},
+                    "input": [{"type": "message", "role": "user", "content": [ask]}],
+                    "max_output_tokens": 16,
+                },
+            }
+        )
+        (done,) = await caller.wait_for(caller.response_done, TURN_TIMEOUT, "response.done")
+    response = done["response"]
+    assert response["metadata"] == {"topic": "colour"}
+    assert response["conversation_id"] is None
+    assert response["output_modalities"] == ["text"]
+    assert response["output"][0]["content"][0]["text"].strip()
+    assert not caller.of("response.output_audio.delta")
+    assert not caller.of("conversation.item.added")  # nothing joined the conversation
+    assert caller.of("response.output_text.delta")

@@ -377,3 +377,20 @@ async def test_a_tool_can_end_the_call() -> None:
     (closed,) = h.of(m.SessionClosed)
     assert closed.reason == "the agent ended the call: done"
     assert h.of(m.ReplyDone)[0].item.text == "Goodbye."  # type: ignore[union-attr]
+
+
+async def test_speed_and_voice_reach_the_synthesizer_and_a_faster_speed_is_shorter() -> None:
+    durations = []
+    for speed in (1.0, 1.5):
+        async with manual(ScriptedLlm(["One two three four five six."])) as h:
+            client = Client(h)
+            client.send({"type": "session.update", "session": {"audio": {"output": {"speed": speed, "voice": "marin"}}}})  # fmt: skip
+            client.send({"type": "response.create"})
+            await client.until("response.done")
+            (done,) = h.of(m.ReplyDone)
+            assert done.item is not None
+            durations.append(done.item.audio_ms)
+            requests = h.session.engines.tts.requests  # type: ignore[attr-defined]
+            assert {(voice, s) for _, voice, s in requests} == {("joe", speed)}
+            assert client.of("response.done")[0]["response"]["audio"]["output"]["voice"] == "marin"
+    assert durations[1] < 0.75 * durations[0], durations

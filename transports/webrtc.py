@@ -318,7 +318,7 @@ class WebRtcCall:
             self._cleared.discard(event.response_id)
         if isinstance(event, m.ReplyDone) and self._playing == event.response_id:
             self._playing = None
-            if event.status == "completed":
+            if event.status in ("completed", "incomplete"):  # (incomplete: the token limit)
                 out.append(_buffer_event("output_audio_buffer.stopped", event.response_id))
             else:
                 dropped = self.track.flush()
