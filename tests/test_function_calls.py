@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from pipeline import messages as m
-from pipeline.engines import StreamEnd
+from pipeline.engines import StreamEnd, ToolCallDelta
 from pipeline.session import SessionSettings
 from pipeline.tools import Tool, ToolContext, ToolRegistry, tool
 from transports.realtime.config import RealtimeConfig
@@ -394,3 +394,25 @@ async def test_speed_and_voice_reach_the_synthesizer_and_a_faster_speed_is_short
             assert {(voice, s) for _, voice, s in requests} == {("joe", speed)}
             assert client.of("response.done")[0]["response"]["audio"]["output"]["voice"] == "marin"
     assert durations[1] < 0.75 * durations[0], durations
+
+
+async def test_a_call_the_token_limit_cuts_off_is_incomplete_and_never_run() -> None:
+    """Arguments the model cannot fit in its tokens: the response ends incomplete, the call is
+    marked incomplete, and the server does not run its own tool with half its arguments."""
+    ran: list[str] = []
+
+    @tool(description="Record a note.")
+    async def take_note(text: str) -> str:
+        ran.append(text)
+        return "noted"
+
+    cut = [ToolCallDelta(0, "call_n", "take_note", '{"text": "a very long no'), StreamEnd("length", 30, 8)]  # fmt: skip
+    async with served(ScriptedLlm([cut, "unused"]), take_note) as h:
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        await h.feed(silence(0.5))
+        assert h.session.closed_reason is None
+    (done,) = h.of(m.ReplyDone)
+    assert (done.status, done.reason) == ("incomplete", "max_output_tokens")
+    assert [c.status for c in done.calls] == ["incomplete"]
+    assert ran == [] and not [e for e in h.of(m.ItemAdded) if e.item.type == "function_call_output"]
