@@ -287,6 +287,10 @@ class LimitsConfig:
         " started 30 s).",
         _LIMITS.asr_timeout,
     )
+    max_out_of_band: int = doc(
+        'Out-of-band responses (`conversation: "none"`) one session may run at once.',
+        _LIMITS.max_out_of_band,
+    )
     max_tool_rounds: int = doc(
         "Server-side tool calls answered in a row before the model is not asked again.",
         _LIMITS.max_tool_rounds,

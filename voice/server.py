@@ -144,6 +144,7 @@ class VoiceServer:
                 asr_timeout=lim.asr_timeout,
                 judge_timeout=lim.judge_timeout,
                 max_tool_rounds=lim.max_tool_rounds,
+                max_out_of_band=lim.max_out_of_band,
             ),
             tuning=Tuning(
                 early_asr=p.early_asr,
