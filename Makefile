@@ -37,7 +37,8 @@ install-test: system-deps $(VENV)/.installed-test
 
 # espeak-ng speaks the test questions in a voice other than the agent's; Debian's chromium runs
 # the web client in the browser tests (Playwright drives it; `playwright install` is never used);
-# ip and unshare make the private network namespace the WebRTC tests run in.
+# ip and unshare make the private network namespace the WebRTC tests run in; the session store's
+# tests start a throw-away PostgreSQL server (tests/pg.py).
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
@@ -48,6 +49,9 @@ system-deps:
 	@command -v ip >/dev/null && command -v unshare >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iproute2 util-linux; \
 	  else echo "please install iproute2 and util-linux"; exit 1; fi; }
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql; \
+	  else echo "please install postgresql (apt-get install postgresql)"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

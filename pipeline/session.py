@@ -11,10 +11,11 @@ It is the only place that decides "cancel the reply" and what the conversation h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -56,7 +57,11 @@ from .settings import ResponseOptions, SessionLimits, SessionSettings, Tuning
 from .tasks import cancel_and_wait
 from .tools import ToolContext, ToolError, ToolRegistry
 
-__all__ = ["Session", "SessionLimits", "SessionSettings", "Tuning"]
+__all__ = ["Observer", "Session", "SessionLimits", "SessionSettings", "Tuning"]
+
+Observer = Callable[["Session", SessionEvent], None]
+"""Told of every event the session emits, as it is queued (metrics, a session store). Called
+on the event loop; it must not block, and an exception it raises is logged, not propagated."""
 
 
 class Session:
@@ -71,8 +76,13 @@ class Session:
         session_id: str | None = None,
         tuning: Tuning | None = None,
         tools: ToolRegistry | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.id = session_id or new_id("sess")
+        self.observers: list[Observer] = list(observers)
+        self.input_taps: list[Callable[[np.ndarray, int], None]] = []
+        """Given the caller's audio as received (samples, rate), before the VAD (a recording).
+        Called on the event loop; it must not block."""
         self.tools = tools or ToolRegistry()
         """The server's own tools: the model may call them, and the session runs them."""
         self.settings = settings or SessionSettings()
@@ -84,6 +94,9 @@ class Session:
         self.log = logging.LoggerAdapter(logging.getLogger("voice.session"), {"session": self.id})
         self.conversation = Conversation(self.settings.instructions)
         self.closed_reason: str | None = None
+        self.last_input_at: float | None = None
+        """Clock time of the client's last message or audio (:meth:`heard_from_client`); None:
+        nothing yet. The idle limit (``pipeline.deadlines``) counts from it."""
         self.failed = False
         """True when the session ended because of an error of the server's own."""
         self._events: asyncio.Queue[SessionEvent] = asyncio.Queue(self.limits.max_pending_events)
@@ -147,8 +160,16 @@ class Session:
     def append_audio(self, samples: np.ndarray, rate: int) -> None:
         """Caller audio (int16 mono at ``rate``). Raises :class:`LimitExceeded` when it arrives
         faster than the VAD can follow or overflows the turn buffer (the audio is dropped)."""
+        self.heard_from_client()
         if self.closed_reason is None:
+            for tap in self.input_taps:
+                tap(samples, rate)
             self.listener.append(samples, rate)
+
+    def heard_from_client(self) -> None:
+        """The client sent something (a message, audio): it is not idle."""
+        with contextlib.suppress(RuntimeError):  # no event loop (a synchronous caller)
+            self.last_input_at = self.clock.now()
 
     def commit_audio(self) -> None:
         """Make the buffered audio a user item (manual turns, or forcing a turn end)."""
@@ -609,18 +630,32 @@ class Session:
     def _emit(self, event: SessionEvent) -> None:
         if self.closed_reason is not None and not isinstance(event, ReplyDone | TurnMetrics):
             return
+        self._observe(event)
         try:
             self._events.put_nowait(event)
         except asyncio.QueueFull:
             self.close("client is not reading: too many events pending")
 
     def _force_emit(self, event: SessionEvent) -> None:
+        self._observe(event)
         while True:
             try:
                 self._events.put_nowait(event)
                 return
             except asyncio.QueueFull:
                 self._events.get_nowait()
+
+    def _observe(self, event: SessionEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer(self, event)
+            except Exception:  # an observer's bug must not end the conversation
+                self.log.exception("session observer %r failed", observer)
+
+    @property
+    def pending_events(self) -> int:
+        """Events queued for the transport, not yet taken (at most ``max_pending_events``)."""
+        return self._events.qsize()
 
 
 def _calls_note(calls: list[Item]) -> str:

@@ -66,6 +66,12 @@ class SessionLimits:
     max_conversation_bytes: int = 1 << 20
     """Text held by the conversation (UTF-8 bytes). A client item that would pass it is refused
     (``conversation_too_large``); past it, the oldest spoken turns are forgotten."""
+    max_session_s: float = 3600.0
+    """Longest session (seconds from its start); then it closes with "session length limit
+    (…) reached" (``pipeline.deadlines``). 0: no limit."""
+    idle_s: float = 300.0
+    """A session that has had no client message and no audio for this long closes with "idle
+    timeout (…)". 0: no limit."""
 
 
 @dataclass(slots=True)

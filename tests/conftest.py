@@ -41,6 +41,10 @@ def espeak(text: str, rate: int = 16_000, voice: str = "en-us+m3", wpm: int = 16
     return resample(audio, source_rate, rate)
 
 
+_DATA = tempfile.TemporaryDirectory(prefix="voice-test-data-")
+"""The session store of every test server: a throw-away folder, never the checkout."""
+
+
 def test_config() -> Config:
     return load(
         env={},
@@ -48,6 +52,7 @@ def test_config() -> Config:
             "server.port": "0",
             "server.max_event_bytes": str(256 * 1024),
             "server.max_frame_bytes": str(1024 * 1024),
+            "server.data_dir": _DATA.name,
         },
     )
 

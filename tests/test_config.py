@@ -82,10 +82,11 @@ def test_cli_prints_the_effective_config_and_rejects_bad_flags(
         root.handlers[:], root.level = handlers, level
 
 
-def test_the_default_configuration_is_the_pipelines_defaults() -> None:
+def test_the_default_configuration_is_the_pipelines_defaults(tmp_path: Path) -> None:
     """One place for each fact: a session built from the default configuration has exactly the
     settings a unit test gets from the pipeline's own defaults."""
-    server = VoiceServer(load(env={}), fake_engines(["x"], ["y"]))
+    config = load(env={}, overrides={"server.data_dir": str(tmp_path)})
+    server = VoiceServer(config, fake_engines(["x"], ["y"]))
     session = server.new_session()
     assert session.settings == SessionSettings()
     assert session.reply_settings == ReplySettings()

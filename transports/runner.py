@@ -4,7 +4,8 @@ A transport adapter maps its wire onto a session and nothing else: what to read,
 session event, how to close its socket. The :class:`SessionRunner` does the rest, once:
 
 - it runs :meth:`Session.run` and pumps :meth:`Session.next_event` to the transport's ``deliver``
-  (which renders and sends one event), each delivery bounded by ``send_timeout``;
+  (which renders and sends one event), each delivery bounded by ``send_timeout``; beside them
+  it enforces the session's length and idle limits (:func:`pipeline.deadlines.enforce`);
 - it notices the end: the session closed (its :class:`~pipeline.messages.SessionClosed` was
   delivered), a send that timed out (the peer is not reading) or failed, or — with :meth:`serve`
   — the transport's reader returning why the peer left;
@@ -27,6 +28,7 @@ from typing import Any
 
 from pipeline import messages as m
 from pipeline.clock import timeout
+from pipeline.deadlines import enforce
 from pipeline.session import Session
 from pipeline.tasks import cancel_and_wait
 
@@ -61,6 +63,8 @@ class SessionRunner:
         self._run: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[str] | None = None
         self._stopped: asyncio.Event | None = None
+        self._deadlines: asyncio.Task[None] | None = None
+        """Closes the session past ``limits.max_session_s`` or ``limits.idle_s``."""
 
     def start(self) -> None:
         """Start the session and the pump (once; later calls do nothing)."""
@@ -70,6 +74,7 @@ class SessionRunner:
         loop = asyncio.get_running_loop()
         self._run = loop.create_task(self.session.run(), name=f"session-{sid}")
         self._pump = loop.create_task(self._pump_events(), name=f"{self.peer}-writer-{sid}")
+        self._deadlines = loop.create_task(enforce(self.session), name=f"deadlines-{sid}")
 
     @property
     def ended(self) -> bool:
@@ -111,7 +116,8 @@ class SessionRunner:
         self._stopped = asyncio.Event()
         try:
             self.session.close(reason)
-            await cancel_and_wait(t for t in (self._pump, self._run) if t is not None)
+            tasks = (self._pump, self._run, self._deadlines)
+            await cancel_and_wait(t for t in tasks if t is not None)
             details = f": {self._describe()}" if self._describe is not None else ""
             self._log.info(
                 "session %s ended (%s)%s; %s",
@@ -119,6 +125,7 @@ class SessionRunner:
                 self.session.closed_reason,
                 details,
                 self.session.transcript_summary(),
+                extra={"session": self.session.id},
             )
         finally:
             self._stopped.set()

@@ -91,6 +91,7 @@ class TwilioStream:
 
     def receive(self, data: str | bytes) -> None:
         """Handle one frame from Twilio; malformed input is logged and counted, never raised."""
+        self.session.heard_from_client()
         try:
             if not isinstance(data, str):
                 raise ProtocolError("binary frame: Twilio sends JSON text", code="invalid_frame")

@@ -25,24 +25,17 @@ from collections.abc import Callable
 from pipeline.errors import ConfigError
 
 from . import config as config_mod
+from . import logs
 
 BENCH_COMMAND = "benchmarks.harness.cli"
 """The module whose ``main(argv) -> int`` is ``voice bench``."""
 
 
-class _SessionFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "session"):
-            record.session = "-"
-        return True
-
-
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, kind: str = "text") -> None:
+    """Records to stderr at ``level``, in the ``kind`` of :mod:`voice.logs` (``text``/``json``)."""
     handler = logging.StreamHandler()
-    handler.addFilter(_SessionFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(session)s] %(message)s")
-    )
+    handler.addFilter(logs.SessionFilter())
+    handler.setFormatter(logs.formatter(kind))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -137,7 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key} = {value!r}")
                 print()
         return 0
-    setup_logging(config.server.log_level)
+    try:
+        setup_logging(config.server.log_level, config.server.log_format)
+        from .auth import check_exposure
+
+        check_exposure(config)  # before minutes of loading models
+    except ConfigError as exc:
+        print(f"voice: configuration error: {exc}", file=sys.stderr)
+        return 2
     from .server import run_server
 
     try:

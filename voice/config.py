@@ -42,6 +42,35 @@ class ServerConfig:
     host: str = doc("Address to listen on.", "127.0.0.1")
     port: int = doc("TCP port.", 8080)
     max_sessions: int = doc("Concurrent sessions; more are refused with HTTP 503.", 8)
+    api_keys: str = doc(
+        "Comma-separated API keys a client must send (`Authorization: Bearer <key>`, or a"
+        " browser WebSocket's subprotocol `openai-insecure-api-key.<key>`); empty, with no"
+        " `api_keys_file` either = authentication off (only on a loopback address, see"
+        " `allow_unauthenticated`).",
+        "",
+    )
+    api_keys_file: str = doc(
+        "A file of more API keys, one a line (`#` comments); read at start.", ""
+    )
+    allow_unauthenticated: bool = doc(
+        "Listen on a non-loopback address without API keys (otherwise `voice serve` refuses).",
+        False,
+    )
+    allowed_origins: str = doc(
+        "Comma-separated origins (`https://app.example.com`) whose pages may open sessions;"
+        " empty = the server's own origin only; `*` = any. Requests without `Origin` (not a"
+        " browser) are not affected.",
+        "",
+    )
+    max_sessions_per_key: int = doc(
+        "Concurrent sessions per API key (a client secret's count against the key that minted"
+        " it); more get HTTP 429. Not applied when authentication is off.",
+        8,
+    )
+    max_client_secrets: int = doc(
+        "Client secrets (`POST /v1/realtime/client_secrets`) live at once; more get HTTP 429.",
+        1024,
+    )
     heartbeat_s: float = doc(
         "Seconds between WebSocket pings; a client that does not answer within half of it is"
         " dropped.",
@@ -54,6 +83,19 @@ class ServerConfig:
         "Largest WebSocket frame read at all; a larger one closes the connection (1009).", 16 << 20
     )
     log_level: str = doc("`debug`, `info`, `warning` or `error`.", "info")
+    log_format: str = doc(
+        "`text` (one line per record) or `json` (one JSON object per line, with `session` when"
+        " the record belongs to one).",
+        "text",
+    )
+    drain_timeout_s: float = doc(
+        "On SIGTERM or SIGINT: seconds the active sessions may go on (new ones are refused with"
+        " HTTP 503) before they are closed with the reason `server shutting down`.",
+        30.0,
+    )
+    close_timeout_s: float = doc(
+        "At shutdown, seconds the closed sessions have to say goodbye and end.", 5.0
+    )
     model_name: str = doc("Model name reported in `session.created`.", "voice-local")
     warm_up: bool = doc("Run every model once before saying ready.", True)
     transcript_dir: str = doc(
@@ -62,6 +104,11 @@ class ServerConfig:
         "",
     )
     transcripts_kept: int = doc("Ended sessions whose transcripts stay in memory.", 100)
+    data_dir: str = doc(
+        "Folder of the server's own files: the session store's SQLite file (`sessions.db`) and"
+        " the audio recordings (`audio/<session id>/`).",
+        "./data",
+    )
     tools: str = doc(
         "Comma-separated Python modules whose `@tool` functions the server runs itself when the"
         " LLM calls them (`voice serve --tools`); e.g. `pipeline.tools.examples` (the time,"
@@ -304,6 +351,16 @@ class LimitsConfig:
         " gets an error as the call's output.",
         DEFAULT_TOOL_TIMEOUT_S,
     )
+    max_session_s: float = doc(
+        "Longest session (seconds); then it closes with the reason `session length limit (…)"
+        " reached`. 0 = none.",
+        _LIMITS.max_session_s,
+    )
+    idle_s: float = doc(
+        "A session with no client message and no audio for this long (seconds) closes with the"
+        " reason `idle timeout (…)`. 0 = none.",
+        _LIMITS.idle_s,
+    )
 
 
 @dataclass(slots=True)
@@ -329,6 +386,48 @@ class WebRtcConfig:
 
 
 @dataclass(slots=True)
+class StoreConfig:
+    enabled: bool = doc(
+        "Write every session's record (transcript, responses, metrics, errors) as it happens.",
+        True,
+    )
+    url: str = doc(
+        "Where: empty = SQLite `<server.data_dir>/sessions.db`; `sqlite:///path.db` (relative),"
+        " `sqlite:////abs/path.db`; `postgresql://user:pass@host/db` (the `postgres` extra).",
+        "",
+    )
+    max_queued: int = doc(
+        "Records (and audio chunks) waiting for the writer; past it they are dropped and counted,"
+        " never waited for.",
+        10_000,
+    )
+    timeout: float = doc(
+        "Seconds a database connection or write may take (SQLite's busy timeout; PostgreSQL's"
+        " connect, statement and lock timeouts).",
+        10.0,
+    )
+    record_audio: bool = doc(
+        "Record both sides of every call as WAV files under `<server.data_dir>/audio/`.", False
+    )
+    max_audio_s: float = doc("Seconds of audio recorded per side and session, at most.", 3600.0)
+
+
+@dataclass(slots=True)
+class TwilioConfig:
+    auth_token: str = doc(
+        "The Twilio account's auth token: every Media Streams connection must carry a valid"
+        " `X-Twilio-Signature` (else HTTP 403). Empty = no signature check, and with API keys on"
+        " the endpoint wants a key, which Twilio cannot send: set this to take Twilio calls.",
+        "",
+    )
+    public_url: str = doc(
+        "The server's base URL as Twilio reaches it (`wss://voice.example.com`), which the"
+        " signature covers; empty = read from the request (wrong behind a proxy).",
+        "",
+    )
+
+
+@dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
@@ -338,6 +437,8 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def sections() -> list[tuple[str, type]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,19 +41,28 @@ def cuda_available() -> bool:
 class LoadedEngines:
     engines: Engines
     asr_device: str
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    """How long each engine (``vad``, ``asr``, ``llm``, ``tts``) took to load."""
 
 
-def _timed(what: str, source: object, device: str, load: Callable[[], T]) -> T:
+def _timed(
+    what: str, source: object, device: str, load: Callable[[], T], times: dict[str, float]
+) -> T:
+    """``load()``, logged and its duration kept in ``times`` under the engine's kind (the first
+    word of ``what``, lower case)."""
     start = time.perf_counter()
     engine = load()
-    log.info("loaded %s from %s on %s in %.2f s", what, source, device, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    times[what.split()[0].lower()] = seconds
+    log.info("loaded %s from %s on %s in %.2f s", what, source, device, seconds)
     return engine
 
 
 def load_engines(config: Config) -> LoadedEngines:
     """Load every model once for the process, logging what, from where, where and how long."""
+    times: dict[str, float] = {}
     vad_path = Path(config.vad.model_path) if config.vad.model_path else models.silero_onnx()
-    vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)))
+    vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)), times)
 
     device = config.asr.device
     if device == "auto":
@@ -72,10 +81,10 @@ def load_engines(config: Config) -> LoadedEngines:
         window_pad_s=config.asr.window_pad_s,
     )
     asr = _timed(
-        f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options)
+        f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options), times
     )
 
-    llm = _load_llm(config)
+    llm = _load_llm(config, times)
 
     voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
     more_voices = {
@@ -95,12 +104,14 @@ def load_engines(config: Config) -> LoadedEngines:
         voice_path,
         "cpu",
         lambda: PiperTts(tts_options),
+        times,
     )
     judge = llm if config.vad.eot_llm and isinstance(llm, LlamaLlm) else None
-    return LoadedEngines(Engines(vad=vad, asr=asr, llm=llm, tts=tts, judge=judge), device)
+    engines = Engines(vad=vad, asr=asr, llm=llm, tts=tts, judge=judge)
+    return LoadedEngines(engines, device, times)
 
 
-def _load_llm(config: Config) -> LanguageModel:
+def _load_llm(config: Config, times: dict[str, float]) -> LanguageModel:
     """The embedded llama.cpp engine or a remote OpenAI-compatible one."""
     c = config.llm
     if c.engine == "llama":
@@ -116,7 +127,7 @@ def _load_llm(config: Config) -> LanguageModel:
             next_token_timeout=c.next_token_timeout,
         )
         where = "gpu" if c.gpu_layers else "cpu"
-        return _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options))
+        return _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options), times)
     if c.engine == "openai":
         if not c.base_url or not c.model:
             raise ConfigError("llm.engine = 'openai' needs llm.base_url and llm.model")
@@ -129,15 +140,23 @@ def _load_llm(config: Config) -> LanguageModel:
             next_token_timeout=c.next_token_timeout,
         )
         return _timed(
-            "LLM remote", f"{c.base_url} ({c.model})", "remote", lambda: OpenAiCompatibleLlm(remote)
+            "LLM remote",
+            f"{c.base_url} ({c.model})",
+            "remote",
+            lambda: OpenAiCompatibleLlm(remote),
+            times,
         )
     raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
 
 
-def warm_up(engines: Engines) -> None:
+def warm_up(engines: Engines) -> dict[str, float]:
+    """Run each engine that can be warmed once; returns how long each took."""
+    times: dict[str, float] = {}
     for name in ("asr", "llm", "tts"):
         engine = getattr(engines, name)
         if hasattr(engine, "warm_up"):
             start = time.perf_counter()
             engine.warm_up()
-            log.info("warmed up %s in %.2f s", name.upper(), time.perf_counter() - start)
+            times[name] = time.perf_counter() - start
+            log.info("warmed up %s in %.2f s", name.upper(), times[name])
+    return times

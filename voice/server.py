@@ -2,7 +2,10 @@
 
 Routes: ``GET /`` (the web client), ``GET /v1/realtime`` (Realtime over WebSocket),
 ``POST /v1/realtime/calls`` (Realtime over WebRTC), ``GET /v1/twilio/media-stream`` (Twilio Media
-Streams), ``GET /healthz``. Sessions beyond ``server.max_sessions`` are refused with HTTP 503;
+Streams), ``POST /v1/realtime/client_secrets`` (a browser's short-lived credential; who may
+connect to what: ``auth.py``), ``GET /healthz`` (alive), ``GET /readyz`` (taking sessions:
+``health.py``), ``GET /metrics`` (Prometheus: ``metrics.py``). Sessions beyond
+``server.max_sessions``, or while the server drains (``drain.py``), are refused with HTTP 503;
 every ended session's transcript is kept.
 """
 
@@ -11,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,8 +39,14 @@ from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
+from .auth import Gate, Principal, exposure_refusal, principal_of
 from .config import Config
+from .drain import ShutdownSignals, drain
 from .engines import load_engines, warm_up
+from .health import Admission, refusal, unready
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .store import SessionRecorder, open_store
+from .store.api import add_routes as add_store_routes
 from .tools import load_tools
 
 log = logging.getLogger("voice.server")
@@ -85,9 +96,22 @@ class VoiceServer:
         self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
         self.calls: dict[str, WebRtcCall] = {}
+        self.gate = Gate(config)
+        """Who may connect (``auth.py``): API keys, client secrets, origins, Twilio's signature."""
+        self.owners: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
+        """The API key (fingerprint) each Realtime session was opened with."""
+        self.draining = False
+        """Set by :func:`voice.drain.drain`: new sessions are refused."""
+        self.warm = True
+        """The models are loaded and warmed up (``run_server`` clears it while warming up)."""
+        self.metrics = ServerMetrics()
+        asr_waiting = getattr(engines.asr, "waiting", None)
+        self.metrics.watch(self.sessions, self._calls_by_state, asr_waiting)
         self.voices = config.tts.voice_table()
         """The voice names a Realtime client may choose → the server voice of each."""
         self.app = web.Application()
+        self.app.middlewares.append(self.gate.middleware)
+        self.app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
         self.app.router.add_get("/v1/realtime", self._realtime)
         self.app.router.add_get("/v1/twilio/media-stream", self._twilio)
         self.app.router.add_post("/v1/realtime/calls", self._call_create)
@@ -95,9 +119,26 @@ class VoiceServer:
         self.app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
         self.app.router.add_delete("/v1/realtime/calls/{call_id}", self._call_hangup)
         self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/readyz", self._ready)
+        self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/", self._index)
         if WEB_CLIENT.is_dir():
             self.app.router.add_static("/static/", WEB_CLIENT)
+        st = config.store
+        self.store = (
+            open_store(
+                st.url,
+                config.server.data_dir,
+                max_queued=st.max_queued,
+                record_audio=st.record_audio,
+                timeout=st.timeout,
+            )
+            if st.enabled
+            else None
+        )
+        """Every session's record, written as it happens (``voice/store``); started by start()."""
+        if self.store is not None:
+            add_store_routes(self.app, self.store)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -127,6 +168,7 @@ class VoiceServer:
             self.engines,
             self.session_settings(),
             tools=self.tools,
+            observers=[self.metrics.observe],
             reply_settings=ReplySettings(
                 frame_ms=p.frame_ms,
                 lead_ms=p.lead_ms if lead_ms is None else lead_ms,
@@ -145,6 +187,8 @@ class VoiceServer:
                 judge_timeout=lim.judge_timeout,
                 max_tool_rounds=lim.max_tool_rounds,
                 max_out_of_band=lim.max_out_of_band,
+                max_session_s=lim.max_session_s,
+                idle_s=lim.idle_s,
             ),
             tuning=Tuning(
                 early_asr=p.early_asr,
@@ -162,15 +206,11 @@ class VoiceServer:
             ),
         )
 
-    def open_realtime(
-        self, *, webrtc: bool = False, extensions: bool = False
-    ) -> RealtimeConnection:
-        """``extensions``: the client asked for the ``x.voice.*`` events (``x_voice_events=1``)."""
-        # WebRTC has its own jitter buffer on the far side: the track's 20 ms pacing is the lead
-        session = self.new_session(lead_ms=0 if webrtc else None)
-        config = RealtimeConfig(
+    def realtime_config(self, settings: SessionSettings, *, webrtc: bool = False) -> RealtimeConfig:
+        """A Realtime connection's view of a session with these settings."""
+        return RealtimeConfig(
             model=self.config.server.model_name,
-            settings=session.settings,
+            settings=settings,
             voices=dict(self.voices),
             transcription_model=f"whisper-{self.config.asr.model}",
             max_tokens_cap=max(self.config.llm.max_tokens, 1024),
@@ -180,10 +220,20 @@ class VoiceServer:
                 self.config.asr.model, self.config.asr.language
             ),
         )
+
+    def open_realtime(
+        self, *, webrtc: bool = False, extensions: bool = False
+    ) -> RealtimeConnection:
+        """``extensions``: the client asked for the ``x.voice.*`` events (``x_voice_events=1``)."""
+        # WebRTC has its own jitter buffer on the far side: the track's 20 ms pacing is the lead
+        session = self.new_session(lead_ms=0 if webrtc else None)
+        self._record(session, "webrtc" if webrtc else "websocket")
+        config = self.realtime_config(session.settings, webrtc=webrtc)
         if webrtc:
             session.settings.output_rate = 48_000
         else:  # a WebRTC call's session counts once the call connects (_call_connected)
             self.sessions[session.id] = session
+            self.metrics.opened(session.id, "websocket")
         return RealtimeConnection(
             session,
             config,
@@ -194,11 +244,17 @@ class VoiceServer:
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         extensions = wants_extensions(request)
         self._check_capacity()
+        principal = principal_of(request)
+        self._check_quota(principal)
         opened: list[Session] = []
 
         def open_connection() -> RealtimeConnection:
             conn = self.open_realtime(extensions=extensions)
             opened.append(conn.session)
+            try:
+                self._adopt(conn, principal)
+            except ProtocolError as exc:
+                conn.session.close(f"the client secret's session configuration is refused: {exc}")
             return conn
 
         try:
@@ -220,7 +276,9 @@ class VoiceServer:
 
         def open_session() -> Session:
             session = self.new_session()
+            self._record(session, "twilio")
             self.sessions[session.id] = session
+            self.metrics.opened(session.id, "twilio")
             opened.append(session)
             return session
 
@@ -230,6 +288,17 @@ class VoiceServer:
             for session in opened:
                 self.sessions.pop(session.id, None)
                 self._keep_transcript(session)
+
+    def _record(self, session: Session, transport: str) -> None:
+        if self.store is not None:
+            st = self.config.store
+            SessionRecorder(
+                self.store,
+                session,
+                transport,
+                record_audio=st.record_audio,
+                max_audio_s=st.max_audio_s,
+            )
 
     def _keep_transcript(self, session: Session) -> None:
         """The conversation survives the connection: kept in memory and, if configured, on disk."""
@@ -255,11 +324,17 @@ class VoiceServer:
             except OSError as exc:
                 log.error("cannot write the transcript of %s: %s", session.id, exc)
 
+    def admission(self) -> Admission:
+        return Admission(
+            self.warm, self.draining, len(self.sessions), self.config.server.max_sessions
+        )
+
     def _check_capacity(self) -> None:
-        if len(self.sessions) >= self.config.server.max_sessions:
-            raise web.HTTPServiceUnavailable(
-                text=f"server is at its limit of {self.config.server.max_sessions} sessions"
-            )
+        """Refuse a new session (HTTP 503) while the server is not ready (``health.py``)."""
+        refused = refusal(self.admission())
+        if refused is not None:
+            self.metrics.refuse(refused[0])
+            raise web.HTTPServiceUnavailable(text=refused[1])
 
     def webrtc_options(self) -> WebRtcOptions:
         c = self.config.webrtc
@@ -281,13 +356,16 @@ class VoiceServer:
         offer = await read_offer(request, max_session_bytes=self.config.server.max_event_bytes)
         self._check_capacity()
         self._check_connecting()
+        principal = principal_of(request)
+        self._check_quota(principal)
         conn = self.open_realtime(webrtc=True, extensions=extensions)
-        if offer.session is not None:
-            try:
+        try:
+            self._adopt(conn, principal)
+            if offer.session is not None:
                 conn.apply_session(offer.session)
-            except ProtocolError as exc:
-                conn.session.close(f"bad session configuration: {exc}")
-                raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
+        except ProtocolError as exc:
+            conn.session.close(f"bad session configuration: {exc}")
+            raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
         call = WebRtcCall(conn, self.webrtc_options(), self._call_ended, self._call_connected)
         self.calls[call.id] = call
         try:
@@ -315,26 +393,58 @@ class VoiceServer:
 
     async def _call_hangup(self, request: web.Request) -> web.Response:
         call = self.calls.get(request.match_info["call_id"])
-        if call is None:
+        if call is None or self.owners.get(call.session, "") != principal_of(request).owner:
             raise web.HTTPNotFound(text=f"no call {request.match_info['call_id']}")
         await call.close("hung up by the client")
         return web.Response(status=200, text="ok")
+
+    def _adopt(self, conn: RealtimeConnection, principal: Principal) -> None:
+        """The session belongs to the principal's key, and starts with its client secret's
+        configuration, if any. Raises :class:`ProtocolError` if that configuration is refused."""
+        self.owners[conn.session] = principal.owner
+        if principal.secret is not None:
+            conn.apply_session(principal.secret.session)
+
+    def _check_quota(self, principal: Principal) -> None:
+        """Refuse (429) a session past the key's ``server.max_sessions_per_key``."""
+        live = {*self.sessions.values(), *(call.session for call in self.calls.values())}
+        self.gate.check_quota(principal, (self.owners.get(s) for s in live))
+
+    async def _client_secret(self, request: web.Request) -> web.Response:
+        """``POST /v1/realtime/client_secrets``: a browser's short-lived secret (``auth.py``)."""
+        return await self.gate.mint(request, self._describe_session)
+
+    def _describe_session(self, session: dict[str, Any]) -> dict[str, Any]:
+        """A fresh session with this configuration applied, as ``session.created`` shows it;
+        raises :class:`ProtocolError`."""
+        config = self.realtime_config(self.session_settings())
+        config.apply_update(session)
+        return config.describe()
 
     def _check_connecting(self) -> None:
         """Answered calls that have not connected have their own, smaller budget: offers that
         never connect must not take the sessions of clients that do."""
         limit = self.config.webrtc.max_pending_calls
         if sum(not call.connected for call in self.calls.values()) >= limit:
+            self.metrics.refuse("calls_connecting")
             raise web.HTTPServiceUnavailable(
                 text=f"too many calls connecting ({limit}, webrtc.max_pending_calls); try again"
             )
 
     def _call_connected(self, call: WebRtcCall) -> str | None:
         """A call's peer connection is up: it becomes a session, or ends if none is free."""
-        if len(self.sessions) >= self.config.server.max_sessions:
-            return f"server is at its limit of {self.config.server.max_sessions} sessions"
+        refused = refusal(self.admission())
+        if refused is not None:
+            self.metrics.refuse(refused[0])
+            return refused[1]
         self.sessions[call.session.id] = call.session
+        self.metrics.opened(call.session.id, "webrtc")
         return None
+
+    def _calls_by_state(self) -> tuple[int, int]:
+        """WebRTC calls (connecting, connected)."""
+        connected = sum(call.connected for call in self.calls.values())
+        return len(self.calls) - connected, connected
 
     def _call_ended(self, call: WebRtcCall) -> None:
         self.calls.pop(call.id, None)
@@ -360,6 +470,22 @@ class VoiceServer:
             }
         )
 
+    async def _ready(self, request: web.Request) -> web.Response:
+        """``GET /readyz``: 200 while new sessions are taken, else 503 naming what fails."""
+        state = self.admission()
+        failed = unready(state)
+        body = {
+            "status": "not ready" if failed else "ready",
+            "failed": failed,
+            "sessions": state.sessions,
+            "max_sessions": state.max_sessions,
+        }
+        return web.json_response(body, status=503 if failed else 200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: the Prometheus text format (``metrics.py``)."""
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     async def _index(self, request: web.Request) -> web.StreamResponse:
         index = WEB_CLIENT / "index.html"
         if not index.is_file():
@@ -367,9 +493,18 @@ class VoiceServer:
         return web.FileResponse(index)
 
     async def start(self, host: str, port: int) -> int:
+        """Listen on ``host``: ``port``; raises :class:`ConfigError` where that would expose a
+        server without API keys (``auth.exposure_refusal``)."""
+        refused = exposure_refusal(
+            host, keys=self.gate.on, allow_unauthenticated=self.config.server.allow_unauthenticated
+        )
+        if refused is not None:
+            raise ConfigError(refused)
         quiet_malformed_requests()
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
+        if self.store is not None:
+            self.store.start()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         server = site._server
@@ -384,26 +519,45 @@ class VoiceServer:
             session.close("server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.store is not None:  # what the sessions' last events queued, then stop
+            await asyncio.to_thread(self.store.close, self.config.store.timeout)
 
 
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Load the models, listen (``/readyz`` says 503 while they warm up), serve until SIGTERM or
+    SIGINT, then drain (``drain.py``) and stop. Runs in the main thread (signal handlers)."""
     loaded = await asyncio.to_thread(load_engines, config)
-    if config.server.warm_up:
-        await asyncio.to_thread(warm_up, loaded.engines)
     server = VoiceServer(config, loaded.engines)
+    server.warm = not config.server.warm_up
     port = await server.start(config.server.host, config.server.port)
-    host = config.server.host
-    log.info(
-        "ready to talk: open http://%s:%d/ or point a Realtime client at ws://%s:%d/v1/realtime",
-        host,
-        port,
-        host,
-        port,
-    )
-    print(f"READY http://{host}:{port}/  ws://{host}:{port}/v1/realtime", flush=True)
-    if ready is not None:
-        ready.set()
+    signals = ShutdownSignals()
+    signals.install()
     try:
-        await asyncio.Event().wait()
+        warmed: dict[str, float] = {}
+        if config.server.warm_up:
+            warmed = await asyncio.to_thread(warm_up, loaded.engines)
+        server.metrics.models(loaded.load_seconds, warmed)
+        server.warm = True
+        host = config.server.host
+        log.info(
+            "ready to talk: open http://%s:%d/ or point a Realtime client at ws://%s:%d/v1/realtime",
+            host,
+            port,
+            host,
+            port,
+        )
+        print(f"READY http://{host}:{port}/  ws://{host}:{port}/v1/realtime", flush=True)
+        if ready is not None:
+            ready.set()
+        await signals.drain.wait()
+        s = config.server
+        await drain(
+            server,
+            timeout_s=s.drain_timeout_s,
+            close_timeout_s=s.close_timeout_s,
+            hurry=signals.hurry,
+        )
     finally:
+        signals.remove()
         await server.stop()
+    log.info("stopped")

@@ -10,6 +10,7 @@
 // This module wires the others together: window.voiceClient, connect/disconnect, the server
 // events, the settings form.
 import { client } from "./client.js";
+import { takeSecretFromUrl } from "./credentials.js";
 import { $ } from "./dom.js";
 import { agentStarted, agentStopped, notePeaks, playingResponse, resetLatency, showMetrics } from "./latency.js";
 import { closeAudio, micConstraints, showLevel, startAudio } from "./microphone.js";
@@ -209,6 +210,7 @@ function applySettings() {
 }
 
 function init() {
+  takeSecretFromUrl();
   const wanted = new URLSearchParams(location.search).get("transport");
   if (wanted === "ws" || wanted === "webrtc") $("transport").value = wanted;
   $("connect").addEventListener("click", () => connect());

@@ -4,6 +4,7 @@
 // back as an Opus track. x_voice_events=1 asks for the server's x.voice.* events (turn metrics,
 // interim transcripts) on the data channel.
 import { client } from "./client.js";
+import { authHeaders } from "./credentials.js";
 import { setInfo } from "./status.js";
 
 const ICE_WAIT_MS = 3000; // longest wait for ICE gathering before the offer goes anyway
@@ -59,7 +60,7 @@ async function offer(call, stale) {
   client.localCandidates = sdp.split(/\r?\n/).filter((l) => l.startsWith("a=candidate"));
   const resp = await fetch(CALLS, {
     method: "POST",
-    headers: { "Content-Type": "application/sdp" },
+    headers: { "Content-Type": "application/sdp", ...authHeaders() },
     body: sdp,
   });
   const answer = await resp.text();
@@ -108,5 +109,5 @@ export function closeCall(call) {
 
 export function hangUp(where) {
   if (!where) return Promise.resolve();
-  return fetch(`${where}/hangup`, { method: "POST", keepalive: true }).catch(() => {});
+  return fetch(`${where}/hangup`, { method: "POST", keepalive: true, headers: authHeaders() }).catch(() => {});
 }

@@ -1,5 +1,6 @@
 // The WebSocket transport: JSON events both ways, the audio inside them as base64 PCM16.
 // x_voice_events=1 asks for the server's x.voice.* events (turn metrics, interim transcripts).
+import { socketProtocols } from "./credentials.js";
 
 export const socketUrl = () =>
   `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/v1/realtime?x_voice_events=1`;
@@ -7,7 +8,7 @@ export const socketUrl = () =>
 // Resolves with the open socket; `onClosed(closeEvent)` fires if it closes after that.
 export function openSocket(url, { onEvent, onClosed }) {
   return new Promise((resolve, reject) => {
-    const sock = new WebSocket(url);
+    const sock = new WebSocket(url, socketProtocols());
     sock.onopen = () => {
       sock.onclose = onClosed;
       resolve(sock);

@@ -127,6 +127,11 @@ class FairThreads:
         with self._lock:
             return self._queue.pending(owner)
 
+    def waiting(self) -> int:
+        """Jobs of every owner waiting to start (a queue depth for the metrics)."""
+        with self._lock:
+            return len(self._queue)
+
     def submit(self, owner: str, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn(*args)`` for ``owner``; its result arrives in the returned future.
         Cancelling the future before the job starts removes the job. Raises

@@ -251,6 +251,10 @@ class WhisperAsr:
                 future.cancel()
         return " ".join(text for text in texts if text)
 
+    def waiting(self) -> int:
+        """Transcription pieces waiting for a worker, all sessions together."""
+        return self._threads.waiting()
+
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)
         self.transcribe_blocking((rng.standard_normal(16_000) * 30).astype(np.int16))

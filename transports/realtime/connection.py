@@ -110,6 +110,7 @@ class RealtimeConnection:
 
     def receive(self, data: str | bytes) -> list[Event]:
         """Apply one client frame; returns the events to send now (an ``error`` on bad input)."""
+        self.session.heard_from_client()
         client_event_id = None
         try:
             event = parse_event(data, self.max_event_bytes)
