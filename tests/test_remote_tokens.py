@@ -81,3 +81,24 @@ async def test_the_count_cache_is_bounded() -> None:
 def test_tokenize_paths_are_under_the_servers_root() -> None:
     assert HttpPost("http://h:8000/v1/", "k", 1.0).root == "http://h:8000"
     assert HttpPost("http://h:8000", "k", 1.0).root == "http://h:8000"
+
+
+def test_a_stream_that_stops_without_finishing_is_an_error() -> None:
+    """llama_cpp.server ends the stream silently when it fails mid-reply (e.g. a tool choice it
+    cannot stream): that is a failed reply, not an empty completed one."""
+    from types import SimpleNamespace
+
+    from pipeline.engines.llm_openai import _Reading
+    from pipeline.errors import EngineError
+
+    def chunk(content: str | None, finish: str | None) -> object:
+        delta = SimpleNamespace(content=content, tool_calls=None)
+        choice = SimpleNamespace(delta=delta, finish_reason=finish)
+        return SimpleNamespace(usage=None, choices=[choice])
+
+    reading = _Reading(10)
+    assert reading.events(chunk("Hi", None)) == ["Hi"]
+    with pytest.raises(EngineError, match="without a finish_reason"):
+        reading.end()
+    reading.events(chunk(None, "stop"))
+    assert reading.end().finish_reason == "stop"

@@ -181,7 +181,7 @@ class _Reading:
         self._input = estimated_input
         self._chunks = 0
         self._usage: Any = None
-        self._finish: FinishReason = "stop"
+        self._finish: FinishReason | None = None
         self._calls: dict[int, tuple[str, str]] = {}
 
     def events(self, chunk: Any) -> list[LlmEvent]:
@@ -207,10 +207,18 @@ class _Reading:
         return events
 
     def end(self) -> StreamEnd:
-        usage = self._usage
+        """Raises :class:`EngineError` for a stream that stopped without a ``finish_reason``:
+        the server failed mid-reply (llama_cpp.server, for one, just ends the stream)."""
+        finish, usage = self._finish, self._usage
+        if finish is None:
+            raise EngineError(
+                "the LLM endpoint ended its stream without a finish_reason: it failed mid-reply",
+                engine="llm",
+                retryable=True,
+            )
         if usage is None:
-            return StreamEnd(self._finish, self._input, self._chunks)
-        return StreamEnd(self._finish, usage.prompt_tokens or 0, usage.completion_tokens or 0)
+            return StreamEnd(finish, self._input, self._chunks)
+        return StreamEnd(finish, usage.prompt_tokens or 0, usage.completion_tokens or 0)
 
 
 def _finish_reason(reason: str) -> FinishReason:
