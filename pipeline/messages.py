@@ -75,6 +75,8 @@ class ResponseInfo:
     """None: the session's."""
     voice: str | None = None
     """The voice name the client asked for in ``response.create`` (None: the session's)."""
+    scripted: bool = False
+    """Its words were given, not generated (the apology after a failed reply)."""
 
 
 @dataclass(slots=True)

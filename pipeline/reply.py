@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ from .context import ChatMessage, ToolCall
 from .engines import (
     GenerationOptions,
     LanguageModel,
+    LlmEvent,
     SpeechSynthesizer,
     StreamEnd,
     ToolCallDelta,
@@ -40,6 +41,19 @@ class Speech:
     audio: bool = True
     voice: str | None = None
     speed: float = 1.0
+
+
+class Scripted:
+    """A language model that says ``text`` and nothing else: a reply whose words are fixed."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def stream(
+        self, messages: list[ChatMessage], options: GenerationOptions
+    ) -> AsyncIterator[LlmEvent]:
+        yield self.text
+        yield StreamEnd("stop", 0, 0)
 
 
 @dataclass(slots=True)

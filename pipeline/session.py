@@ -51,7 +51,7 @@ from .messages import (
 )
 from .metrics import Marks, report
 from .playout import Playout
-from .reply import Reply, ReplySettings, Speech
+from .reply import Reply, ReplySettings, Scripted, Speech
 from .replying import ReplyHandle
 from .settings import ResponseOptions, SessionLimits, SessionSettings, Tuning
 from .tasks import cancel_and_wait
@@ -371,6 +371,7 @@ class Session:
         speculation: ReplyHandle | None = None,
     ) -> None:
         marks = marks or Marks()
+        failed = False
         try:
             if early is not None:
                 text = await early
@@ -379,7 +380,7 @@ class Session:
                 text = await self.listener.transcribe(audio)
         except (EngineError, TimeoutError) as exc:
             self._emit(TranscriptionFailed(item.id, f"transcription failed: {exc}"))
-            text = ""
+            text, failed = "", True
         item.text = text
         marks.set_once("asr_done", self.clock.now())
         if self.conversation.get(item.id) is not item:
@@ -398,6 +399,8 @@ class Session:
             speculation.cancel("turn_detected")
         if answer:  # not while the agent talks, or once the caller already goes on
             self._start_reply(marks, None)
+        elif failed and respond and not self.listener.in_turn:
+            self._apologize()  # they were not understood
 
     # ---------------------------------------------------------------- replies
 
@@ -429,13 +432,14 @@ class Session:
             metadata=opts.metadata,
             max_output_tokens=generation.max_tokens,
             voice=opts.client_voice,
+            scripted=opts.says is not None,
         )
 
         def on_call(delta: ToolCallDelta) -> None:
             self._on_call(handle, delta)
 
         reply = Reply(
-            llm=self.engines.llm,
+            llm=self.engines.llm if opts.says is None else Scripted(opts.says),
             tts=self.engines.tts,
             messages=messages,
             generation=generation,
@@ -506,6 +510,16 @@ class Session:
         finally:
             handle.finish()
             self._finish_reply(handle, status, reason)
+            if status == "failed" and _failed_unheard(handle):
+                self._apologize()
+
+    def _apologize(self) -> None:
+        """Say the fixed apology (``settings.apology``), if the session has one, for a turn left
+        unanswered: its reply failed before a sound of it was heard, or the caller's words could
+        not be transcribed. Not while another reply is on, nor once the session closes."""
+        text = self.settings.apology
+        if text and self.closed_reason is None and self._active is None:
+            self._start_reply(Marks(), ResponseOptions(says=text))
 
     def _reply_task_done(self, handle: ReplyHandle, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -656,6 +670,14 @@ class Session:
     def pending_events(self) -> int:
         """Events queued for the transport, not yet taken (at most ``max_pending_events``)."""
         return self._events.qsize()
+
+
+def _failed_unheard(handle: ReplyHandle) -> bool:
+    """A spoken reply of the conversation's that failed before a sound of it was heard (and was
+    not itself the apology)."""
+    reply = handle.reply
+    scripted = handle.info.scripted or handle.out_of_band
+    return handle.adopted and reply.audio and not reply.output_started and not scripted
 
 
 def _calls_note(calls: list[Item]) -> str:

@@ -39,6 +39,10 @@ class SessionSettings:
     """Speaking rate (1.0: the voice's own; 1.5 is half as fast again)."""
     text_only: bool = False
     """``output_modalities: ["text"]``: replies are text, nothing is synthesized."""
+    apology: str = ""
+    """Said as is (synthesized, no LLM) when a spoken reply fails before any of it was heard,
+    so that a caller with no error channel (a phone call) is not left in silence. Empty: the
+    failure is only reported (an ``error`` event where the transport has one)."""
     generation: GenerationOptions = field(default_factory=GenerationOptions)
 
 
@@ -114,6 +118,8 @@ class ResponseOptions:
     input: list[Item] | None = None
     """The context of this response instead of the conversation's items."""
     metadata: dict[str, str] | None = None
+    says: str | None = None
+    """Say exactly this instead of asking the LLM (the apology after a failed reply)."""
     tool_choice_after_tools: bool = False
     """The server's follow-up once its own tools answered: a forced ``tool_choice``
     (``required``, a name) becomes ``auto`` for it, or every reply would call again."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from .realtime.validate import LONE_SURROGATE, lone_surrogate
 from .sdp import MAX_SDP_BYTES
 
 EXTENSIONS_PARAM = "x_voice_events"
@@ -105,4 +106,6 @@ def _session(data: bytes) -> dict[str, Any]:
         raise web.HTTPBadRequest(text=f"form part 'session' is not valid JSON: {exc}") from None
     if not isinstance(session, dict):
         raise web.HTTPBadRequest(text="form part 'session' must be a JSON object")
+    if lone_surrogate(session):
+        raise web.HTTPBadRequest(text=f"form part 'session': {LONE_SURROGATE}")
     return session

@@ -1,7 +1,8 @@
 """Checking an SDP offer before it reaches the WebRTC stack (sans-I/O, RFC 8866 shape only).
 
 aiortc parses the full SDP; this only decides, with a clear message, whether an offer is one we
-can answer: text SDP, a session version line, and an audio section that can send to us.
+can answer: text SDP, a session version line, no ``mid`` twice, an audio section that can send
+to us, and a DTLS fingerprint.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class OfferSummary:
 def check_offer(sdp: str) -> OfferSummary:
     """Raise :class:`ProtocolError` (``code`` = ``invalid_sdp`` or ``no_audio``) for an offer
     we cannot answer; return what it contains otherwise."""
-    if len(sdp.encode()) > MAX_SDP_BYTES:
+    if len(sdp.encode(errors="surrogatepass")) > MAX_SDP_BYTES:  # (text from bad bytes too)
         raise ProtocolError(f"SDP offer larger than {MAX_SDP_BYTES} bytes", code="invalid_sdp")
     lines = [line.strip() for line in sdp.strip().splitlines() if line.strip()]
     if not lines or lines[0] != "v=0":
@@ -31,6 +32,9 @@ def check_offer(sdp: str) -> OfferSummary:
     for line in lines:
         if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
             raise ProtocolError(f"malformed SDP line {line[:40]!r}", code="invalid_sdp")
+    mids = [line[6:] for line in lines if line.startswith("a=mid:")]
+    if len(set(mids)) != len(mids):  # aiortc fails on it in a task of its own (AttributeError)
+        raise ProtocolError("two media sections of the offer have the same mid", code="invalid_sdp")
     media: list[str] = []
     audio_directions: list[str] = []
     for line in lines:
@@ -52,5 +56,12 @@ def check_offer(sdp: str) -> OfferSummary:
     if not any(d in ("sendrecv", "sendonly") for d in audio_directions):
         raise ProtocolError(
             "the offer's audio does not send: nothing to listen to", code="no_audio"
+        )
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        # aiortc answers such an offer, then fails in a task of its own (AssertionError)
+        raise ProtocolError(
+            "the offer has no DTLS fingerprint (a=fingerprint): a WebRTC call cannot connect"
+            " without one",
+            code="invalid_sdp",
         )
     return OfferSummary(tuple(media), "application" in media)

@@ -4,7 +4,7 @@
 ``start``, ``media``, ``dtmf``, ``mark``, ``stop``) or raises a
 :class:`~pipeline.errors.ProtocolError` whose ``code`` says what was wrong:
 
-``invalid_json``          not UTF-8, not JSON, or not a JSON object
+``invalid_json``          not UTF-8, not JSON, not a JSON object, or a string with a lone surrogate
 ``unknown_event``         an ``event`` this module does not know
 ``missing_field``         a required field is absent (``streamSid``, ``media.payload`` …)
 ``invalid_field``         a field of the wrong type or value (a sequence number that is no integer,
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import ProtocolError
+
+from .realtime.validate import LONE_SURROGATE, lone_surrogate
 
 ENCODING = "audio/x-mulaw"
 SAMPLE_RATE = 8000
@@ -115,6 +117,8 @@ def parse(data: str | bytes) -> TwilioMessage:
         raise ProtocolError("message is not valid JSON", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise ProtocolError("message is not a JSON object", code="invalid_json")
+    if lone_surrogate(obj):
+        raise ProtocolError(LONE_SURROGATE, code="invalid_json")
     event = obj.get("event")
     if event is None:
         raise ProtocolError("message has no 'event'", code="missing_field", param="event")

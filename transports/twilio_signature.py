@@ -17,7 +17,7 @@ from collections.abc import Mapping
 def signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
     """The signature Twilio sends for a request to ``url`` with POST ``params``."""
     data = url + "".join(name + (params or {})[name] for name in sorted(params or {}))
-    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    digest = hmac.new(_utf8(auth_token), _utf8(data), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -29,4 +29,10 @@ def is_valid(
     if not received:
         return False
     expected = signature(auth_token, url, params)
-    return hmac.compare_digest(expected.encode(), received.strip().encode())
+    return hmac.compare_digest(expected.encode(), _utf8(received.strip()))
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, lone surrogates included: aiohttp decodes a header's bad bytes into them
+    (``surrogateescape``), and such a header must be refused, not raise."""
+    return text.encode("utf-8", "surrogatepass")

@@ -34,6 +34,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
@@ -48,6 +49,13 @@ from .runner import SessionRunner
 from .sdp import check_offer
 
 log = logging.getLogger("voice.transport.webrtc")
+_OFFER_ERRORS = (
+    ValueError, KeyError, IndexError, TypeError, AttributeError, AssertionError,
+    InvalidAccessError, OperationError,
+)  # fmt: skip
+"""What aiortc raises on an offer it cannot use (found by fuzzing: a missing ``a=setup``, a bare
+``a=rtcp`` or ``c=`` line end in AttributeError or AssertionError; codecs it cannot send with in
+OperationError)."""
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
 EVENTS_CHANNEL = "oai-events"
@@ -202,15 +210,17 @@ class WebRtcCall:
         self.pc.on("connectionstatechange", self._on_state)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise ProtocolError(f"cannot use this SDP offer: {exc}", code="invalid_sdp") from None
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.sender.replaceTrack(self.track)
-                transceiver.direction = "sendrecv"
-                break
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    transceiver.sender.replaceTrack(self.track)
+                    transceiver.direction = "sendrecv"
+                    break
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except _OFFER_ERRORS as exc:
+            raise ProtocolError(
+                f"cannot use this SDP offer: {type(exc).__name__}: {exc}", code="invalid_sdp"
+            ) from None
         log.info(
             "call %s (session %s): answered an offer with %s",
             self.id,
@@ -349,7 +359,10 @@ class WebRtcCall:
         await self.runner.stop(reason)
         await cancel_and_wait(list(self._tasks))
         self.track.stop()
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception:  # aiortc, on a connection a malformed offer left half set up
+            log.warning("call %s: the peer connection failed to close", self.id, exc_info=True)
         self._on_end(self)
         self._closed.set()
 

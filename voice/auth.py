@@ -95,7 +95,7 @@ def principal_of(request: web.Request) -> Principal:
 
 def fingerprint(credential: str) -> str:
     """A short name for a credential that reveals nothing of it (for logs and counts)."""
-    return "fp_" + hashlib.sha256(credential.encode()).hexdigest()[:8]
+    return "fp_" + hashlib.sha256(_utf8(credential)).hexdigest()[:8]
 
 
 def load_keys(listed: str, path: str) -> tuple[str, ...]:
@@ -130,11 +130,17 @@ def credential(headers: CIMultiDictProxy[str]) -> str | None:
 
 def match_key(candidate: str, keys: Sequence[str]) -> str | None:
     """The configured key equal to ``candidate``; every key is compared, in constant time."""
-    given, found = candidate.encode(), None
+    given, found = _utf8(candidate), None
     for key in keys:
-        if hmac.compare_digest(key.encode(), given):
+        if hmac.compare_digest(_utf8(key), given):
             found = key
     return found
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, lone surrogates included: aiohttp decodes a header's bad bytes into them
+    (``surrogateescape``), and such a credential must be refused, not raise."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def is_loopback(host: str) -> bool:
@@ -174,7 +180,11 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
     as ``host`` (the request's ``Host``), ``allowed`` lists it, or ``allowed`` has ``*``."""
     if origin is None or "*" in allowed or origin.rstrip("/") in allowed:
         return True
-    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[": no URL, so no origin of ours
+        return False
+    return host is not None and netloc.lower() == host.lower()
 
 
 def error_body(message: str, code: str, param: str | None = None) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import LimitExceeded, ProtocolError
+from transports.realtime.validate import LONE_SURROGATE, lone_surrogate
 
 PREFIX = "ek_"
 MIN_S, MAX_S, DEFAULT_S = 10, 7200, 600
@@ -82,7 +83,8 @@ class SecretStore:
 
 def _digest(value: str) -> bytes:
     # a lookup by hash: what a timing attack could learn is the hash, which tells nothing
-    return hashlib.sha256(value.encode()).digest()
+    # (surrogatepass: a header's bad bytes arrive as lone surrogates, never a secret's value)
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 def parse_request(body: Any) -> tuple[dict[str, Any], int]:
@@ -90,6 +92,8 @@ def parse_request(body: Any) -> tuple[dict[str, Any], int]:
     :class:`ProtocolError` naming the field at fault."""
     if not isinstance(body, dict):
         raise ProtocolError("the body must be a JSON object", code="invalid_type", param=None)
+    if lone_surrogate(body):
+        raise ProtocolError(LONE_SURROGATE, code="invalid_json")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise ProtocolError(

@@ -5,6 +5,7 @@ table is generated from them (``voice config --markdown``) and a test keeps the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -425,6 +426,12 @@ class TwilioConfig:
         " signature covers; empty = read from the request (wrong behind a proxy).",
         "",
     )
+    apology: str = doc(
+        "Said to the caller when a reply fails before any of it was heard (an engine failed or"
+        " timed out): a phone call has no error channel, and silence leaves the caller waiting."
+        " Empty = say nothing.",
+        "Sorry, something went wrong on my side. Could you say that again?",
+    )
 
 
 @dataclass(slots=True)
@@ -471,6 +478,8 @@ def load(
     for name, cls in sections():
         section = getattr(config, name)
         table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config section [{name}] must be a table, not {table!r:.40}")
         hints = get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(section)}
         for key in table:
@@ -517,9 +526,14 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             if str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if kind is int and isinstance(value, float):
-            raise ValueError(value)
-        return kind(value)
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError(value)  # true is no number; 1.5 is no int
+        if kind is str and not isinstance(value, str):
+            raise TypeError(value)  # a TOML number, list or table where text is expected
+        result = kind(value)
+        if kind is float and not math.isfinite(result):
+            raise ValueError(value)  # nan, inf: no setting means either
+        return result
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
 

@@ -276,6 +276,7 @@ class VoiceServer:
 
         def open_session() -> Session:
             session = self.new_session()
+            session.settings.apology = self.config.twilio.apology  # (Twilio has no error event)
             self._record(session, "twilio")
             self.sessions[session.id] = session
             self.metrics.opened(session.id, "twilio")

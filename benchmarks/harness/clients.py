@@ -196,6 +196,14 @@ class Call:
     async def cancel_reply(self) -> None:
         """Ask the server to stop a reply (Realtime only; a phone caller cannot)."""
 
+    def vanish(self) -> None:
+        """Drop the connection at once, without a close frame (a caller whose network died);
+        the microphone stops too. Leave the ``async with`` afterwards as usual."""
+        if self._tasks:
+            self._tasks[1].cancel()
+        if self._ws is not None:
+            self._ws.transport.abort()
+
     # ------------------------------------------------------------ wire (a plain ``websockets``
     # connection; another client library overrides these four)
 

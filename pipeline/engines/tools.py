@@ -83,8 +83,8 @@ def _schema_problem(schema: Any, where: str) -> str | None:
         return f"{where} must be a JSON Schema object, not {type(schema).__name__}"
     kind = schema.get("type")
     for name in kind if isinstance(kind, list) else [kind]:
-        if name is not None and name not in _TYPES:
-            return f"{where}: unknown type {name!r}"
+        if name is not None and (not isinstance(name, str) or name not in _TYPES):
+            return f"{where}: unknown type {name!r:.60}"
     ref = schema.get("$ref")
     if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
         return f"{where}: only local references (#/...) are supported, not {ref!r}"

@@ -111,6 +111,10 @@ def _load(model_path: Path, config_path: Path | None, options: PiperOptions) -> 
     so = onnxruntime.SessionOptions()
     so.intra_op_num_threads = options.threads
     so.inter_op_num_threads = 1
+    # onnxruntime's CPU arena keeps the high-water mark of the longest clause ever said (and of
+    # concurrent syntheses), growing in doubling chunks: +130-160 MB that never came back in a
+    # soak (benchmarks/soak.py). Without it, synthesis is as fast and the memory is returned.
+    so.enable_cpu_mem_arena = False
     providers = ["CUDAExecutionProvider"] if options.use_cuda else ["CPUExecutionProvider"]
     with open(config_path, encoding="utf-8") as f:
         config = PiperConfig.from_dict(json.load(f))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from pipeline.errors import LimitExceeded, ProtocolError
@@ -10,6 +11,7 @@ from pipeline.errors import LimitExceeded, ProtocolError
 T = TypeVar("T")
 N = TypeVar("N", int, float)
 _MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -30,6 +32,8 @@ def parse_event(data: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError("invalid JSON: nested too deeply", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of 4300+ digits
         raise ProtocolError(f"invalid JSON: {exc}", code="invalid_json") from None
+    if lone_surrogate(event):
+        raise ProtocolError(LONE_SURROGATE, code="invalid_json")
     if not isinstance(event, dict):
         raise ProtocolError("an event must be a JSON object", code="invalid_event")
     event_id = event.get("event_id")
@@ -43,6 +47,27 @@ def parse_event(data: str | bytes, max_bytes: int) -> dict[str, Any]:
             param="type",
         )
     return event
+
+
+LONE_SURROGATE = "invalid JSON: a string holds a lone surrogate escape (\\ud800-\\udfff), not text"
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether a string in parsed JSON (keys included) holds a lone surrogate: ``"\\ud800"`` is
+    valid JSON but no text; it cannot be encoded, so it would fail wherever it is stored, logged
+    or counted in bytes. Iterative: a value nested a thousand deep does not recurse."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def field(
