@@ -34,6 +34,7 @@ from voice.server import VoiceServer
 from .conftest import test_config as base_config
 from .fakes import ToneTts, fake_engines
 from .harness import Harness
+from .offers import OFFER
 from .realtime_schema import validate_server_event
 
 Event = dict[str, Any]
@@ -403,7 +404,7 @@ async def test_the_sdk_creates_a_call_with_a_session(light_server: VoiceServer) 
         ({"sdp": ("v=0", "application/sdp"), "extra": ("1", "text/plain")}, 400, "unknown form part 'extra'"),
         ({"sdp": ("v=0", "application/sdp"), "session": ("[1]", "application/json")}, 400, "must be a JSON object"),
         ({"sdp": ("v=0", "application/sdp"), "session": ("{bad", "application/json")}, 400, "not valid JSON"),
-        ({"sdp": ("v=0", "application/sdp"), "session": ('{"bogus": 1}', "application/json")}, 400, "unknown parameter 'session.bogus'"),
+        ({"sdp": (OFFER, "application/sdp"), "session": ('{"bogus": 1}', "application/json")}, 400, "unknown parameter 'session.bogus'"),
         ({"sdp": ("v=0", "application/sdp")}, 400, "no_audio"),
     ],
 )  # fmt: skip

@@ -104,3 +104,12 @@ async def test_a_call_becomes_a_session_when_it_connects_unless_none_is_free(
     assert late.session.closed_reason == "server is at its limit of 1 sessions"
     assert list(light_server.calls) == [early.id]
     assert list(light_server.sessions) == [early.session.id]
+
+
+async def test_a_bad_offer_is_refused_before_any_session_exists(light_server: VoiceServer) -> None:
+    port = light_server.port
+    assert port is not None
+    async with aiohttp.ClientSession() as http:
+        status, body = await post_offer(http, port, "v=0\r\nthis is not an offer\r\n")
+    assert status == 400 and ("invalid_sdp" in body or "no_audio" in body), body
+    assert not light_server.calls and not light_server.sessions and not light_server.ended

@@ -35,6 +35,7 @@ from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
 from transports.realtime.input_config import recognizer_languages
 from transports.realtime_request import read_offer, wants_extensions
+from transports.sdp import check_offer
 from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
@@ -355,6 +356,10 @@ class VoiceServer:
         session configuration) in, the SDP answer out (201)."""
         extensions = wants_extensions(request)
         offer = await read_offer(request, max_session_bytes=self.config.server.max_event_bytes)
+        try:
+            check_offer(offer.sdp)  # before a session exists: a bad offer leaves nothing behind
+        except ProtocolError as exc:
+            raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
         self._check_capacity()
         self._check_connecting()
         principal = principal_of(request)
