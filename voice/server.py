@@ -77,22 +77,26 @@ def quiet_malformed_requests() -> None:
 WEB_CLIENT = Path(__file__).resolve().parent.parent / "web_client"
 
 
+def server_tools(config: Config, tools: ToolRegistry | None = None) -> ToolRegistry:
+    """The tools given, else those of ``server.tools``; ``llm.tool_choice`` must name one of
+    them (or be a keyword). Raises :class:`ConfigError`."""
+    if tools is None:
+        tools = load_tools(config.server.tools, default_timeout_s=config.limits.tool_timeout)
+    choice = config.llm.tool_choice
+    if choice not in TOOL_CHOICES and choice not in tools:
+        raise ConfigError(
+            f"llm.tool_choice {choice!r}: use auto, none, required or one of the server's"
+            f" tools ({', '.join(s.name for s in tools.specs()) or 'none loaded'})"
+        )
+    return tools
+
+
 class VoiceServer:
     def __init__(self, config: Config, engines: Engines, tools: ToolRegistry | None = None) -> None:
         self.config = config
         self.engines = engines
-        self.tools = (
-            tools
-            if tools is not None
-            else load_tools(config.server.tools, default_timeout_s=config.limits.tool_timeout)
-        )
+        self.tools = server_tools(config, tools)
         """The server's own tools (``server.tools``): every session's model may call them."""
-        choice = config.llm.tool_choice
-        if choice not in TOOL_CHOICES and choice not in self.tools:
-            raise ConfigError(
-                f"llm.tool_choice {choice!r}: use auto, none, required or one of the server's"
-                f" tools ({', '.join(s.name for s in self.tools.specs()) or 'none loaded'})"
-            )
         self.sessions: dict[str, Session] = {}
         self.ended: OrderedDict[str, dict[str, object]] = OrderedDict()
         self._end_waiters: dict[str, list[asyncio.Future[dict[str, object]]]] = {}
@@ -110,21 +114,6 @@ class VoiceServer:
         self.metrics.watch(self.sessions, self._calls_by_state, asr_waiting)
         self.voices = config.tts.voice_table()
         """The voice names a Realtime client may choose → the server voice of each."""
-        self.app = web.Application()
-        self.app.middlewares.append(self.gate.middleware)
-        self.app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
-        self.app.router.add_get("/v1/realtime", self._realtime)
-        self.app.router.add_get("/v1/twilio/media-stream", self._twilio)
-        self.app.router.add_post("/v1/realtime/calls", self._call_create)
-        self.app.router.add_post("/v1/realtime/calls/{call_id}", self._call_reoffer)
-        self.app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
-        self.app.router.add_delete("/v1/realtime/calls/{call_id}", self._call_hangup)
-        self.app.router.add_get("/healthz", self._health)
-        self.app.router.add_get("/readyz", self._ready)
-        self.app.router.add_get("/metrics", self._metrics)
-        self.app.router.add_get("/", self._index)
-        if WEB_CLIENT.is_dir():
-            self.app.router.add_static("/static/", WEB_CLIENT)
         st = config.store
         self.store = (
             open_store(
@@ -138,10 +127,29 @@ class VoiceServer:
             else None
         )
         """Every session's record, written as it happens (``voice/store``); started by start()."""
-        if self.store is not None:
-            add_store_routes(self.app, self.store)
+        self.app = self._routes()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+
+    def _routes(self) -> web.Application:
+        app = web.Application()
+        app.middlewares.append(self.gate.middleware)
+        app.router.add_post("/v1/realtime/client_secrets", self._client_secret)
+        app.router.add_get("/v1/realtime", self._realtime)
+        app.router.add_get("/v1/twilio/media-stream", self._twilio)
+        app.router.add_post("/v1/realtime/calls", self._call_create)
+        app.router.add_post("/v1/realtime/calls/{call_id}", self._call_reoffer)
+        app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
+        app.router.add_delete("/v1/realtime/calls/{call_id}", self._call_hangup)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/readyz", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._index)
+        if WEB_CLIENT.is_dir():
+            app.router.add_static("/static/", WEB_CLIENT)
+        if self.store is not None:
+            add_store_routes(app, self.store)
+        return app
 
     def session_settings(self) -> SessionSettings:
         v, p, c = self.config.vad, self.config.pipeline, self.config.llm

@@ -148,7 +148,9 @@ class RealtimeConfig:
         self._apply_modalities(session)
         for key in ("max_output_tokens", "max_response_output_tokens"):
             if key in session:
-                s.generation = _max_tokens(session[key], s.generation, self.max_tokens_cap, key)
+                s.generation = parse_max_tokens(
+                    session[key], s.generation, self.max_tokens_cap, key
+                )
         self._apply_tools(session)
         audio = get(session, "audio", dict, path="session", default={})
         audio_in = get(audio, "input", dict, path="session.audio", default={})
@@ -179,7 +181,7 @@ class RealtimeConfig:
         for container, param in ((audio_out, "session.audio.output"), (session, "session")):
             voice = container.get("voice")
             if voice is not None:
-                self.voice = _voice(voice, f"{param}.voice", self.voices)
+                self.voice = parse_voice(voice, f"{param}.voice", self.voices)
                 s.voice = self.voices[self.voice]
         for container, path in ((audio_out, "session.audio.output"), (session, "session")):
             self.speed = number(container, "speed", float, 0.25, 1.5, path=path, default=self.speed)
@@ -221,7 +223,7 @@ class RealtimeConfig:
         apply_turn_detection(value, param, self.settings)
 
 
-def _voice(value: Any, param: str, voices: dict[str, str]) -> str:
+def parse_voice(value: Any, param: str, voices: dict[str, str]) -> str:
     """A voice name (or ``{"id": name}``) that ``voices`` knows."""
     name = value.get("id") if isinstance(value, dict) else value
     if isinstance(name, str) and name in voices:
@@ -233,7 +235,9 @@ def _voice(value: Any, param: str, voices: dict[str, str]) -> str:
     )
 
 
-def _max_tokens(value: Any, current: GenerationOptions, cap: int, key: str) -> GenerationOptions:
+def parse_max_tokens(
+    value: Any, current: GenerationOptions, cap: int, key: str
+) -> GenerationOptions:
     if value == "inf":
         return replace(current, max_tokens=cap)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:

@@ -19,7 +19,7 @@ from pipeline.context import Item
 from pipeline.errors import ProtocolError
 from pipeline.settings import ResponseOptions
 
-from .config import TEMPERATURE, RealtimeConfig, _max_tokens, _voice, parse_modalities
+from .config import TEMPERATURE, RealtimeConfig, parse_max_tokens, parse_modalities, parse_voice
 from .formats import parse_format
 from .tools import check_choice, parse_tool_choice, parse_tools
 from .validate import field, number, short_repr
@@ -94,7 +94,7 @@ def _generation(obj: dict[str, Any], config: RealtimeConfig) -> Any:
     for key in ("max_output_tokens", "max_response_output_tokens"):
         if key in obj:
             try:
-                generation = _max_tokens(obj[key], generation, config.max_tokens_cap, key)
+                generation = parse_max_tokens(obj[key], generation, config.max_tokens_cap, key)
             except ProtocolError as exc:
                 exc.param = f"response.{key}"
                 raise
@@ -110,7 +110,7 @@ def _audio(obj: dict[str, Any], config: RealtimeConfig, options: ResponseOptions
     for container, param in ((output, "response.audio.output"), (obj, "response")):
         voice = container.get("voice")
         if voice is not None:
-            options.client_voice = _voice(voice, f"{param}.voice", config.voices)
+            options.client_voice = parse_voice(voice, f"{param}.voice", config.voices)
             options.voice = config.voices[options.client_voice]
     for value, param in (
         (output.get("format"), "response.audio.output.format"),
