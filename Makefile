@@ -38,7 +38,8 @@ install-test: system-deps $(VENV)/.installed-test
 # espeak-ng speaks the test questions in a voice other than the agent's; Debian's chromium runs
 # the web client in the browser tests (Playwright drives it; `playwright install` is never used);
 # ip and unshare make the private network namespace the WebRTC tests run in; the session store's
-# tests start a throw-away PostgreSQL server (tests/pg.py).
+# tests start a throw-away PostgreSQL server (tests/pg.py); baresip (a softphone) and sipp
+# (sip-tester) call the SIP agent in its tests.
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng; \
@@ -52,6 +53,9 @@ system-deps:
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql; \
 	  else echo "please install postgresql (apt-get install postgresql)"; exit 1; fi; }
+	@command -v baresip >/dev/null && command -v sipp >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq baresip sip-tester; \
+	  else echo "please install baresip and sip-tester"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -100,6 +100,107 @@ async def browser_session(
     return {"mic": script, "page": state}
 
 
+STORYTELLER = "You are a storyteller. Always tell long, detailed stories of many sentences."
+CUT_INS = (
+    "Please tell me a long story about a brave little dragon.",
+    "Stop, stop. Tell me a long story about a clever fox instead.",
+    "Wait, wait. Now tell me a long story about an old lighthouse keeper.",
+    "Stop there. Tell me a long story about a small robot on the moon.",
+    "Hold on. Tell me a long story about a girl who sails around the world.",
+    "Stop, please. Tell me a long story about a bear who learns to sing.",
+)
+"""The first asks for a story; each next one cuts the story being told short and asks another."""
+SPEAKERS = ("muted", "aec", "no-aec")
+BARGE_PAUSE_S = 6.0
+"""After each request: the agent is telling the story when the next cuts in (~5 s into it; its
+replies end at the token limit after ~8 s)."""
+
+
+async def barge_in_session(
+    origin: str, cut_ins: list[np.ndarray], pause_s: float, work: Path, speakers: str
+) -> dict[str, Any]:
+    """One page, one WebRTC call: a story asked for, then each cut-in spoken over the agent's
+    story; the page's event log and its mic/agent level timelines, and each interruption's
+    analysis (``tests.browser.scenarios.analyse_barge_in``). ``speakers``: ``muted`` (the page
+    plays into a muted output, as in the tests), ``aec`` (played out, the page's echo
+    cancellation on: its default), ``no-aec`` (played out, the box unticked)."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.page import (
+        launch,
+        levels,
+        open_and_connect,
+        page_state,
+        wait_for,
+        write_mic_wav,
+    )
+    from tests.browser.scenarios import analyse_barge_in
+
+    parts: list[np.ndarray | float] = [LEAD_S]
+    for speech in cut_ins:
+        parts += [speech, pause_s]
+    wav = work / "barge_in.wav"
+    script = write_mic_wav(wav, parts)
+    last_end_ms = script["speech_end_s"][-1] * 1000
+    async with async_playwright() as pw:
+        muted = speakers == "muted"
+        context, page = await launch(pw, wav, origin, work / "profile-barge-in", muted=muted)
+        try:
+            if speakers == "no-aec":
+                await page.goto(f"{origin}/")
+                await page.uncheck("#echo-cancellation")
+            await open_and_connect(page, f"{origin}/", reload=speakers != "no-aec")
+            await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
+            await page.fill("#instructions", STORYTELLER)
+            await page.click("#apply")
+            await wait_for(page, "() => voiceClient.events.includes('session.updated')", 10)
+            await wait_for(
+                page,
+                "(end) => performance.now() - voiceClient.levels.t0 > end + 1000",
+                last_end_ms / 1000 + 120,
+                last_end_ms,
+            )
+            await wait_for(
+                page,
+                "() => voiceClient.turns.every((t) => t.status !== 'in_progress')",
+                pause_s + 120,
+            )
+            state, lv = await page_state(page), await levels(page)
+            await page.click("#disconnect")
+        finally:
+            await context.close()
+    cleared = [e for e in state["eventLog"] if e["type"] == "output_audio_buffer.cleared"]
+    return {
+        "mic": script,
+        "responses": len(state["turns"]),
+        "turns": [
+            {k: t.get(k) for k in ("response_id", "status", "pageLatencyMs")}
+            for t in state["turns"]
+        ],
+        "user_transcripts": state["user"],
+        "barge_ins_on_page": state["bargeIns"],
+        "errors": state["errors"],
+        "interruptions": [analyse_barge_in(state, lv, e) for e in cleared],
+    }
+
+
+def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
+    """Over the interruptions made while the agent was audibly speaking: from the first mic
+    step with the caller's speech to the last step with the agent's voice (both at the page's
+    level resolution, ``step_ms``)."""
+    cuts = [
+        a for a in result["interruptions"] if "problem" not in a and a["agent_speaking_at_cut_in"]
+    ]
+    return {
+        "cut_ins": asked,
+        "interruptions": len(result["interruptions"]),
+        "measured": len(cuts),
+        "step_ms": cuts[0]["step_ms"] if cuts else None,
+        "agent_audibly_stopped_after_cut_in_ms": describe(a["stop_after_cut_in_ms"] for a in cuts),
+        "server_cleared_after_cut_in_ms": describe(a["cleared_after_cut_in_ms"] for a in cuts),
+    }
+
+
 def webrtc_turns(texts: list[str], state: dict[str, Any]) -> list[dict[str, Any]]:
     """The page's turns, each with the question asked and heard when they can be paired."""
     users: list[str] = state["user"]
@@ -149,15 +250,19 @@ async def websocket_session(url: str, asked: RenderedScenario) -> list[dict[str,
     return records
 
 
-async def inside(turns: int, pause_s: float) -> dict[str, Any]:
+async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> dict[str, Any]:
     from tests.browser.page import MIC_RATE
+    from tests.conftest import espeak
     from tests.netns import SERVER_IP
     from voice.config import load
     from voice.engines import load_engines, warm_up
     from voice.server import VoiceServer
 
     # the address exists only inside the benchmark's own network namespace
-    config = load(overrides={"server.port": "0", "server.allow_unauthenticated": "true"})
+    overrides = {"server.port": "0", "server.allow_unauthenticated": "true"}
+    if speakers == "no-aec":  # the server cancels the echo the page no longer does
+        overrides["webrtc.echo_cancellation"] = "true"
+    config = load(overrides=overrides)
     loaded = load_engines(config)
     warm_up(loaded.engines)
     server = VoiceServer(config, loaded.engines)
@@ -179,6 +284,20 @@ async def inside(turns: int, pause_s: float) -> dict[str, Any]:
                 "user_transcripts": session["page"]["user"],
                 "errors": session["page"]["errors"],
                 "local_candidates": session["page"]["localCandidates"],
+                "jitter_buffer_target_ms": session["page"].get("jitterBufferTarget"),
+            }
+        if barge_ins:
+            print(f"Barge-in: {barge_ins} cut-ins over the agent's stories ...", flush=True)
+            began = time.perf_counter()
+            said = [espeak(text, rate=MIC_RATE) for text in CUT_INS[: barge_ins + 1]]
+            with tempfile.TemporaryDirectory(prefix="webrtc-barge-in-") as tmp:
+                cut = await barge_in_session(
+                    f"http://{SERVER_IP}:{port}", said, BARGE_PAUSE_S, Path(tmp), speakers
+                )
+            report["barge_in"] = {
+                "took_s": round(time.perf_counter() - began, 1),
+                "summary": barge_in_summary(cut, barge_ins),
+                **cut,
             }
         print("WebSocket: the same questions through /v1/realtime ...", flush=True)
         began = time.perf_counter()
@@ -233,6 +352,23 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
+    if "barge_in" in report:
+        b = report["barge_in"]["summary"]
+        print(
+            f"Barge-in ({b['measured']}/{b['cut_ins']} cut-ins measured, {b['step_ms']} ms steps):"
+        )
+        print(
+            _line(
+                "page: caller's speech -> agent audibly stops",
+                b["agent_audibly_stopped_after_cut_in_ms"],
+            )
+        )
+        print(
+            _line(
+                "page: caller's speech -> output_audio_buffer.cleared",
+                b["server_cleared_after_cut_in_ms"],
+            )
+        )
 
 
 def host(args: argparse.Namespace) -> int:
@@ -252,10 +388,11 @@ def host(args: argparse.Namespace) -> int:
         return 2
     started = datetime.now(UTC).isoformat(timespec="seconds")
     per_turn = 5 + args.pause
-    budget = 300 + args.turns * (per_turn + 60)
+    budget = 300 + args.turns * (per_turn + 60) + args.barge_ins * (BARGE_PAUSE_S + 30)
     with tempfile.TemporaryDirectory(prefix="webrtc-latency-") as tmp:
         out = Path(tmp) / "inside.json"
         inner = ["--inside", "--turns", str(args.turns), "--pause", str(args.pause)]
+        inner += ["--barge-ins", str(args.barge_ins), "--speakers", args.speakers]
         try:
             measured = netns.run_scenarios(f"benchmarks.{NAME}", out, *inner, timeout=budget)
         except AssertionError as exc:
@@ -267,6 +404,9 @@ def host(args: argparse.Namespace) -> int:
         "settings": {
             "turns": args.turns,
             "pause_s": args.pause,
+            "barge_ins": args.barge_ins,
+            "barge_in_pause_s": BARGE_PAUSE_S,
+            "speakers": args.speakers,
             "lead_s": LEAD_S,
             "caller_voice": QUESTIONS_VOICE,
             "page_loud_threshold": LOUD,
@@ -292,10 +432,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_PAUSE_S,
         help=f"seconds of silence after each question (default {DEFAULT_PAUSE_S:g})",
     )
+    parser.add_argument(
+        "--barge-ins",
+        type=int,
+        default=5,
+        help=f"cut-ins over the agent's stories (0-{len(CUT_INS) - 1}, default 5)",
+    )
+    parser.add_argument(
+        "--speakers",
+        choices=SPEAKERS,
+        default="muted",
+        help="the barge-in page's audio: muted (default), played out with the page's echo"
+        " cancellation (aec) or without it and with the server's instead (no-aec:"
+        " webrtc.echo_cancellation=true)",
+    )
     parser.add_argument("--out", type=Path, help=f"the output folder (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.turns < 1:
         parser.error("--turns must be at least 1")
+    if not 0 <= args.barge_ins < len(CUT_INS):
+        parser.error(f"--barge-ins must be 0 to {len(CUT_INS) - 1}")
     if args.inside and args.inside_out is None:
         parser.error("--inside needs the output path first")
     return args
@@ -305,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.inside:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        report = asyncio.run(inside(args.turns, args.pause))
+        report = asyncio.run(inside(args.turns, args.pause, args.barge_ins, args.speakers))
         args.inside_out.write_text(json.dumps(report, indent=1))
         return 0
     return host(args)

@@ -4,9 +4,11 @@ One :class:`Listener` per session. :meth:`Listener.append` takes caller audio (r
 rate-limited, buffered); :meth:`Listener.run` scores it with the VAD and feeds the turn detector
 (``turns.py``); at a pause it transcribes early, asks the end-of-turn judge and lets the words set
 the silence that ends the turn (``endpointing.py``); when the turn ends it hands the owner an
-:class:`EndedTurn`. It never touches a reply itself: it tells its owner (the session) through the
-:class:`ListenerOwner` hooks — hold the agent's voice, the caller cut in, prepare a reply on
-these words — and the owner decides.
+:class:`EndedTurn`. Speech over the agent is an *overlap*: the agent is held, the overlap is
+transcribed at the caller's first pause, and its words decide (``backchannel.py``): a backchannel
+resumes the agent and is forgotten, anything else interrupts it. It never touches a reply
+itself: it tells its owner (the session) through the :class:`ListenerOwner` hooks — hold the
+agent's voice, the caller cut in, prepare a reply on these words — and the owner decides.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .audio import PIPELINE_RATE, Resampler
+from .backchannel import Overlap, classify
 from .clock import Clock, timeout
 from .context import ChatMessage, new_id
 from .endpointing import EndpointSettings, for_eagerness, silence_needed
@@ -46,6 +49,8 @@ IDLE_INSTRUCTIONS = (
 )
 """Added to the session's instructions for the reply to an idle timeout."""
 _END_PUNCTUATION = ".,;:!?…"
+_NOT_SPEECH_YET = (TurnEventKind.NOISE, TurnEventKind.PAUSED, TurnEventKind.TURN_ENDED)
+"""Turn events after which a held agent goes on (unless an overlap awaits its words)."""
 
 
 class ListenerOwner(Protocol):
@@ -62,6 +67,9 @@ class ListenerOwner(Protocol):
 
     def barge_in(self) -> None:
         """The caller has spoken long enough to interrupt the agent."""
+
+    def speaking(self) -> bool:
+        """The agent's voice is being heard (or is held)."""
 
     def may_answer(self, text: str) -> bool:
         """Whether these words would get a reply now."""
@@ -105,6 +113,11 @@ class _Turn:
     speculation: ReplyHandle | None = None
     sent_words: list[str] | None = None
     """The interim words given so far (``InterimTranscript.delta``), compared without case."""
+    onset: float = 0.0
+    """Input-audio time (s) of the speech onset."""
+    overlap: bool = False
+    """Spoken over the agent, and not yet known to be an interruption: the agent is held until
+    the words say whether it was a backchannel."""
 
 
 class Listener:
@@ -229,6 +242,7 @@ class Listener:
             )
         turn = self._turn or _Turn(new_id("item"), start)
         self._turn = None
+        self._overlap_interrupts(turn, "the turn was committed")
         self._detector.reset()
         self._hand_over(turn, self._buffer.end, Marks({"turn_end": self.clock.now()}), False)
 
@@ -239,6 +253,8 @@ class Listener:
 
     def discard_turn(self) -> None:
         if self._turn is not None:
+            if self._turn.overlap:
+                self.owner.resume_reply()  # (held for an overlap that is no more)
             self._drop_early(self._turn)
             if self._turn.interim is not None:
                 self._turn.interim.cancel()
@@ -280,6 +296,9 @@ class Listener:
             return
         for event in self._detector.feed(probability, end / PIPELINE_RATE, 512 / PIPELINE_RATE):
             self._on_turn_event(event, td)
+        turn = self._turn  # (speech only: not while a pause's words are being transcribed)
+        if turn is not None and turn.overlap and turn.early is None and self._too_long(turn, end):
+            self._overlap_interrupts(turn, "it is too long for a backchannel")
         if self._turn is not None and self.tuning.interim_asr_ms > 0:
             self._maybe_interim(self._turn, end)
         self._check_idle(td, end)
@@ -292,7 +311,8 @@ class Listener:
             self._end_turn(end)
 
     def _on_turn_event(self, event: TurnEvent, td: TurnSettings) -> None:
-        if event.kind in (TurnEventKind.NOISE, TurnEventKind.PAUSED, TurnEventKind.TURN_ENDED):
+        overlap = self._turn is not None and self._turn.overlap  # (it waits for its words)
+        if event.kind in _NOT_SPEECH_YET and not overlap:
             self.owner.resume_reply()  # not a real interruption: a held agent goes on
         handler = self._handlers.get(event.kind)
         if handler is not None:
@@ -304,17 +324,25 @@ class Listener:
 
     def _on_speech_started(self, event: TurnEvent, td: TurnSettings) -> None:
         start = max(0, int((event.at * 1000 - td.prefix_padding_ms) * PIPELINE_RATE / 1000))
-        self._turn = _Turn(new_id("item"), max(start, self._buffer.start))
+        self._turn = _Turn(new_id("item"), max(start, self._buffer.start), onset=event.at)
+        self._turn.overlap = self._judging_overlaps and self.owner.speaking()
         self._emit(SpeechStarted(self._turn.item_id, self._turn.start * 1000 // PIPELINE_RATE))
         self.owner.caller_started()
 
     def _on_interrupt(self, event: TurnEvent, td: TurnSettings) -> None:
+        if self._turn is not None and self._turn.overlap:
+            return  # its words decide
         if self.settings.interrupt_response:
             self.owner.barge_in()
 
     def _on_paused(self, event: TurnEvent, td: TurnSettings) -> None:
-        if self._turn is not None and (self.tuning.early_asr or td.eagerness is not None):
-            self._start_early(self._turn, int(event.at * PIPELINE_RATE))
+        turn = self._turn
+        if turn is None:
+            return
+        if turn.overlap or self.tuning.early_asr or td.eagerness is not None:
+            self._start_early(turn, int(event.at * PIPELINE_RATE))
+        if turn.overlap:  # the turn stays open until its words are known (bounded by the ASR's)
+            self._detector.set_silence_target(int(self.limits.asr_timeout * 1000))
 
     def _on_resumed(self, event: TurnEvent, td: TurnSettings) -> None:
         if self._turn is not None:
@@ -366,6 +394,8 @@ class Listener:
         try:
             text = await self.transcribe(audio)
         except (EngineError, TimeoutError) as exc:
+            if turn.overlap:
+                self._overlap_interrupts(turn, "its words are unknown")
             if self._turn is turn:  # the turn goes on: it is transcribed afresh when it ends
                 self.log.info("early transcription failed (%s); retried at the turn's end", exc)
                 turn.early, turn.marks = None, None
@@ -373,6 +403,8 @@ class Listener:
                 self._emit(TranscriptionFailed(turn.item_id, f"transcription failed: {exc}"))
             return ""
         marks.set_once("asr_done", self.clock.now())
+        if turn.overlap and self._turn is turn and not self._overlap_decided(turn, text):
+            return text  # a backchannel: the turn is gone, the agent goes on
         completion = None
         if self._adaptive and self._turn is turn:
             completion = await self._judge(text, marks)
@@ -404,6 +436,50 @@ class Listener:
         self.log.debug("end of turn: p=%s for %r", completion, text)
         return completion
 
+    # ---------------------------------------------------------------- speech over the agent
+
+    @property
+    def _judging_overlaps(self) -> bool:
+        """Speech over the agent waits for its words before it interrupts."""
+        return self.settings.interrupt_response and self.tuning.backchannel.enabled
+
+    def _overlap_decided(self, turn: _Turn, text: str) -> bool:
+        """The words of an overlap are known: True when they interrupt the agent (the turn goes
+        on as any other), False for a backchannel (the turn is dropped, the agent resumes)."""
+        speech_end = turn.early_end - PIPELINE_RATE // 10
+        speech_ms = self._overlap_ms(turn, speech_end)
+        if classify(text, speech_ms, self.tuning.backchannel) is Overlap.INTERRUPTION:
+            self._overlap_interrupts(turn, f"{text.strip()!r} is not a backchannel")
+            return True
+        self.log.info("backchannel %r (%d ms) over the agent: it goes on", text, speech_ms)
+        turn.early = None  # (it is this very task)
+        self.discard_turn()
+        self._detector.reset()
+        self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
+        self.owner.resume_reply()
+        return False
+
+    @staticmethod
+    def _overlap_ms(turn: _Turn, end: int) -> float:
+        """Milliseconds from the overlap's onset to the absolute sample index ``end``."""
+        return (end / PIPELINE_RATE - turn.onset) * 1000
+
+    def _too_long(self, turn: _Turn, end: int) -> bool:
+        return self._overlap_ms(turn, end) > self.tuning.backchannel.max_ms
+
+    def _overlap_interrupts(self, turn: _Turn, why: str) -> None:
+        """Speech over the agent is an interruption: the reply is cancelled, the turn goes on."""
+        if not turn.overlap:
+            return
+        turn.overlap = False
+        self.log.info("speech over the agent interrupts it: %s", why)
+        self.owner.barge_in()
+        td = self.settings.turn_detection
+        if self._turn is turn and td is not None:  # the turn may end again as usual
+            target = self._endpoint.incomplete_ms if self._adaptive else td.silence_duration_ms
+            for event in self._detector.set_silence_target(target):
+                self._on_turn_event(event, td)
+
     @property
     def _adaptive(self) -> bool:
         """The words (and the judge) set the silence that ends a turn: ``semantic_vad`` always,
@@ -432,6 +508,7 @@ class Listener:
         turn, self._turn = self._turn, None
         if turn is None:
             return
+        self._overlap_interrupts(turn, "the turn ended")
         if turn.interim is not None:
             turn.interim.cancel()
         self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))

@@ -207,6 +207,15 @@ class IdleTimeout:
     audio_end_ms: int
 
 
+@dataclass(slots=True)
+class DtmfReceived:
+    """The caller pressed a keypad key (``digit``: 0-9, *, #, A-D) at ``received_at`` (UTC Unix
+    seconds), on a phone call (Twilio, SIP). What it does to the conversation: ``dtmf.py``."""
+
+    digit: str
+    received_at: int
+
+
 SessionEvent = (
     CallStarted
     | CallArguments
@@ -229,4 +238,5 @@ SessionEvent = (
     | SessionClosed
     | TranscriptionFailed
     | IdleTimeout
+    | DtmfReceived
 )

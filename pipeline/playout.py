@@ -67,8 +67,14 @@ class Playout:
 
     async def play(self, segment: Segment) -> None:
         """Send one segment in real time, in whole frames (a remainder waits for the next
-        segment or :meth:`drain`). Cancel-safe: a cancelled play sends nothing more."""
-        self._segments.append((segment.text, self._queued, len(segment.audio)))
+        segment or :meth:`drain`). Audio without text goes on saying the previous segment's
+        words (a remote model's audio comes in pieces after their transcript). Cancel-safe: a
+        cancelled play sends nothing more."""
+        if not segment.text and self._segments:
+            text, first, count = self._segments[-1]
+            self._segments[-1] = (text, first, count + len(segment.audio))
+        else:
+            self._segments.append((segment.text, self._queued, len(segment.audio)))
         self._queued += len(segment.audio)
         audio = np.concatenate([self._carry, segment.audio])
         whole = len(audio) - len(audio) % self.frame_samples

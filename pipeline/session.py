@@ -15,15 +15,16 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .audio import PIPELINE_RATE, Resampler
 from .clock import Clock, MonotonicClock
 from .context import ChatMessage, Conversation, Item, new_id
+from .dtmf import Keypad
 from .engines import Engines, ToolCallDelta
 from .errors import EngineError, LimitExceeded, ProtocolError, VoiceError
 from .listening import EndedTurn, Listener
@@ -31,6 +32,7 @@ from .messages import (
     CallArguments,
     CallDone,
     CallStarted,
+    DtmfReceived,
     InputCleared,
     InputCommitted,
     ItemAdded,
@@ -56,6 +58,9 @@ from .replying import ReplyHandle
 from .settings import ResponseOptions, SessionLimits, SessionSettings, Tuning
 from .tasks import cancel_and_wait
 from .tools import ToolContext, ToolError, ToolRegistry
+
+if TYPE_CHECKING:
+    from .handoff.base import RemoteEngine
 
 __all__ = ["Observer", "Session", "SessionLimits", "SessionSettings", "Tuning"]
 
@@ -118,6 +123,23 @@ class Session:
             emit=self._emit,
             spawn=self._spawn,
         )
+        self.keypad = Keypad(
+            self.clock,
+            report=lambda digit, at: self._emit(DtmfReceived(digit, at)),
+            write=self._keypad_item,
+            interrupt=self.barge_in,
+            spawn=self._spawn,
+        )
+        """Keypad presses (``Session.dtmf``); its ``settings`` say what they do (``dtmf.py``)."""
+        self.engine = "cascade"
+        """Who replies: ``cascade`` or a remote engine's name (``pipeline.handoff``)."""
+        self.remote: RemoteEngine | None = None
+        """The remote engine replying now (None: the cascade)."""
+        self.open_remote: Callable[[Session, str], RemoteEngine] | None = None
+        """Builds a remote engine by name (``pipeline.handoff.relay.opener``); None: none."""
+        self.transfer: Callable[[str], Awaitable[None]] | None = None
+        """Set by a transport that can transfer the call (SIP REFER): the ``transfer_call``
+        tool's way out (``ToolContext.transfer``); None: the tool refuses."""
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -144,6 +166,9 @@ class Session:
             if handle is not None:
                 handle.cancel("session_closed")
         self.listener.close()
+        self.keypad.close()
+        if self.remote is not None:
+            self.remote.close()
         self._force_emit(SessionClosed(reason))
 
     async def next_event(self) -> SessionEvent:
@@ -156,15 +181,53 @@ class Session:
         self.settings = settings
         self.conversation.instructions = settings.instructions
         self.listener.update(settings)
+        if self.remote is not None and settings.engine == self.engine:
+            self.remote.configure()  # (instructions, tools: the upstream is told)
+        self.switch_engine(settings.engine)
 
-    def append_audio(self, samples: np.ndarray, rate: int) -> None:
-        """Caller audio (int16 mono at ``rate``). Raises :class:`LimitExceeded` when it arrives
-        faster than the VAD can follow or overflows the turn buffer (the audio is dropped)."""
+    def switch_engine(self, name: str) -> None:
+        """Reply with ``name`` from now on (``cascade`` or a remote engine); the conversation
+        goes on with it. A reply in progress ends (``engine_switched``). Raises
+        :class:`ProtocolError` for an engine this server cannot open."""
+        if name == self.engine:
+            return
+        if name != "cascade" and self.open_remote is None:
+            raise ProtocolError(
+                f"engine {name!r} is not configured on this server",
+                code="invalid_value",
+                param="session.engine",
+            )
+        new = None if name == "cascade" else self.open_remote(self, name)  # type: ignore[misc]
+        old, self.remote, self.engine = self.remote, new, name
+        self.settings.engine = name
+        if self._active is not None:
+            self._active.cancel("engine_switched")
+        if old is not None:
+            old.close()
+        self.listener.discard_turn()
+        if new is not None:
+            self._spawn(new.run())
+        self.log.info("engine: %s", name)
+
+    async def wait_reply(self) -> None:
+        """Until the conversation's reply in progress, if any, has ended. Cancel-safe."""
+        active = self._active
+        if active is not None and active.task is not None:
+            await asyncio.wait([active.task])
+
+    def append_audio(self, samples: np.ndarray, rate: int, wire: bytes | None = None) -> None:
+        """Caller audio (int16 mono at ``rate``; ``wire``: the G.711 bytes it was decoded from,
+        in ``settings.wire_format``, which a remote engine may relay as is). Raises
+        :class:`LimitExceeded` when it arrives faster than the VAD can follow or overflows the
+        turn buffer (the audio is dropped)."""
         self.heard_from_client()
         if self.closed_reason is None:
             for tap in self.input_taps:
                 tap(samples, rate)
-            self.listener.append(samples, rate)
+            if self.remote is not None and self.remote.listens:
+                self.remote.append(samples, rate, wire)  # the upstream detects the turns
+            else:
+                self.listener.append(samples, rate)
 
     def heard_from_client(self) -> None:
         """The client sent something (a message, audio): it is not idle."""
@@ -289,6 +352,30 @@ class Session:
         item.audio_ms = audio_end_ms
         self._emit(ItemTruncated(item_id, content_index, audio_end_ms))
 
+    def dtmf(self, digit: str) -> None:
+        """The caller pressed a keypad key (DTMF): reported to the client and, per
+        ``keypad.settings``, gathered into a user item that is answered (``dtmf.py``). Raises
+        :class:`ProtocolError` (``invalid_dtmf``) for a key that does not exist."""
+        self.heard_from_client()
+        if self.closed_reason is None:
+            self.keypad.press(digit)
+
+    def _keypad_item(self, text: str) -> None:
+        if self.closed_reason is not None:
+            return
+        try:
+            self.add_item(Item(new_id("item"), "user", text=text))
+        except LimitExceeded as exc:  # the conversation is full: the client is told
+            self._emit(SessionError(str(exc), exc.code))
+            return
+        if self.keypad.settings.respond and self.may_answer(text) and not self.listener.in_turn:
+            self._start_reply(Marks({"requested": self.clock.now()}))
+
+    def alignment(self, item_id: str) -> Playout | None:
+        """The playout of an assistant item's audio (for truncation); None when unknown or
+        forgotten."""
+        return self._alignments.get(item_id)
+
     def heard(self, item_id: str, audio_ms: int) -> None:
         """The transport reports that the caller has heard the first ``audio_ms`` of an
         assistant item's audio (it knows better than the clock): truncation and the text kept
@@ -303,6 +390,12 @@ class Session:
         active = self._active
         if active is not None and active.reply.output_started:
             active.reply.playout.pause()
+
+    def reply_held(self) -> bool:
+        """The agent's voice is held (the caller may be cutting in): a transport that queued
+        some of it ahead of real time holds that too."""
+        active = self._active
+        return active is not None and active.reply.playout.paused
 
     def resume_reply(self) -> None:
         active = self._active
@@ -341,12 +434,18 @@ class Session:
     def replying(self) -> bool:
         return self._active is not None
 
+    def speaking(self) -> bool:
+        active = self._active
+        return active is not None and active.reply.output_started
+
     def turn_ended(self, turn: EndedTurn) -> None:
         item = Item(
             turn.item_id, "user", audio=True, audio_ms=len(turn.audio) * 1000 // PIPELINE_RATE
         )
         prev = self.conversation.last_id()
         self.conversation.add(item)
+        if self.remote is not None:
+            self.remote.commit_turn(turn.audio)  # this server's turn, the upstream's reply
         self._emit(InputCommitted(item.id, prev))
         self._emit(ItemAdded(item, prev, done=True))
         self._spawn(
@@ -438,7 +537,8 @@ class Session:
         def on_call(delta: ToolCallDelta) -> None:
             self._on_call(handle, delta)
 
-        reply = Reply(
+        remote = self.remote is not None and opts.says is None and not opts.out_of_band
+        reply = (self.remote.reply if remote else Reply)(  # type: ignore[union-attr]
             llm=self.engines.llm if opts.says is None else Scripted(opts.says),
             tts=self.engines.tts,
             messages=messages,
@@ -571,7 +671,9 @@ class Session:
     async def _run_tools(self, calls: list[Item]) -> None:
         """Run the server's own tools the model called, add their outputs, and let the model
         answer with them. Cancelled by a barge-in for tools that allow it."""
-        context = ToolContext(self.id, end_call=self._end_call)
+        context = ToolContext(self.id, end_call=self._end_call, switch_engine=self._tool_switch)
+        if self.transfer is not None:
+            context = replace(context, transfer=self.transfer)
         for call in calls:
             try:
                 output = await self.tools.run(call.name, call.arguments, context, clock=self.clock)
@@ -596,6 +698,13 @@ class Session:
         prev = self.conversation.add(item)
         self.log.info("tool %s -> %r", call.name, output[:200])
         self._emit(ItemAdded(item, prev, done=True))
+
+    def _tool_switch(self, engine: str) -> None:
+        """A tool hands the conversation to ``engine``: the follow-up reply is its."""
+        try:
+            self.switch_engine(engine)
+        except ProtocolError as exc:
+            raise ToolError(str(exc), tool="hand_off") from None
 
     def _end_call(self, reason: str) -> None:
         """A tool ends the call (once the reply that asked for it has been heard)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .backchannel import BackchannelSettings
 from .context import Item
 from .endpointing import EndpointSettings
 from .engines import GenerationOptions
@@ -44,6 +45,12 @@ class SessionSettings:
     so that a caller with no error channel (a phone call) is not left in silence. Empty: the
     failure is only reported (an ``error`` event where the transport has one)."""
     generation: GenerationOptions = field(default_factory=GenerationOptions)
+    engine: str = "cascade"
+    """Who replies: the local ``cascade``, or a remote realtime model (``openai-realtime``,
+    ``gemini-live``; ``pipeline.handoff``)."""
+    wire_format: str = ""
+    """The caller's audio both ways is G.711 on the wire (``audio/pcmu``, ``audio/pcma``: a
+    phone call): a remote engine that accepts it gets and sends it as is. Empty: PCM."""
 
 
 @dataclass(slots=True)
@@ -91,8 +98,12 @@ class Tuning:
     the fixed ``silence_duration_ms``; needs ``early_asr``."""
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
     pause_on_onset: bool = True
-    """Hold the agent's audio from the caller's first speech window; cancel the reply once the
-    speech lasts ``interrupt_min_speech_ms``, go on if it was a click or a cough."""
+    """Hold the agent's audio from the caller's first speech window; go on if it was a click or
+    a cough. The reply is cancelled once the speech lasts ``interrupt_min_speech_ms`` or, with
+    ``backchannel.enabled``, once its words say it was not a backchannel."""
+    backchannel: BackchannelSettings = field(default_factory=BackchannelSettings)
+    """Speech over the agent: a backchannel ("mm-hmm", "yeah", a laugh) resumes the held reply
+    and stays out of the conversation; other words cancel it (``backchannel.py``)."""
     interim_asr_ms: int = 0
     """Streaming ASR: while the caller speaks, transcribe the words so far after every this
     many ms of new speech (0: off), when the recognizer is idle. Each result is sent as an

@@ -53,6 +53,7 @@ def test_config() -> Config:
             "server.max_event_bytes": str(256 * 1024),
             "server.max_frame_bytes": str(1024 * 1024),
             "server.data_dir": _DATA.name,
+            "sip.port": "0",  # (a free port: never the default 5060)
         },
     )
 

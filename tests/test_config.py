@@ -6,7 +6,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.reply import ReplySettings
 from pipeline.settings import SessionLimits, SessionSettings, Tuning
-from voice import cli
+from voice import cli, config
 from voice.config import load, markdown
 from voice.server import VoiceServer
 
@@ -80,6 +80,15 @@ def test_cli_prints_the_effective_config_and_rejects_bad_flags(
         )
     finally:
         root.handlers[:], root.level = handlers, level
+
+
+def test_cli_config_masks_every_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    sets = [f"{section}.{key}=s3cret-{key}" for section, key in config.SECRETS]
+    assert cli.main(["config", *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    for section, key in config.SECRETS:
+        assert f"[{section}]" in out and f"{key} = '***'" in out
 
 
 def test_the_default_configuration_is_the_pipelines_defaults(tmp_path: Path) -> None:

@@ -11,14 +11,17 @@ import contextlib
 import json
 import logging
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import numpy as np
 import pytest
 import websockets
 
-from transports import g711
+from transports import g711, twilio_signature
 from voice.server import VoiceServer
 
 from .conftest import espeak
@@ -36,8 +39,11 @@ class FakeTwilio:
     keeps what the server sends (with arrival times) and echoes each ``mark`` at once, as
     Twilio does when the audio before it has been played (the server paces it in real time)."""
 
-    def __init__(self, port: int) -> None:
-        self.url = f"ws://127.0.0.1:{port}/v1/twilio/media-stream"
+    def __init__(
+        self, port: int, url: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.url = url or f"ws://127.0.0.1:{port}/v1/twilio/media-stream"
+        self.headers = headers or {}
         self.ws: Any = None
         self.received: list[tuple[float, dict[str, Any]]] = []
         self.speech_done_at: list[float] = []  # when each queued utterance was fully sent
@@ -47,7 +53,9 @@ class FakeTwilio:
         self._sequence = 0
 
     async def __aenter__(self) -> FakeTwilio:
-        self.ws = await websockets.connect(self.url, max_size=1 << 20)
+        self.ws = await websockets.connect(
+            self.url, max_size=1 << 20, additional_headers=self.headers
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -60,8 +68,9 @@ class FakeTwilio:
             message = json.dumps(message | {"sequenceNumber": str(self._sequence)})
         await self.ws.send(message)
 
-    async def start(self) -> None:
-        """``connected`` and ``start``, then the line runs (silence until :meth:`say`)."""
+    async def start(self, parameters: dict[str, str] | None = None) -> None:
+        """``connected`` and ``start`` (with the TwiML's ``<Parameter>``s), then the line runs
+        (silence until :meth:`say`)."""
         await self.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self.send(
             {
@@ -73,7 +82,7 @@ class FakeTwilio:
                     "callSid": "CAtest",
                     "tracks": ["inbound"],
                     "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                    "customParameters": {"test": "e2e"},
+                    "customParameters": parameters or {"test": "e2e"},
                 },
             }
         )
@@ -290,19 +299,19 @@ async def test_malformed_messages_do_not_end_the_stream(
     caplog.set_level(logging.INFO, logger="voice.transport.twilio")
     before = set(server.sessions)
     async with FakeTwilio(server.port) as twilio:  # type: ignore[arg-type]
-        await twilio.send({"event": "media", "streamSid": STREAM_SID, "media": {"payload": ""}})
-        await twilio.start()
+        await twilio.start()  # (a message before it ends the stream: test_call_control.py)
         await twilio.send("{this is not json")
         await twilio.send({"event": "media", "streamSid": STREAM_SID, "media": {"payload": "%%"}})
         await twilio.send({"event": "media", "streamSid": "MZother", "media": {"payload": "AA=="}})
         await twilio.send({"event": "transcription", "streamSid": STREAM_SID})
         await twilio.send(b"\x00\x01 binary")
         await twilio.send({"event": "dtmf", "streamSid": STREAM_SID, "dtmf": {"digit": "x"}})
-        await twilio.send({"event": "dtmf", "streamSid": STREAM_SID, "dtmf": {"digit": "4"}})
         # the stream goes on: the caller is heard and answered
         twilio.say(espeak(PHONE_QUESTION, rate=8000, voice="en-us", wpm=140))
         await twilio.wait_for(lambda: twilio.of("media"), TURN_TIMEOUT, "the agent's audio")
         session_id = new_session_id(server, before)
+        # (a key pressed now is taken, then the caller hangs up before it is answered)
+        await twilio.send({"event": "dtmf", "streamSid": STREAM_SID, "dtmf": {"digit": "4"}})
         await twilio.stop()  # mid-reply
     async with asyncio.timeout(30):
         record = await server.wait_ended(session_id)
@@ -310,7 +319,7 @@ async def test_malformed_messages_do_not_end_the_stream(
     items: list[dict[str, str]] = record["items"]  # type: ignore[assignment]
     assert wer(PHONE_QUESTION, items[0]["text"]) <= 0.2, items
     (ended,) = [r.getMessage() for r in caplog.records if "ended (" in r.getMessage()]
-    assert "7 malformed messages" in ended and "DTMF '4'" in ended, ended
+    assert "6 malformed messages" in ended and "DTMF '4'" in ended, ended
     assert any("DTMF digit 4" in r.getMessage() for r in caplog.records)
 
 
@@ -332,3 +341,55 @@ async def test_streams_beyond_the_limit_are_refused(server: VoiceServer) -> None
         assert refused.value.response.status_code == 503
     finally:
         server.config.server.max_sessions = limit
+
+
+async def test_a_call_through_the_signed_voice_webhook_with_keypad_presses(
+    server: VoiceServer,
+) -> None:
+    """Twilio's whole path: the signed voice webhook answers TwiML, the signed stream it names
+    starts with the TwiML's parameters (the instructions reach the session), the caller presses
+    1 and # and is answered, and every mark comes back."""
+    token, public = "tw-e2e-token", f"http://127.0.0.1:{server.port}"
+    server.gate.twilio_token, server.gate.twilio_url = token, public
+    try:
+        form = {"CallSid": "CAe2e", "From": "+15550100", "To": "+15550199"}
+        query = "?instructions=" + quote("You are the front desk of a small hotel.")
+        webhook = f"{public}/v1/twilio/voice{query}"
+        signed = {"X-Twilio-Signature": twilio_signature.signature(token, webhook, form)}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(webhook, data=form, headers=signed) as answer,
+        ):
+            assert answer.status == 200
+            root = ET.fromstring(await answer.text())
+        stream = root.find("./Connect/Stream")
+        assert stream is not None
+        url = stream.attrib["url"]
+        parameters = {p.attrib["name"]: p.attrib["value"] for p in stream}
+        assert url == f"ws://127.0.0.1:{server.port}/v1/twilio/media-stream"
+        headers = {"X-Twilio-Signature": twilio_signature.signature(token, url)}
+        before = set(server.sessions)
+        async with FakeTwilio(server.port, url, headers) as twilio:  # type: ignore[arg-type]
+            await twilio.start(parameters)
+            registry = server.call_control.registry
+            async with asyncio.timeout(10):  # the stream's start makes it a call
+                await registry.wait(lambda calls: any(c.transport == "twilio" for c in calls))
+            session_id = new_session_id(server, before)
+            session = server.sessions[session_id]
+            assert session.settings.instructions == "You are the front desk of a small hotel."
+            await twilio.send({"event": "dtmf", "streamSid": STREAM_SID, "dtmf": {"digit": "1"}})
+            await twilio.send({"event": "dtmf", "streamSid": STREAM_SID, "dtmf": {"digit": "#"}})
+            await twilio.wait_for(lambda: twilio.of("mark"), TURN_TIMEOUT, "the reply's mark")
+            await twilio.stop()
+        async with asyncio.timeout(30):
+            record = await server.wait_ended(session_id)
+    finally:
+        server.gate.twilio_token, server.gate.twilio_url = "", ""
+    items: list[dict[str, str]] = record["items"]  # type: ignore[assignment]
+    assert items[0]["role"] == "user" and items[0]["text"] == "[keypad] 1 #", items
+    # answered to its end (or to the model's token limit: "incomplete"), not cut off: its
+    # final mark came back and nothing was cleared
+    assert not twilio.of("clear")
+    assert items[1]["role"] == "assistant", items
+    assert items[1]["status"] in ("completed", "incomplete") and items[1]["text"].strip(), items
+    assert twilio.progress_marks()  # what was heard came back as it played

@@ -376,7 +376,12 @@ async def test_tools_load_from_module_paths(
     registry = load_tools(
         " voice_test_app, pipeline.tools.examples ,voice_test_app,", default_timeout_s=3.0
     )
-    assert [s.name for s in registry.specs()] == ["get_current_time", "add", "end_call"]
+    assert [s.name for s in registry.specs()] == [
+        "get_current_time",
+        "add",
+        "end_call",
+        "transfer_call",
+    ]
     assert await registry.run("add", '{"a": 2, "b": 3}', CONTEXT) == "5"
     assert registry.default_timeout_s == 3.0
     assert len(load_tools("")) == 0

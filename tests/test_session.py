@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import messages as m
+from pipeline.backchannel import BackchannelSettings
 from pipeline.errors import EngineError, LimitExceeded, ProtocolError
 from pipeline.session import SessionLimits, SessionSettings, Tuning
 
@@ -57,7 +58,8 @@ async def test_audio_is_paced_in_20ms_frames_in_real_time() -> None:
 
 async def test_barge_in_stops_audio_keeps_the_heard_prefix_and_the_next_turn_works() -> None:
     engines = fake_engines(["tell me a story", "stop please"], [LONG_REPLY, "Okay."])
-    async with Harness(engines) as h:
+    words_unheard = Tuning(backchannel=BackchannelSettings(enabled=False))
+    async with Harness(engines, tuning=words_unheard) as h:
         await h.feed(tone(0.8))
         await h.feed_until(silence(0.02), m.ReplyAudio)
         await h.feed(silence(1.0))  # one second of the reply is heard
@@ -365,7 +367,7 @@ async def test_streaming_asr_is_off_by_default() -> None:
 
 
 async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> None:
-    engines = fake_engines(["tell me a story"], [LONG_REPLY])
+    engines = fake_engines(["tell me a story", ""], [LONG_REPLY])  # no words in a cough
     async with Harness(engines) as h:
         await h.feed(tone(0.8))
         await h.feed_until(silence(0.02), m.ReplyAudio)

@@ -14,11 +14,21 @@ come back as ``media`` messages of 20 ms (160 bytes of μ-law), at the session's
   that has already ended on the server (its mark not echoed yet), ``clear`` is sent as well. While
   a reply is still running, the session alone decides whether speech is a barge-in (a cough does
   not cut the agent off), and the cancellation brings the ``clear``.
-- DTMF digits are logged and kept (:attr:`TwilioStream.dtmf`); they do nothing else yet.
+- Speakerphone echo: with an :class:`~pipeline.echo.EchoCanceller` (``twilio.echo_cancellation``,
+  on by default), the agent's audio as it is sent is the reference, and the caller's audio has
+  the agent's voice taken out before the session (its VAD) hears it.
+- DTMF digits are logged, kept (:attr:`TwilioStream.dtmf`) and given to the session
+  (``Session.dtmf``: the conversation hears them, a Realtime client watching the call sees
+  ``input_audio_buffer.dtmf_event_received``).
 - Twilio never reads replies to its messages, so a malformed message is logged, counted and
-  skipped; the stream goes on. ``stop``, a closed socket, a frame over ``max_frame_bytes``, no
-  ``start`` within ``start_timeout``, silence on the socket for ``idle_timeout`` (Twilio streams
-  media all call long) or a send that cannot complete within ``send_timeout`` end the session.
+  skipped; the stream goes on. Messages out of order (anything but ``connected`` before
+  ``start``, a second ``start``) end the stream instead, closed with 1002 and the reason: the
+  two sides no longer agree on what the stream is.
+- On ``start``, ``on_start`` (the server's call control) may hold the stream (:attr:`held`)
+  until the call is accepted: the caller's audio is dropped meanwhile.
+- ``stop``, a closed socket, a frame over ``max_frame_bytes``, no ``start`` within
+  ``start_timeout``, silence on the socket for ``idle_timeout`` (Twilio streams media all call
+  long) or a send that cannot complete within ``send_timeout`` end the session.
   The session's lifecycle (run, pump, teardown) is :class:`~transports.runner.SessionRunner`'s.
 """
 
@@ -35,6 +45,7 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pipeline import messages as m
+from pipeline.echo import EchoCanceller
 from pipeline.errors import LimitExceeded, ProtocolError
 from pipeline.session import Session
 
@@ -52,6 +63,7 @@ MAX_MARKS_PENDING = 64
 PROGRESS_MARK_MS = 200
 """A progress mark after every this much reply audio (Twilio echoes it when played)."""
 _PROGRESS = "~"  # progress marks are named "~<item id>~<ms>"; response ids never start so
+OUT_OF_ORDER = "out_of_order"
 _LOG_FIRST = 5  # malformed messages logged one by one, then every _LOG_EVERY-th
 _LOG_EVERY = 100
 
@@ -69,9 +81,12 @@ class TwilioStream:
     frames to send back.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, echo_cancellation: bool = False) -> None:
         session.settings.output_rate = RATE
+        session.settings.wire_format = "audio/pcmu"  # (a remote engine may take it as is)
         self.session = session
+        self.echo = EchoCanceller(RATE, session_id=session.id) if echo_cancellation else None
+        """Takes the agent's voice out of the caller's audio (a speakerphone); None: off."""
         self.stream_sid: str | None = None
         self.call_sid: str | None = None
         self.custom_parameters: dict[str, str] = {}
@@ -80,6 +95,14 @@ class TwilioStream:
         self.dropped_media = 0
         """``media`` messages whose audio the session refused (sent faster than real time)."""
         self.stopped = False
+        self.broken: str | None = None
+        """Why the stream must end (Twilio sent messages out of order); None: it goes on."""
+        self.held = False
+        """The call waits to be accepted: the caller's audio and keys are dropped (not an
+        error)."""
+        self.held_media = 0
+        self.on_start: Callable[[TwilioStream], None] | None = None
+        """Told once the ``start`` message has set the stream's ids and parameters."""
         self._playing: str | None = None  # response whose audio is being sent
         self._sent_ms = 0  # of that response
         self._marks: dict[str, _PendingMark] = {}  # sent, not echoed yet
@@ -100,6 +123,10 @@ class TwilioStream:
             self.dropped_media += 1
             self._complain(self.dropped_media, "caller audio dropped", exc)
         except ProtocolError as exc:
+            if exc.code == OUT_OF_ORDER:
+                self.broken = f"Twilio protocol error: {exc}"
+                self.log.warning("stream %s: %s: closing", self.stream_sid, exc)
+                return
             self.malformed += 1
             self._complain(self.malformed, "malformed message skipped", exc)
 
@@ -108,19 +135,29 @@ class TwilioStream:
             self._check_sid(msg.stream_sid)
             if msg.track not in (None, "inbound", "inbound_track"):
                 return  # bidirectional streams carry the caller only; nothing to do otherwise
-            if msg.payload:
-                self.session.append_audio(g711.ulaw_decode(msg.payload), RATE)
+            if self.held:
+                self.held_media += 1
+            elif msg.payload:
+                audio = g711.ulaw_decode(msg.payload)
+                if self.echo is not None:
+                    audio = self.echo.near_end(audio, self.session.clock.now())
+                # (the bytes as they came: a remote engine taking G.711 gets them untouched)
+                self.session.append_audio(audio, RATE, wire=msg.payload)
         elif isinstance(msg, tw.Mark):
             self._check_sid(msg.stream_sid)
             self._mark_played(msg.name)
         elif isinstance(msg, tw.Dtmf):
             self._check_sid(msg.stream_sid)
+            if self.held:
+                self.held_media += 1
+                return
+            self.session.dtmf(msg.digit)  # (a key that does not exist: malformed, skipped)
             self.dtmf.append(msg.digit)
             self.log.info("stream %s: DTMF digit %s", self.stream_sid, msg.digit)
         elif isinstance(msg, tw.Start):
             if self.stream_sid is not None:
                 raise ProtocolError(
-                    f"stream {self.stream_sid} has already started", code="invalid_event"
+                    f"stream {self.stream_sid} has already started", code=OUT_OF_ORDER
                 )
             self.stream_sid, self.call_sid = msg.stream_sid, msg.call_sid
             self.custom_parameters = msg.custom_parameters
@@ -131,6 +168,8 @@ class TwilioStream:
                 ",".join(msg.tracks) or "-",
                 json.dumps(msg.custom_parameters)[:512],
             )
+            if self.on_start is not None:
+                self.on_start(self)
         elif isinstance(msg, tw.Stop):
             self._check_sid(msg.stream_sid)
             self.stopped = True
@@ -140,7 +179,7 @@ class TwilioStream:
 
     def _check_sid(self, stream_sid: str) -> None:
         if self.stream_sid is None:
-            raise ProtocolError("message before the stream's start", code="invalid_event")
+            raise ProtocolError("message before the stream's start", code=OUT_OF_ORDER)
         if stream_sid != self.stream_sid:
             raise ProtocolError(
                 f"streamSid {stream_sid[:64]!r} is not this stream's ({self.stream_sid})",
@@ -178,7 +217,8 @@ class TwilioStream:
         """This stream's facts for the log line that ends the session."""
         return (
             f"stream {self.stream_sid}, call {self.call_sid}, {self.malformed} malformed messages,"
-            f" {self.dropped_media} media messages dropped, DTMF {''.join(self.dtmf)[-64:]!r}"
+            f" {self.dropped_media} media messages dropped ({self.held_media} while held),"
+            f" DTMF {''.join(self.dtmf)[-64:]!r}"
         )
 
     # ------------------------------------------------------------ session → Twilio
@@ -193,6 +233,8 @@ class TwilioStream:
                 self._playing, self._sent_ms = event.response_id, 0
                 self._next_progress_ms = PROGRESS_MARK_MS
             self._sent_ms += len(event.audio) * 1000 // RATE
+            if self.echo is not None:
+                self.echo.far_end(event.audio, self.session.clock.now())
             frames = [tw.media(sid, g711.ulaw_encode(event.audio))]
             if self._sent_ms >= self._next_progress_ms and len(self._progress) < MAX_MARKS_PENDING:
                 self._next_progress_ms += PROGRESS_MARK_MS
@@ -232,15 +274,18 @@ async def serve_twilio(
     request: web.Request,
     open_session: Callable[[], Session],
     *,
+    on_start: Callable[[TwilioStream], None] | None = None,
     max_frame_bytes: int = MAX_FRAME_BYTES,
     send_timeout: float = 5.0,
     start_timeout: float = 10.0,
     idle_timeout: float = 30.0,
+    echo_cancellation: bool = True,
 ) -> web.WebSocketResponse:
     """Run one Twilio media stream over the request's WebSocket until either side leaves."""
     ws = web.WebSocketResponse(max_msg_size=max_frame_bytes)
     await ws.prepare(request)
-    stream = TwilioStream(open_session())
+    stream = TwilioStream(open_session(), echo_cancellation=echo_cancellation)
+    stream.on_start = on_start
     session = stream.session
     log.info("session %s: Twilio media stream from %s connected", session.id, request.remote)
 
@@ -262,6 +307,8 @@ async def serve_twilio(
         await runner.serve(lambda: _read(ws, stream, start_timeout, idle_timeout))
     finally:
         code = WSCloseCode.INTERNAL_ERROR if session.failed else WSCloseCode.OK
+        if stream.broken is not None:
+            code = WSCloseCode.PROTOCOL_ERROR
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(send_timeout):
                 await ws.close(code=code, message=(session.closed_reason or "").encode()[:120])
@@ -288,6 +335,8 @@ async def _read(
             stream.receive(msg.data)
             if stream.stopped:
                 return "stop received from Twilio"
+            if stream.broken is not None:
+                return stream.broken
         elif msg.type == WSMsgType.ERROR:
             stream.log.info("WebSocket error: %s", msg.data)
             if getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:

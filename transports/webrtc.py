@@ -7,7 +7,8 @@ the call. Audio travels as Opus both ways; events travel on the client's data ch
 :class:`~transports.realtime.connection.RealtimeConnection` — except audio, which rides the track:
 ``response.output_audio.delta`` is never sent, ``output_audio_buffer.started`` / ``stopped`` /
 ``cleared`` are, and ``output_audio_buffer.clear`` is served here. Incoming Opus is decoded by
-aiortc to 48 kHz stereo, down-mixed here; outgoing speech is queued as 20 ms frames that
+aiortc to 48 kHz stereo as each packet arrives (not after aiortc's 80 ms playout buffer:
+``webrtc_jitter.py``), down-mixed here; outgoing speech is queued as 20 ms frames that
 :class:`ReplyTrack` releases in real time, and flushed at once on barge-in or that clear. What
 the track releases is what the caller hears: it reports that position to the session
 (``Session.heard``). The session's lifecycle is :class:`~transports.runner.SessionRunner`'s.
@@ -41,12 +42,14 @@ from av import AudioFrame
 from pipeline import messages as m
 from pipeline.clock import Clock
 from pipeline.context import new_id
+from pipeline.echo import EchoCanceller
 from pipeline.errors import ProtocolError
 from pipeline.tasks import cancel_and_wait
 
 from .realtime.connection import RealtimeConnection, event_id
 from .runner import SessionRunner
 from .sdp import check_offer
+from .webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
 
 log = logging.getLogger("voice.transport.webrtc")
 _OFFER_ERRORS = (
@@ -69,6 +72,9 @@ class WebRtcOptions:
     """Seconds for ICE and DTLS to connect before the call is dropped."""
     max_queued_ms: int = 1000
     """Reply audio waiting for the track; older frames are dropped past it."""
+    echo_cancellation: bool = False
+    """Take the agent's voice out of the caller's audio on the server (``pipeline/echo.py``, the
+    reply audio pushed to the track as the reference) before the VAD hears it."""
 
 
 @dataclass(slots=True)
@@ -81,7 +87,9 @@ class _Queued:
 
 class ReplyTrack(MediaStreamTrack):
     """The agent's voice: queued 20 ms frames at 48 kHz, released one per 20 ms (silence when
-    there is nothing to say). ``flush`` drops everything queued at once.
+    there is nothing to say). ``flush`` drops everything queued at once; while ``held()`` (the
+    session holds the agent's voice: the caller may be cutting in) it releases silence and
+    keeps the queue, so the audio queued ahead of real time stops too.
 
     The track knows what the caller hears: when it releases a frame of an assistant item (aiortc
     pulls it to send it), everything of that item before the frame has been played out, and it
@@ -95,9 +103,11 @@ class ReplyTrack(MediaStreamTrack):
         clock: Clock,
         max_frames: int,
         on_heard: Callable[[str, int], None] | None = None,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__()
         self._clock = clock
+        self._held = held
         self._frames: deque[_Queued] = deque(maxlen=max_frames)
         self._on_heard = on_heard
         self._start: float | None = None
@@ -135,7 +145,7 @@ class ReplyTrack(MediaStreamTrack):
             self._start = self._clock.now()
         else:
             await self._clock.sleep_until(self._start + self._sent * FRAME / RATE)
-        samples = self._release() if self._frames else self._silence
+        samples = self._release() if self._frames and not self._held() else self._silence
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self._sent * FRAME
@@ -187,12 +197,20 @@ class WebRtcCall:
         """The peer connection has been up (it stays True once it was)."""
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=options.ice_servers))
         self.track = ReplyTrack(
-            self.session.clock, max(1, options.max_queued_ms // 20), self.session.heard
+            self.session.clock,
+            max(1, options.max_queued_ms // 20),
+            self.session.heard,
+            self.session.reply_held,
         )
         self.runner = SessionRunner(
             self.session, self._deliver, log=log, peer="peer", describe=self._describe
         )
         self.channel: RTCDataChannel | None = None
+        self.echo = (
+            EchoCanceller(RATE, session_id=self.session.id) if options.echo_cancellation else None
+        )
+        self.received: ArrivalOrderBuffer | None = None
+        """The caller's audio packets as they arrive (no playout delay: ``webrtc_jitter.py``)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._playing: str | None = None
@@ -213,6 +231,7 @@ class WebRtcCall:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.kind == "audio":
                     transceiver.sender.replaceTrack(self.track)
+                    self.received = release_on_arrival(transceiver.receiver)
                     transceiver.direction = "sendrecv"
                     break
             answer = await self.pc.createAnswer()
@@ -281,8 +300,11 @@ class WebRtcCall:
                 return
             if not isinstance(frame, AudioFrame):
                 continue
+            audio = downmix(frame)
+            if self.echo is not None and frame.sample_rate == RATE:
+                audio = self.echo.near_end(audio, self.session.clock.now())
             try:
-                self.session.append_audio(downmix(frame), frame.sample_rate)
+                self.session.append_audio(audio, frame.sample_rate)
             except ProtocolError as exc:
                 self._send([_error(str(exc), exc.code)])
 
@@ -319,6 +341,8 @@ class WebRtcCall:
             if event.response_id in self._cleared:
                 return []
             self.track.push(event.audio, event.item_id)
+            if self.echo is not None:
+                self.echo.far_end(event.audio, self.session.clock.now())
             if self._playing != event.response_id:
                 self._playing = self._last_played = event.response_id
                 return [_buffer_event("output_audio_buffer.started", event.response_id)]
@@ -367,7 +391,9 @@ class WebRtcCall:
         self._closed.set()
 
     def _describe(self) -> str:
-        return f"call {self.id}, {self.track.released} frames of speech released"
+        heard = self.received
+        link = "" if heard is None else f", {heard.lost} caller packets lost, {heard.dropped} late"
+        return f"call {self.id}, {self.track.released} frames of speech released{link}"
 
 
 def _buffer_event(kind: str, response_id: str) -> dict[str, Any]:

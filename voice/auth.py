@@ -4,10 +4,10 @@ Every request passes the :class:`Gate`'s middleware, which sorts its path under 
 :class:`Rule` (:func:`rule_for`):
 
 - ``PUBLIC``: ``GET /``, the web client's ``/static/`` files, ``/healthz``, ``/readyz``;
-- ``TWILIO`` (``/v1/twilio/media-stream``): with ``twilio.auth_token`` set, Twilio's
-  ``X-Twilio-Signature`` and nothing else (a bad or missing one: 403); without it, an API key like
-  any other endpoint (Twilio cannot send one, so a server with keys takes no Twilio calls until
-  the token is set);
+- ``TWILIO`` (``/v1/twilio/media-stream``, and ``/v1/twilio/voice`` whose signature covers its
+  form): with ``twilio.auth_token`` set, Twilio's ``X-Twilio-Signature`` and nothing else (a
+  bad or missing one: 403); without it, an API key like any other endpoint (Twilio cannot send
+  one, so a server with keys takes no Twilio calls until the token is set);
 - ``SESSION`` (``/v1/realtime``, ``/v1/realtime/calls`` and a call's own paths): an API key or a
   client secret (:mod:`voice.client_secrets`);
 - ``KEY``: everything else (minting client secrets among it): an API key.
@@ -52,6 +52,8 @@ log = logging.getLogger("voice.auth")
 SUBPROTOCOL = "openai-insecure-api-key."
 """A browser's WebSocket carries its key as this subprotocol prefix (OpenAI's spelling)."""
 TWILIO_PATH = "/v1/twilio/media-stream"
+TWILIO_VOICE_PATH = "/v1/twilio/voice"
+"""Twilio's call webhook: its signature covers the POSTed form as well as the URL."""
 _PUBLIC = frozenset({"/", "/healthz", "/readyz"})
 _SESSION = frozenset({"/v1/realtime", "/v1/realtime/calls"})
 _MAX_MINT_BYTES = 1 << 20
@@ -67,7 +69,7 @@ class Rule(enum.Enum):
 def rule_for(path: str) -> Rule:
     if path in _PUBLIC or path.startswith("/static/"):
         return Rule.PUBLIC
-    if path == TWILIO_PATH:
+    if path in (TWILIO_PATH, TWILIO_VOICE_PATH):
         return Rule.TWILIO
     if path in _SESSION or path.startswith("/v1/realtime/calls/"):
         return Rule.SESSION
@@ -193,6 +195,18 @@ def error_body(message: str, code: str, param: str | None = None) -> str:
     return json.dumps({"error": error})
 
 
+def _with_scheme(base: str, *, websocket: bool) -> str:
+    """``twilio.public_url`` (``wss://host`` or ``https://host``) with the scheme Twilio used:
+    ``wss``/``ws`` for the media stream, ``https``/``http`` for the voice webhook."""
+    pairs = (("https://", "wss://"), ("http://", "ws://"))
+    for web_scheme, ws_scheme in pairs:
+        if websocket and base.startswith(web_scheme):
+            return ws_scheme + base.removeprefix(web_scheme)
+        if not websocket and base.startswith(ws_scheme):
+            return web_scheme + base.removeprefix(ws_scheme)
+    return base
+
+
 def _refusal(
     kind: type[web.HTTPException], message: str, code: str, param: str | None = None
 ) -> web.HTTPException:
@@ -226,16 +240,21 @@ class Gate:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[PRINCIPAL] = self.admit(request)
+        params = None
+        if request.path == TWILIO_VOICE_PATH and self.twilio_token and request.method == "POST":
+            form = await request.post()  # (aiohttp keeps it for the handler; client_max_size)
+            params = {k: v for k, v in form.items() if isinstance(v, str)}
+        request[PRINCIPAL] = self.admit(request, params)
         return await handler(request)
 
-    def admit(self, request: web.Request) -> Principal:
-        """Who the request comes from; raises the HTTP error that refuses it."""
+    def admit(self, request: web.Request, params: dict[str, str] | None = None) -> Principal:
+        """Who the request comes from; raises the HTTP error that refuses it. ``params``: the
+        POSTed form of a Twilio webhook (its signature covers it)."""
         rule = rule_for(request.path)
         if rule is Rule.PUBLIC:
             return ANONYMOUS
         if rule is Rule.TWILIO and self.twilio_token:
-            self._check_twilio(request)
+            self._check_twilio(request, params)
             return Principal("twilio")
         if not origin_allowed(request.headers.get("Origin"), request.host, self.allowed_origins):
             log.info(
@@ -291,13 +310,16 @@ class Gate:
         )
         return _refusal(web.HTTPUnauthorized, message, "invalid_api_key")
 
-    def _check_twilio(self, request: web.Request) -> None:
+    def _check_twilio(self, request: web.Request, params: dict[str, str] | None = None) -> None:
+        websocket = request.path == TWILIO_PATH
         if self.twilio_url:
-            url = self.twilio_url + request.raw_path
+            url = _with_scheme(self.twilio_url, websocket=websocket) + request.raw_path
         else:
-            url = str(request.url.with_scheme("wss" if request.secure else "ws"))
+            secure = request.secure
+            scheme = ("wss" if secure else "ws") if websocket else ("https" if secure else "http")
+            url = str(request.url.with_scheme(scheme))
         signed = request.headers.get("X-Twilio-Signature")
-        if not twilio_signature.is_valid(self.twilio_token, url, signed):
+        if not twilio_signature.is_valid(self.twilio_token, url, signed, params):
             log.info(
                 "refused a Twilio stream from %s: %s X-Twilio-Signature for %s (twilio.public_url)",
                 request.remote,

@@ -2,7 +2,7 @@
 
 voice serve [--host H] [--port P] [--tools MODULES] [--config FILE] [--set section.key=value ...]
 voice config [--config FILE] [--markdown]
-voice bench [--url URL] [--protocol realtime|twilio] [--concurrency 1,4] ...   (voice bench --help)
+voice bench [--url URL] [--protocol realtime,webrtc,twilio,sip] ...   (voice bench --help)
 
 ``voice bench`` is the benchmark harness (``benchmarks/harness``), which depends on this package
 and not the other way round: the command is dispatched to :data:`BENCH_COMMAND`, a module named by
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, _ in config_mod.sections():
                 print(f"[{name}]")
                 for key, value in dataclasses.asdict(getattr(config, name)).items():
-                    print(f"{key} = {value!r}")
+                    print(f"{key} = {config_mod.shown(name, key, value)}")
                 print()
         return 0
     try:

@@ -13,9 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from pipeline.backchannel import (
+    DEFAULT_STOP_WORDS,
+    DEFAULT_WORDS,
+    BackchannelSettings,
+    parse_words,
+)
 from pipeline.endpointing import EndpointSettings
 from pipeline.engines import GenerationOptions
 from pipeline.errors import ConfigError
+from pipeline.handoff.base import (
+    ENGINES,
+    GEMINI_LIVE,
+    OPENAI_REALTIME,
+    TURN_DETECTION,
+    HandoffSettings,
+    UpstreamSettings,
+)
+from pipeline.handoff.policy import parse_dtmf
 from pipeline.reply import ReplySettings
 from pipeline.settings import SessionLimits, SessionSettings, Tuning
 from pipeline.tools import DEFAULT_TIMEOUT_S as DEFAULT_TOOL_TIMEOUT_S
@@ -24,6 +39,7 @@ from transports.realtime.config import OPENAI_VOICES
 
 # The pipeline's own defaults are the server's: one place for each fact.
 _SESSION, _LIMITS, _TUNING = SessionSettings(), SessionLimits(), Tuning()
+_BC = BackchannelSettings()
 _TURNS, _REPLY, _EOT, _GEN = (
     TurnSettings(),
     ReplySettings(),
@@ -247,6 +263,28 @@ class VadConfig:
         " speech); the reply is cancelled only after `interrupt_min_speech_ms`.",
         _TUNING.pause_on_onset,
     )
+    backchannel: bool = doc(
+        "Speech over the agent holds it until its words are known: a backchannel (`mm-hmm`,"
+        " `yeah`, a laugh) resumes the reply and stays out of the conversation, other words"
+        " cancel it. Off: any speech of `interrupt_min_speech_ms` cancels it.",
+        _BC.enabled,
+    )
+    backchannel_max_ms: int = doc(
+        "Speech over the agent longer than this interrupts without waiting for its words.",
+        _BC.max_ms,
+    )
+    backchannel_max_words: int = doc("A backchannel has at most this many words.", _BC.max_words)
+    backchannel_unknown_max_words: int = doc(
+        "Words outside both vocabularies a backchannel may hold (a misheard `mm-hmm`).",
+        _BC.unknown_max_words,
+    )
+    backchannel_words: str = doc(
+        "The backchannel vocabulary (words, comma- or space-separated).", DEFAULT_WORDS
+    )
+    backchannel_stop_words: str = doc(
+        "Words that make speech over the agent an interruption, however short.",
+        DEFAULT_STOP_WORDS,
+    )
     eot_adaptive: bool = doc(
         "End the turn after a silence chosen by the words heard so far (below) rather than"
         " `silence_duration_ms` (which then only applies to clients that turn this off).",
@@ -274,6 +312,22 @@ class VadConfig:
     eot_llm_unfinished: float = doc(
         "Probability below which a question is taken as unfinished.", _EOT.unlikely_complete
     )
+
+    def backchannel_settings(self) -> BackchannelSettings:
+        """The `backchannel*` keys as the listener's settings; raises :class:`ConfigError`."""
+        settings = BackchannelSettings(
+            enabled=self.backchannel,
+            max_ms=self.backchannel_max_ms,
+            max_words=self.backchannel_max_words,
+            unknown_max_words=self.backchannel_unknown_max_words,
+            words=parse_words(self.backchannel_words),
+            stop_words=parse_words(self.backchannel_stop_words),
+        )
+        try:
+            settings.validate()
+        except ValueError as exc:
+            raise ConfigError(f"vad.{exc}") from None
+        return settings
 
 
 @dataclass(slots=True)
@@ -384,6 +438,13 @@ class WebRtcConfig:
     max_queued_ms: int = doc(
         "Reply audio queued for the WebRTC track before old frames drop.", 1000
     )
+    echo_cancellation: bool = doc(
+        "Also take the agent's voice out of the caller's audio on the server (WebRTC's echo"
+        " canceller, the reply audio sent on the track as the reference), for callers whose"
+        " browser does not (`echoCancellation: false`, as the web client asks when its echo"
+        " cancellation box is unticked).",
+        False,
+    )
 
 
 @dataclass(slots=True)
@@ -432,6 +493,225 @@ class TwilioConfig:
         " Empty = say nothing.",
         "Sorry, something went wrong on my side. Could you say that again?",
     )
+    echo_cancellation: bool = doc(
+        "Take the agent's own voice out of the caller's audio before the VAD hears it (WebRTC's"
+        " echo canceller, the agent's outgoing audio as the reference), so a caller on a"
+        " speakerphone does not cut the agent off with its echo.",
+        True,
+    )
+
+
+@dataclass(slots=True)
+class CallsConfig:
+    webhook_url: str = doc(
+        "Told of each incoming phone call (SIP, Twilio) with a POST of OpenAI's"
+        " `realtime.call.incoming` event; the call then waits for `POST"
+        " /v1/realtime/calls/{call_id}/accept` or `/reject`. Empty = calls are accepted at once"
+        " with the server's defaults.",
+        "",
+    )
+    webhook_secret: str = doc(
+        "Signs each webhook delivery as OpenAI does (Standard Webhooks headers `webhook-id`,"
+        " `webhook-timestamp`, `webhook-signature`); `whsec_<base64>` or plain text. Empty ="
+        " unsigned.",
+        "",
+    )
+    accept_timeout: float = doc(
+        "Seconds an announced call waits to be accepted or rejected; then it is rejected (408).",
+        10.0,
+    )
+    webhook_timeout: float = doc(
+        "Seconds for the webhook's receiver to answer the POST with a 2xx; otherwise the call"
+        " is rejected at once.",
+        5.0,
+    )
+    max_calls: int = doc("Live calls (every transport) tracked for call control.", 64)
+    max_watcher_events: int = doc(
+        "Events queued for one `?call_id=` watcher; past it that watcher is dropped (the call"
+        " goes on).",
+        1024,
+    )
+
+
+@dataclass(slots=True)
+class SipConfig:
+    enabled: bool = doc(
+        "Answer SIP calls (UDP): a softphone, a PBX or a trunk calls the agent directly.", True
+    )
+    host: str = doc("Address the SIP agent and its RTP ports listen on.", "127.0.0.1")
+    port: int = doc("UDP port of the SIP agent (0 = any free port).", 5060)
+    user: str = doc(
+        "The user part of the agent's SIP address (`sip:<user>@<host>:<port>`).", "agent"
+    )
+    ring_ms: int = doc("How long an inbound call rings (180 Ringing) before it is answered.", 0)
+    rtp_timeout_s: float = doc(
+        "A call whose peer sends no RTP for this long is hung up (BYE).", 30.0
+    )
+    ring_timeout_s: float = doc(
+        "An outbound call not answered within this is cancelled (`no-answer`).", 30.0
+    )
+    jitter_packets: int = doc(
+        "RTP packets held waiting for a missing one before its gap is concealed (each 20 ms).", 3
+    )
+    echo_cancellation: bool = doc(
+        "Take the agent's own voice out of the caller's audio before the VAD hears it (WebRTC's"
+        " echo canceller, the agent's outgoing RTP audio as the reference), so a caller on a"
+        " speakerphone does not cut the agent off with its echo.",
+        True,
+    )
+    max_dialogs: int = doc("Calls (ringing or answered) at once; more get 486 Busy Here.", 64)
+    registrar: str = doc(
+        "A registrar to REGISTER with (`sip:pbx.example.com`), refreshed before it expires, so"
+        " calls to a PBX extension or a trunk number come here; empty = no registration.",
+        "",
+    )
+    aor: str = doc(
+        "The address of record to register (`sip:1001@pbx.example.com`); empty ="
+        " `sip:<sip.user>@<the registrar's host>`.",
+        "",
+    )
+    username: str = doc("The digest user name for the registrar (empty: `sip.user`).", "")
+    password: str = doc("The digest password for the registrar.", "")
+    register_expires_s: int = doc("The registration lifetime asked for, in seconds.", 3600)
+    auth_users: str = doc(
+        "Digest credentials an inbound call must present, `user:password` comma-separated"
+        " (401 challenge, 403 when wrong); empty = calls are not authenticated.",
+        "",
+    )
+    auth_realm: str = doc("The digest realm of `sip.auth_users`.", "voice")
+
+
+_UPSTREAM = UpstreamSettings("")
+
+
+@dataclass(slots=True)
+class HandoffConfig:
+    engine: str = doc(
+        "Who replies by default: `cascade` (the local models), `openai-realtime` or"
+        " `gemini-live` (a remote realtime model: its url and key below). A client may choose"
+        " per session (`session.update` `engine`, or a `model` equal to an upstream's model).",
+        "cascade",
+    )
+    fallback: bool = doc(
+        "When a remote engine fails, go on with the cascade (which answers the turn left"
+        " unanswered); off = say `notice` and end the session.",
+        True,
+    )
+    notice: str = doc(
+        "Said by the local voice when a remote engine fails and `fallback` is off.",
+        HandoffSettings().notice,
+    )
+    openai_url: str = doc("OpenAI Realtime WebSocket URL; empty = the engine is not offered.", "")
+    openai_key: str = doc("OpenAI API key (sent upstream only, never to a client).", "")
+    openai_model: str = doc("OpenAI Realtime model (`?model=` on the URL).", "gpt-realtime")
+    openai_voice: str = doc("OpenAI voice name; empty = the upstream's default.", "")
+    openai_turn_detection: str = doc(
+        "`upstream` (OpenAI's VAD ends turns; the caller's audio is relayed as it comes) or"
+        " `server` (this server's turn-taking ends them and commits each turn).",
+        _UPSTREAM.turn_detection,
+    )
+    openai_transcription_model: str = doc(
+        "Input transcription model asked of OpenAI (e.g. `gpt-4o-transcribe`); empty = none"
+        " asked for.",
+        "",
+    )
+    openai_g711: bool = doc(
+        "A phone call's G.711 (Twilio, SIP; a client's `audio/pcmu`/`audio/pcma`) is relayed to"
+        " OpenAI as is, neither decoded nor resampled, and asked for back the same (the upstream"
+        " hears the line itself: `twilio.echo_cancellation` applies to this server's own"
+        " listening only); off = as 24 kHz PCM.",
+        _UPSTREAM.g711_passthrough,
+    )
+    gemini_url: str = doc(
+        "Gemini Live WebSocket URL (`wss://generativelanguage.googleapis.com/ws/google.ai."
+        "generativelanguage.v1beta.GenerativeService.BidiGenerateContent`); empty = the engine"
+        " is not offered.",
+        "",
+    )
+    gemini_key: str = doc("Gemini API key (sent upstream only, never to a client).", "")
+    gemini_model: str = doc("Gemini Live model.", "gemini-live-2.5-flash-preview")
+    gemini_voice: str = doc("Gemini voice name (e.g. `Puck`); empty = the upstream's default.", "")
+    gemini_turn_detection: str = doc(
+        "`upstream` (Gemini's activity detection) or `server` (this server's turn-taking,"
+        " sent as `activityStart`/`activityEnd`).",
+        _UPSTREAM.turn_detection,
+    )
+    dtmf: str = doc(
+        "Keypad keys that switch a phone call's engine, e.g. `*=openai-realtime,0=cascade`;"
+        " empty = none.",
+        "",
+    )
+    connect_timeout_s: float = doc(
+        "Seconds to connect to an upstream and get its session.", _UPSTREAM.connect_timeout_s
+    )
+    first_audio_timeout_s: float = doc(
+        "Seconds from asking an upstream for a reply to its first event.",
+        _UPSTREAM.first_audio_timeout_s,
+    )
+    gap_timeout_s: float = doc(
+        "Seconds an upstream may be silent in the middle of a reply.", _UPSTREAM.gap_timeout_s
+    )
+    max_message_bytes: int = doc(
+        "Largest upstream message; a larger one ends the connection.",
+        _UPSTREAM.max_message_bytes,
+    )
+    max_queued_events: int = doc(
+        "Upstream events (or messages to it) waiting, at most; past it the engine fails.",
+        _UPSTREAM.max_queued_events,
+    )
+
+    def settings(self) -> HandoffSettings:
+        """The remote engines configured (those with a URL), for ``pipeline.handoff``."""
+        common = {
+            "connect_timeout_s": self.connect_timeout_s,
+            "first_audio_timeout_s": self.first_audio_timeout_s,
+            "gap_timeout_s": self.gap_timeout_s,
+            "max_message_bytes": self.max_message_bytes,
+            "max_queued_events": self.max_queued_events,
+        }
+        upstreams = {}
+        if self.openai_url:
+            upstreams[OPENAI_REALTIME] = UpstreamSettings(
+                self.openai_url,
+                key=self.openai_key,
+                model=self.openai_model,
+                voice=self.openai_voice,
+                turn_detection=self.openai_turn_detection,
+                transcription_model=self.openai_transcription_model,
+                g711_passthrough=self.openai_g711,
+                **common,  # type: ignore[arg-type]
+            )
+        if self.gemini_url:
+            upstreams[GEMINI_LIVE] = UpstreamSettings(
+                self.gemini_url,
+                key=self.gemini_key,
+                model=self.gemini_model,
+                voice=self.gemini_voice,
+                turn_detection=self.gemini_turn_detection,
+                **common,  # type: ignore[arg-type]
+            )
+        return HandoffSettings(upstreams, fallback=self.fallback, notice=self.notice)
+
+    def dtmf_keys(self) -> dict[str, str]:
+        """``dtmf`` as ``{key: engine}``; raises :class:`ConfigError`."""
+        try:
+            return parse_dtmf(_pairs(self.dtmf, "handoff.dtmf"), "handoff.dtmf")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for an engine or turn detection that cannot be."""
+        if self.engine not in ENGINES:
+            raise ConfigError(f"handoff.engine {self.engine!r}: use {', '.join(ENGINES)}")
+        if self.engine != "cascade" and self.engine not in self.settings().upstreams:
+            raise ConfigError(f"handoff.engine {self.engine!r} has no URL configured")
+        self.dtmf_keys()
+        for name, value in (
+            ("openai_turn_detection", self.openai_turn_detection),
+            ("gemini_turn_detection", self.gemini_turn_detection),
+        ):
+            if value not in TURN_DETECTION:
+                raise ConfigError(f"handoff.{name} {value!r}: use {' or '.join(TURN_DETECTION)}")
 
 
 @dataclass(slots=True)
@@ -445,7 +725,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
 
 
 def sections() -> list[tuple[str, type]]:
@@ -536,6 +819,28 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return result
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+
+
+SECRETS = frozenset(
+    {
+        ("server", "api_keys"),
+        ("llm", "api_key"),
+        ("twilio", "auth_token"),
+        ("calls", "webhook_secret"),
+        ("sip", "password"),
+        ("sip", "auth_users"),
+        ("handoff", "openai_key"),
+        ("handoff", "gemini_key"),
+    }
+)
+"""The ``(section, key)`` pairs whose values are credentials: ``voice config`` masks them."""
+
+
+def shown(section: str, key: str, value: Any) -> str:
+    """``value`` as ``voice config`` prints it: a set secret as ``'***'``, the rest as ``repr``."""
+    if (section, key) in SECRETS and value:
+        return "'***'"
+    return repr(value)
 
 
 def markdown() -> str:

@@ -27,6 +27,9 @@ from pipeline.endpointing import EndpointSettings
 from pipeline.engines import Engines, GenerationOptions
 from pipeline.engines.tools import TOOL_CHOICES
 from pipeline.errors import ConfigError, ProtocolError
+from pipeline.handoff.base import check_engine
+from pipeline.handoff.policy import dtmf_switch
+from pipeline.handoff.relay import opener
 from pipeline.reply import ReplySettings
 from pipeline.session import Session, SessionLimits, SessionSettings, Tuning
 from pipeline.tools import ToolRegistry
@@ -36,16 +39,19 @@ from transports.realtime.connection import RealtimeConnection
 from transports.realtime.input_config import recognizer_languages
 from transports.realtime_request import read_offer, wants_extensions
 from transports.sdp import check_offer
+from transports.sip.agent import SipAgent, SipOptions
 from transports.twilio import serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
 from .auth import Gate, Principal, exposure_refusal, principal_of
+from .call_control import CallControl
 from .config import Config
 from .drain import ShutdownSignals, drain
 from .engines import load_engines, warm_up
 from .health import Admission, refusal, unready
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .sip_calls import SipCalls, auth_users, place_call_route, registration_settings
 from .store import SessionRecorder, open_store
 from .store.api import add_routes as add_store_routes
 from .tools import load_tools
@@ -114,6 +120,12 @@ class VoiceServer:
         self.metrics.watch(self.sessions, self._calls_by_state, asr_waiting)
         self.voices = config.tts.voice_table()
         """The voice names a Realtime client may choose → the server voice of each."""
+        config.vad.backchannel_settings()  # (a bad vocabulary or bound fails here, not per call)
+        config.handoff.check()
+        self.handoff = config.handoff.settings()
+        self.open_remote = opener(self.handoff)
+        self.dtmf_keys = config.handoff.dtmf_keys()
+        """Opens a session's remote engine (``pipeline.handoff``; keys stay on the server)."""
         st = config.store
         self.store = (
             open_store(
@@ -127,7 +139,11 @@ class VoiceServer:
             else None
         )
         """Every session's record, written as it happens (``voice/store``); started by start()."""
+        self.call_control = CallControl(self)
+        """Live calls of every transport: accept/reject/refer/hangup, ``?call_id=``, webhook."""
         self.app = self._routes()
+        self.sip: SipAgent | None = None
+        """The SIP user agent (``sip.enabled``), started by :meth:`start`."""
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -139,8 +155,10 @@ class VoiceServer:
         app.router.add_get("/v1/twilio/media-stream", self._twilio)
         app.router.add_post("/v1/realtime/calls", self._call_create)
         app.router.add_post("/v1/realtime/calls/{call_id}", self._call_reoffer)
-        app.router.add_post("/v1/realtime/calls/{call_id}/hangup", self._call_hangup)
+        self.call_control.add_routes(app)
+        app.router.add_post("/v1/sip/calls", self._sip_call)
         app.router.add_delete("/v1/realtime/calls/{call_id}", self._call_hangup)
+        app.router.add_post("/v1/sessions/{session_id}/engine", self._switch_engine)
         app.router.add_get("/healthz", self._health)
         app.router.add_get("/readyz", self._ready)
         app.router.add_get("/metrics", self._metrics)
@@ -173,7 +191,7 @@ class VoiceServer:
 
     def new_session(self, *, lead_ms: int | None = None) -> Session:
         p, lim, v = self.config.pipeline, self.config.limits, self.config.vad
-        return Session(
+        session = Session(
             self.engines,
             self.session_settings(),
             tools=self.tools,
@@ -204,6 +222,7 @@ class VoiceServer:
                 speculative_reply=p.speculative_reply and p.early_asr,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
                 pause_on_onset=v.pause_on_onset,
+                backchannel=v.backchannel_settings(),
                 interim_asr_ms=max(0, p.interim_asr_ms),
                 endpoint=EndpointSettings(
                     complete_ms=v.eot_complete_ms,
@@ -214,6 +233,11 @@ class VoiceServer:
                 ),
             ),
         )
+        session.open_remote = self.open_remote  # (hand-off: the remote engines configured)
+        session.switch_engine(self.config.handoff.engine)
+        if self.dtmf_keys:
+            session.observers.append(dtmf_switch(self.dtmf_keys))
+        return session
 
     def realtime_config(self, settings: SessionSettings, *, webrtc: bool = False) -> RealtimeConfig:
         """A Realtime connection's view of a session with these settings."""
@@ -225,6 +249,7 @@ class VoiceServer:
             max_tokens_cap=max(self.config.llm.max_tokens, 1024),
             fixed_output_rate=48_000 if webrtc else None,
             server_tools=[spec.name for spec in self.tools.specs()],
+            engines={"cascade": "", **{n: u.model for n, u in self.handoff.upstreams.items()}},
             transcription_languages=recognizer_languages(
                 self.config.asr.model, self.config.asr.language
             ),
@@ -251,6 +276,8 @@ class VoiceServer:
         )
 
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        if "call_id" in request.query:  # a watcher of a live call (``call_control.py``)
+            return await self.call_control.watch(request)
         extensions = wants_extensions(request)
         self._check_capacity()
         principal = principal_of(request)
@@ -262,6 +289,9 @@ class VoiceServer:
             opened.append(conn.session)
             try:
                 self._adopt(conn, principal)
+                model = request.query.get("model", "")
+                if model and model in conn.config.engines.values():  # a remote engine's model
+                    conn.apply_session({"model": model})
             except ProtocolError as exc:
                 conn.session.close(f"the client secret's session configuration is refused: {exc}")
             return conn
@@ -293,7 +323,12 @@ class VoiceServer:
             return session
 
         try:
-            return await serve_twilio(request, open_session)
+            return await serve_twilio(
+                request,
+                open_session,
+                echo_cancellation=self.config.twilio.echo_cancellation,
+                on_start=self.call_control.twilio_started,
+            )
         finally:
             for session in opened:
                 self.sessions.pop(session.id, None)
@@ -356,7 +391,10 @@ class VoiceServer:
             for u in urls
         ]
         return WebRtcOptions(
-            ice_servers=servers, connect_timeout=c.connect_timeout, max_queued_ms=c.max_queued_ms
+            ice_servers=servers,
+            connect_timeout=c.connect_timeout,
+            max_queued_ms=c.max_queued_ms,
+            echo_cancellation=c.echo_cancellation,
         )
 
     async def _call_create(self, request: web.Request) -> web.Response:
@@ -390,6 +428,11 @@ class VoiceServer:
         except Exception:
             await call.close("could not answer the offer")
             raise
+        try:
+            self.call_control.webrtc_answered(call)
+        except web.HTTPException:
+            await call.close("too many live calls (calls.max_calls)")
+            raise
         return web.Response(
             status=201,
             text=answer,
@@ -404,6 +447,24 @@ class VoiceServer:
         raise web.HTTPConflict(
             text=f"call {call_id} already has a session: renegotiation is not supported"
         )
+
+    async def _switch_engine(self, request: web.Request) -> web.Response:
+        """``POST /v1/sessions/{session_id}/engine`` ``{"engine": name}``: a live session (any
+        transport) goes on with that engine, its conversation carried over. 404 for a session
+        that is not live or not the caller's; 400 naming a bad engine."""
+        session = self.sessions.get(request.match_info["session_id"])
+        if session is None or self.owners.get(session, "") != principal_of(request).owner:
+            raise web.HTTPNotFound(text=f"no live session {request.match_info['session_id']}")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text='the body must be JSON: {"engine": name}') from None
+        engine = body.get("engine") if isinstance(body, dict) else None
+        try:
+            session.switch_engine(check_engine(engine, "engine"))
+        except ProtocolError as exc:
+            raise web.HTTPBadRequest(text=f"{exc.code}: {exc}") from None
+        return web.json_response({"session_id": session.id, "engine": session.engine})
 
     async def _call_hangup(self, request: web.Request) -> web.Response:
         call = self.calls.get(request.match_info["call_id"])
@@ -462,6 +523,7 @@ class VoiceServer:
 
     def _call_ended(self, call: WebRtcCall) -> None:
         self.calls.pop(call.id, None)
+        self.call_control.webrtc_ended(call)
         if self.sessions.pop(call.session.id, None) is not None:
             self._keep_transcript(call.session)
 
@@ -524,9 +586,43 @@ class VoiceServer:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
+        if self.config.sip.enabled:
+            await self._start_sip()
         return self.port
 
+    async def _start_sip(self) -> None:
+        c = self.config.sip
+        options = SipOptions(
+            host=c.host,
+            port=c.port,
+            user=c.user,
+            ring_ms=c.ring_ms,
+            rtp_timeout=c.rtp_timeout_s,
+            ring_timeout=c.ring_timeout_s,
+            max_dialogs=c.max_dialogs,
+            jitter_depth=c.jitter_packets,
+            echo_cancellation=c.echo_cancellation,
+            registration=registration_settings(c),
+            auth_users=auth_users(c.auth_users),
+            auth_realm=c.auth_realm,
+        )
+        agent = SipAgent(options, SipCalls(self, self.call_control.registry))
+        try:
+            await agent.start()
+        except OSError as exc:  # (another server has the port): the rest serves on, without SIP
+            log.error("SIP is off: cannot listen on udp %s:%d (%s)", c.host, c.port, exc)
+            return
+        self.sip = agent
+
+    async def _sip_call(self, request: web.Request) -> web.Response:
+        """``POST /v1/sip/calls``: call a SIP URI (``sip_calls.py``)."""
+        if self.sip is None or not isinstance(self.sip.hooks, SipCalls):
+            raise web.HTTPServiceUnavailable(text="SIP is off (sip.enabled)")
+        return await place_call_route(request, self.sip.hooks)
+
     async def stop(self) -> None:
+        if self.sip is not None:
+            await self.sip.stop()
         for call in list(self.calls.values()):
             await call.close("server shutting down")
         for session in list(self.sessions.values()):

@@ -4,10 +4,12 @@
 //   latencies  page-side voice-to-voice: last caller speech → first agent audio heard
 //   levels     peak level per step of the mic and of the agent's voice since t0
 //   localCandidates  the a=candidate lines of the WebRTC offer
+//   jitterBufferTarget  what the page asked of Chromium's jitter buffer for the agent's voice
 //   interim    the caller's words so far, as shown while they spoke (the server's streaming ASR)
 // Times are performance.now() milliseconds.
 
 export const client = {
   state: "disconnected", transport: null, events: [], eventLog: [], turns: [], bargeIns: 0,
   latencies: [], interim: [], levels: null, localCandidates: [], connectedAt: null, callLocation: null,
+  jitterBufferTarget: null,
 };

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from .audio import CHUNK_MS, LOUD
-from .clients import REALTIME_RATE, TWILIO_RATE, CallOpener, open_call
+from .clients import REALTIME_RATE, TWILIO_RATE, WEBRTC_RATE, CallOpener
+from .echo import EchoPath
 from .machine import machine_info, usable_cores
 from .report import format_turn
 from .runner import Timing, run_conversation
 from .scenarios import DEFAULT_SCENARIOS, RenderedScenario, Renderer, Scenario, select_turns
 from .server import READY_TIMEOUT_S, LocalServer, NamedConfig
-from .stats import ratios, sessions_per_core, summarize
-from .timeline import REALTIME
+from .stats import capacity_at_p95, ratios, sessions_per_core, summarize
+from .timeline import REALTIME, SIP, TWILIO, WEBRTC
+from .webrtc_client import open_any_call
 
 FORMAT = 1
 Print = Callable[[str], None]
@@ -39,12 +41,17 @@ class BenchOptions:
     """Ignored with ``url`` (the server is what it is)."""
     workdir: Path = Path(".")
     """Server logs go here."""
-    opener: CallOpener = open_call
+    host: str = "127.0.0.1"
+    """Where the server the harness starts listens (WebRTC: an address of its own namespace)."""
+    opener: CallOpener = open_any_call
     """Makes each caller (``open_sdk_call``: Realtime through the ``openai`` SDK)."""
+    echo: EchoPath | None = None
+    """The callers' speakerphone echo (``opener`` adds it: :func:`~.clients.with_echo`)."""
 
     @property
     def rate(self) -> int:
-        return REALTIME_RATE if self.protocol == REALTIME else TWILIO_RATE
+        rates = {TWILIO: TWILIO_RATE, SIP: TWILIO_RATE, WEBRTC: WEBRTC_RATE}
+        return rates.get(self.protocol, REALTIME_RATE)
 
 
 def _now() -> float:
@@ -130,7 +137,7 @@ async def run_config(
             if top > 8 and "server.max_sessions" not in settings:
                 settings["server.max_sessions"] = str(top)
             log = opts.workdir / f"server-{config.name}.log"
-            server = LocalServer(settings, log)
+            server = LocalServer(settings, log, host=opts.host)
             url = server.url(opts.protocol)
             result["url"] = url
             echo(f"[{config.name}] starting the server on port {server.port} ...")
@@ -141,7 +148,7 @@ async def run_config(
             sampler = asyncio.create_task(_sample_rss(server, peak))
             result["server"] = {"command": server.command[1:], "ready_s": server.ready_s}
             echo(f"[{config.name}] ready in {server.ready_s} s: {url}")
-        await _run_levels(opts, url, rendered, deadline, config.name, echo, result)
+        await _run_levels(opts, url, rendered, deadline, config.name, echo, result, server)
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         echo(f"[{config.name}] FAILED: {result['error']}")
@@ -171,8 +178,10 @@ async def _run_levels(
     name: str,
     echo: Print,
     result: dict[str, Any],
+    server: LocalServer | None = None,
 ) -> None:
-    """Each concurrency level in turn, sharing what time is left equally."""
+    """Each concurrency level in turn, sharing what time is left equally; with a server of the
+    harness's own, its resident memory at rest before each level and at its peak during it."""
     for i, level in enumerate(opts.levels):
         now = _now()
         if now >= deadline:
@@ -180,16 +189,35 @@ async def _run_levels(
             break
         level_deadline = now + (deadline - now) / (len(opts.levels) - i)
         echo(f"[{name}] {level} concurrent session(s)")
-        records, time_up = await run_level(opts, url, rendered, level, level_deadline, name, echo)
+        rest = await asyncio.to_thread(server.rss_mb) if server is not None else None
+        peak = [rest or 0.0]
+        sampler = asyncio.create_task(_sample_rss(server, peak)) if server is not None else None
+        try:
+            records, time_up = await run_level(
+                opts, url, rendered, level, level_deadline, name, echo
+            )
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
         result["levels"].append(
             {
                 "concurrency": level,
                 "wall_s": round(_now() - now, 1),
                 "time_up": time_up,
                 "summary": summarize(records, opts.protocol),
+                "rss_mb": _level_memory(rest, peak[0] or None, level),
             }
         )
         result["turns"] += records
+
+
+def _level_memory(rest: float | None, peak: float | None, level: int) -> dict[str, float | None]:
+    """The server's resident memory before a level (at rest) and at its peak, and what each of
+    the level's sessions added (peak - rest, shared out)."""
+    added = None if rest is None or peak is None else round(max(0.0, peak - rest) / level, 1)
+    return {"at_rest": rest, "peak": peak, "per_session": added}
 
 
 def finish_config(result: dict[str, Any], cores: int) -> None:
@@ -200,6 +228,15 @@ def finish_config(result: dict[str, Any], cores: int) -> None:
     sweep["p50_ms"] = {str(k): v for k, v in p50.items()}
     sweep["p95_ms"] = {
         str(lv["concurrency"]): lv["summary"]["voice_to_voice_ms"]["p95"] for lv in levels
+    }
+    sweep["missed"] = {str(lv["concurrency"]): lv["summary"]["missed"] for lv in levels}
+    sweep["at_p95_target"] = capacity_at_p95(
+        {lv["concurrency"]: lv["summary"]["voice_to_voice_ms"]["p95"] for lv in levels},
+        {lv["concurrency"]: lv["summary"]["missed"] for lv in levels},
+        cores,
+    )
+    sweep["rss_mb_per_session"] = {
+        str(lv["concurrency"]): (lv.get("rss_mb") or {}).get("per_session") for lv in levels
     }
     result["sweep"] = sweep
     summary: dict[str, Any] = dict(levels[0]["summary"]) if levels else {}
@@ -265,6 +302,7 @@ async def benchmark(
             "rate": opts.rate,
             "chunk_ms": CHUNK_MS,
             "loud_threshold": LOUD,
+            "echo": opts.echo.describe() if opts.echo else None,
         },
         "scenarios": [s.describe() for s in chosen],
         "configs": results,

@@ -10,13 +10,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from . import netns
 from .audio import espeak_available
 from .bench import BenchOptions, benchmark
+from .clients import with_echo
+from .echo import parse_echo
+from .overlaps import OVERLAP_SCENARIOS
+from .protocols import merge_reports, parse_protocols
 from .report import RESULTS, compare_text, summary_text, write_outputs
 from .runner import Timing
 from .scenarios import load_scenario_file
-from .server import NamedConfig, default_configs, parse_config, server_keys, unknown_keys
-from .timeline import REALTIME, TWILIO
+from .server import LOOPBACK, NamedConfig, default_configs, parse_config, server_keys, unknown_keys
+from .timeline import REALTIME, TWILIO, WEBRTC
+from .webrtc_client import open_any_call
 
 DESCRIPTION = """\
 Benchmark a voice agent from the caller's side: synthetic callers speak scripted turns (with
@@ -57,10 +63,17 @@ def parser() -> argparse.ArgumentParser:
         epilog="voice bench compare A.json B.json: the ratio B/A of every summary metric",
     )
     p.add_argument(
-        "--url", help="a running server (ws://HOST:PORT/v1/realtime or .../v1/twilio/media-stream)"
+        "--url",
+        help="a running server (ws://HOST:PORT/v1/realtime, .../v1/twilio/media-stream,"
+        " http://HOST:PORT/v1/realtime/calls for webrtc, or sip:agent@HOST:PORT for sip)",
     )
     p.add_argument(
-        "--protocol", choices=(REALTIME, TWILIO), default=REALTIME, help="default realtime"
+        "--protocol",
+        type=parse_protocols,
+        default=[REALTIME],
+        metavar="realtime,webrtc,twilio,sip",
+        help="one or more, compared in one run (default realtime); webrtc without --url runs"
+        " the benchmark inside a network namespace of its own",
     )
     p.add_argument(
         "--sessions",
@@ -94,6 +107,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default {RESULTS})")
     p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="output files NAME-<UTC>.json/.html and NAME-latest.json (default bench;"
+        " overlaps with --overlaps)",
+    )
+    p.add_argument(
         "--config",
         action="append",
         default=[],
@@ -105,6 +124,19 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="a JSON scenario file (WAVs, pauses, barge-ins)",
+    )
+    p.add_argument(
+        "--overlaps",
+        action="store_true",
+        help="run the backchannel/interruption set (speech over the agent, several voices)"
+        " instead of the default scenarios",
+    )
+    p.add_argument(
+        "--echo",
+        type=parse_echo,
+        metavar="DELAY_MS:GAIN_DB",
+        help="twilio: the callers are on a speakerphone whose microphone hears the agent again"
+        " DELAY_MS later and GAIN_DB quieter (e.g. 200:-12)",
     )
     return p
 
@@ -139,6 +171,10 @@ def configurations(args: argparse.Namespace) -> list[NamedConfig]:
     return configs
 
 
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["compare"]:
@@ -147,8 +183,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.url and args.config:
         p.error("--config needs the harness to start the server: leave out --url")
+    if args.url and len(args.protocol) > 1:
+        p.error("--url is one server endpoint: give one --protocol with it")
+    if args.echo and args.protocol != [TWILIO]:
+        p.error("--echo is a phone's: use it with --protocol twilio")
+    if WEBRTC in args.protocol and not args.url and not netns.inside():
+        reason = netns.available()
+        if reason is not None:
+            print(f"voice bench: webrtc needs a network namespace: {reason}")
+            return 2
+        return netns.run_inside(argv)
     try:
         scenarios = load_scenario_file(args.scenario) if args.scenario else None
+        if args.overlaps:
+            if scenarios is not None:
+                raise ValueError("--overlaps is a scenario set: leave out --scenario")
+            scenarios = list(OVERLAP_SCENARIOS)
         configs = [] if args.url else configurations(args)
     except ValueError as exc:
         p.error(str(exc))
@@ -159,20 +209,28 @@ def main(argv: list[str] | None = None) -> int:
         if needs_espeak:
             print("voice bench: the scenarios need espeak-ng (apt-get install espeak-ng)")
             return 2
-    with tempfile.TemporaryDirectory(prefix="voice-bench-") as tmp:
-        opts = BenchOptions(
-            protocol=args.protocol,
-            url=args.url,
-            levels=args.concurrency or [args.sessions],
-            turns=args.turns,
-            time_limit_s=args.time_limit,
-            timing=Timing(turn_timeout_s=args.turn_timeout),
-            configs=configs,
-            workdir=Path(tmp),
-        )
-        report = asyncio.run(benchmark(opts, scenarios, echo=lambda line: print(line, flush=True)))
+    reports = []
+    for protocol in args.protocol:
+        with tempfile.TemporaryDirectory(prefix="voice-bench-") as tmp:
+            opts = BenchOptions(
+                protocol=protocol,
+                url=args.url,
+                levels=args.concurrency or [args.sessions],
+                turns=args.turns,
+                time_limit_s=args.time_limit / len(args.protocol),
+                timing=Timing(turn_timeout_s=args.turn_timeout),
+                configs=configs,
+                workdir=Path(tmp),
+                host=netns.SERVER_IP if netns.inside() else LOOPBACK,
+                echo=args.echo,
+                opener=with_echo(open_any_call, args.echo) if args.echo else open_any_call,
+            )
+            report = asyncio.run(benchmark(opts, scenarios, echo=_echo))
+        reports.append(report)
+    report = merge_reports(reports)
     print(summary_text(report))
-    json_path, html_path = write_outputs(report, args.out)
+    name = args.name or ("overlaps" if args.overlaps else "bench")  # (not bench-latest.json)
+    json_path, html_path = write_outputs(report, args.out, name)
     print(f"\nresults: {json_path}\nreport:  {html_path}")
     failed = all(c.get("error") for c in report["configs"])
     return 1 if failed else 0

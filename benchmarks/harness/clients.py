@@ -30,6 +30,7 @@ from websockets.asyncio.client import ClientConnection
 from transports import g711
 
 from .audio import CHUNK_MS, chunk_samples, chunked, first_loud, is_loud, last_loud
+from .echo import EchoPath, Speakerphone
 from .timeline import (
     AUDIO,
     CLEAR,
@@ -50,6 +51,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT_S = 30.0
 REALTIME_RATE = 24_000
 TWILIO_RATE = 8_000
+WEBRTC_RATE = 48_000  # Opus
 EXTENSION_EVENTS = {"x_voice_events": "1"}
 """The query that asks the server for its ``x.voice.*`` events."""
 SDK_MODEL = "voice-local"
@@ -441,6 +443,8 @@ class TwilioCall(Call):
         self._media_chunks = 0
         self._played_until = 0.0
         self._marks: list[tuple[str, asyncio.TimerHandle]] = []
+        self.phone: Speakerphone | None = None
+        """A speakerphone (:func:`with_echo`): the agent's audio comes back into the microphone."""
 
     def _next_sequence(self) -> str:
         self._sequence += 1
@@ -465,6 +469,8 @@ class TwilioCall(Call):
         )
 
     async def _send_audio(self, chunk: np.ndarray) -> None:
+        if self.phone is not None:
+            chunk = self.phone.mix(chunk, time.perf_counter())
         self._media_chunks += 1
         await self.send_json(
             {
@@ -499,6 +505,8 @@ class TwilioCall(Call):
             payload = (message.get("media") or {}).get("payload") or ""
             samples = g711.ulaw_decode(base64.b64decode(payload))
             self.add(Ev(now, AUDIO, loud=is_loud(samples)))
+            if self.phone is not None:
+                self.phone.play(samples, now)
             self._played_until = max(now, self._played_until) + len(samples) / self.rate
         elif kind == "mark":
             name = str((message.get("mark") or {}).get("name") or "")
@@ -511,6 +519,8 @@ class TwilioCall(Call):
         elif kind == "clear":
             self.add(Ev(now, CLEAR))
             self._played_until = now
+            if self.phone is not None:
+                self.phone.clear(now)
             pending, self._marks = self._marks, []
             for name, handle in pending:
                 handle.cancel()
@@ -543,6 +553,18 @@ def open_call(protocol: str, url: str) -> Call:
     if protocol == TWILIO:
         return TwilioCall(url)
     raise ValueError(f"unknown protocol {protocol!r}")
+
+
+def with_echo(opener: CallOpener, path: EchoPath) -> CallOpener:
+    """``opener``'s callers, each Twilio one on a speakerphone with this echo path."""
+
+    def open_(protocol: str, url: str) -> Call:
+        call = opener(protocol, url)
+        if isinstance(call, TwilioCall):
+            call.phone = Speakerphone(path, call.rate, time.perf_counter())
+        return call
+
+    return open_
 
 
 def open_sdk_call(protocol: str, url: str) -> Call:

@@ -28,10 +28,16 @@ def format_turn(rec: Mapping[str, Any]) -> str:
     parts = [f"v2v {rec['voice_to_voice_ms']:.0f} ms"]
     if rec.get("pauses"):
         parts.append(f"false interruptions {rec['false_interruptions']}/{len(rec['pauses'])}")
+    if rec.get("cut_off_in_silence"):
+        parts.append(f"cut off in silence {rec['cut_off_in_silence']}x")
     barge = rec.get("barge_in")
     if barge:
         state = barge.get("status") or ("cleared" if barge.get("clear_ms") is not None else "")
-        if not barge["reply_playing"] or barge["interrupted"] is False:
+        if barge.get("backchannel") and barge["reply_playing"]:
+            parts.append(
+                "backchannel: " + ("CUT THE REPLY OFF" if barge["cut_off"] else "it went on")
+            )
+        elif not barge["reply_playing"] or barge["interrupted"] is False:
             parts.append("barge-in: the reply had ended")
         else:
             parts.append(f"barge-in {fmt(barge['latency_ms'])} ms {state}".rstrip())

@@ -209,6 +209,10 @@ class TurnDriver:
             clock.barge_in = interruption[0].resolved()
         onset, b_end = clock.barge_in.onset, clock.barge_in.end
         assert onset is not None and b_end is not None
+        if script.barge_in.backchannel:  # the agent should go on: wait for its reply to end
+            await self.reply_over(start, reply)
+            await self.settle()
+            return
         await self.interrupted_reply_stopped(start, reply, onset)
         after = b_end
         if not self.realtime:
@@ -248,6 +252,7 @@ def turn_record(
             text=script.text,
             pauses_ms=script.pauses_ms,
             barge_in_text=rec["barge_in_text"],
+            backchannel=script.barge_in is not None and script.barge_in.backchannel,
             protocol=call.protocol,
             timeout_s=timing.turn_timeout_s,
             gap_s=timing.gap_s,

@@ -12,13 +12,17 @@ The default set is spoken at run time by espeak-ng in voices other than the agen
         {"segments": [{"wav": "table.wav", "text": "I would like to book a table", "pause_ms": 500},
                       {"wav": "two.wav", "text": "for two people tonight."}]},
         {"segments": [{"text": "Tell me a long story."}],
-         "barge_in": {"after_ms": 800, "wav": "stop.wav", "text": "Stop, please."}}
+         "barge_in": {"after_ms": 800, "wav": "stop.wav", "text": "Stop, please."}},
+        {"segments": [{"text": "Tell me about Rome."}],
+         "barge_in": {"after_ms": 900, "text": "Mm-hmm.", "backchannel": true}}
       ]}
     ]}
 
 ``wav`` paths are relative to the file (16-bit PCM, any rate, resampled to the protocol's);
 a segment without ``wav`` is spoken by espeak-ng (``voice``: the segment's, else the scenario's);
-``text`` is the reference for the word error rate. A top-level list is read as the scenarios.
+``text`` is the reference for the word error rate; a ``barge_in`` with ``"backchannel": true``
+only acknowledges (the agent should go on: ``overlaps.py`` counts it when it does not). A
+top-level list is read as the scenarios.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class BargeIn:
     text: str
     wav: str | None = None
     voice: str | None = None
+    backchannel: bool = False
+    """Said over the agent only to acknowledge ("mm-hmm"): the agent should go on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +66,7 @@ class TurnScript:
     @property
     def kind(self) -> str:
         if self.barge_in is not None:
-            return "barge-in"
+            return "backchannel" if self.barge_in.backchannel else "barge-in"
         return "pause" if len(self.segments) > 1 else "simple"
 
     @property
@@ -91,7 +97,11 @@ class Scenario:
                     "pauses_ms": t.pauses_ms,
                     "barge_in": None
                     if t.barge_in is None
-                    else {"after_ms": t.barge_in.after_ms, "text": t.barge_in.text},
+                    else {
+                        "after_ms": t.barge_in.after_ms,
+                        "text": t.barge_in.text,
+                        "backchannel": t.barge_in.backchannel,
+                    },
                 }
                 for t in self.turns
             ],
@@ -256,6 +266,7 @@ def _turn(raw: Any, where: str) -> TurnScript:
             seg.text,
             seg.wav,
             seg.voice,
+            bool(barge.get("backchannel", False)),
         )
     return TurnScript(
         str(raw.get("name") or where),

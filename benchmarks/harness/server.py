@@ -18,13 +18,24 @@ from pathlib import Path
 import psutil
 
 READY_TIMEOUT_S = 300.0
-PATHS = {"realtime": "/v1/realtime", "twilio": "/v1/twilio/media-stream"}
+PATHS = {
+    "realtime": "/v1/realtime",
+    "twilio": "/v1/twilio/media-stream",
+    "webrtc": "/v1/realtime/calls",  # an HTTP POST of an SDP offer
+}
+LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def endpoint(host: str, port: int, protocol: str) -> str:
+    """Where a caller of ``protocol`` reaches a server (WebRTC: the URL its offer is posted to)."""
+    scheme = "http" if protocol == "webrtc" else "ws"
+    return f"{scheme}://{host}:{port}{PATHS[protocol]}"
 
 
 def _default_sigint() -> None:
@@ -35,13 +46,20 @@ def _default_sigint() -> None:
 class LocalServer:
     """``python -m voice serve`` as a subprocess; its output goes to a log file."""
 
-    def __init__(self, settings: dict[str, str], log_path: Path) -> None:
+    def __init__(self, settings: dict[str, str], log_path: Path, host: str = LOOPBACK) -> None:
+        """``host`` other than loopback: an address only a private network namespace has (the
+        harness's WebRTC runs), so the server may go without API keys there."""
+        self.host = host
         self.port = free_port()
+        self.sip_port = free_port(socket.SOCK_DGRAM)
         self.log_path = log_path
         self._ready = threading.Event()
         self._log = log_path.open("w")
-        command = [sys.executable, "-m", "voice", "serve", "--host", "127.0.0.1"]
+        command = [sys.executable, "-m", "voice", "serve", "--host", host]
         command += ["--port", str(self.port)]
+        command += ["--set", f"sip.port={self.sip_port}"]  # servers run side by side
+        if host != LOOPBACK:
+            command += ["--set", "server.allow_unauthenticated=true"]
         for key, value in settings.items():
             command += ["--set", f"{key}={value}"]
         self.command = command
@@ -58,7 +76,9 @@ class LocalServer:
         threading.Thread(target=self._pump, daemon=True).start()
 
     def url(self, protocol: str) -> str:
-        return f"ws://127.0.0.1:{self.port}{PATHS[protocol]}"
+        if protocol == "sip":
+            return f"sip:agent@{LOOPBACK}:{self.sip_port}"  # (sip.host: loopback)
+        return endpoint(self.host, self.port, protocol)
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None

@@ -84,15 +84,19 @@ def summarize(turns: Sequence[Mapping[str, Any]], protocol: str) -> dict[str, An
             "pauses": len(pauses),
             "rate": round(false / len(pauses), 4) if pauses else None,
         },
+        "cut_off_in_silence": sum(t.get("cut_off_in_silence", 0) for t in measured),
+        "overlaps": overlap_summary(measured),
         "wer": None,
         "stages_ms": {},
         "transport_ms": describe(t.get("transport_ms") for t in answered),
         "overhead_ms": describe(t.get("overhead_ms") for t in answered),
     }
-    if protocol == "realtime":
+    if protocol in ("realtime", "webrtc"):  # the Realtime events, over WebSocket or WebRTC
         pairs = [(t["text"], t["user_transcript"]) for t in measured]
         pairs += [
-            (t["barge_in_text"], b["transcript"]) for t in measured if (b := t.get("barge_in"))
+            (t["barge_in_text"], b["transcript"])
+            for t in measured
+            if (b := t.get("barge_in")) and not b.get("backchannel")  # (kept out: no words)
         ]
         summary["wer"] = corpus_wer(pairs)
         summary["stages_ms"] = {
@@ -100,6 +104,51 @@ def summarize(turns: Sequence[Mapping[str, Any]], protocol: str) -> dict[str, An
             for name in stage_names(answered)
         }
     return summary
+
+
+P95_TARGET_MS = 1200.0
+"""The voice-to-voice p95 a level must keep (with no missed turn) to count as served."""
+
+
+def capacity_at_p95(
+    p95_by_level: Mapping[int, float | None],
+    missed_by_level: Mapping[int, int],
+    cores: int,
+    target_ms: float = P95_TARGET_MS,
+) -> dict[str, Any]:
+    """The highest concurrency level with p95 <= ``target_ms`` and no missed turn, and that per
+    core: the box's capacity, the figure ``server.max_sessions`` should follow."""
+    served = [
+        level
+        for level, p95 in p95_by_level.items()
+        if p95 is not None and p95 <= target_ms and not missed_by_level.get(level)
+    ]
+    best = max(served, default=None)
+    per_core = round(best / cores, 3) if best is not None and cores >= 1 else None
+    return {"p95_target_ms": target_ms, "max_level": best, "sessions_per_core": per_core}
+
+
+def overlap_summary(turns: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Speech over a playing reply (``overlaps.py``): backchannels that cut it short, and
+    interruptions that did, with how fast the audio stopped."""
+    barges = [b for t in turns if (b := t.get("barge_in")) is not None and b["reply_playing"]]
+    backchannels = [b for b in barges if b.get("backchannel")]
+    interruptions = [b for b in barges if not b.get("backchannel")]
+    cut = sum(1 for b in backchannels if b.get("cut_off"))
+    stopped = [b for b in interruptions if b.get("cut_off")]
+    return {
+        "backchannels": len(backchannels),
+        "backchannels_interrupted": cut,
+        "backchannel_interrupted_rate": _share(cut, len(backchannels)),
+        "interruptions": len(interruptions),
+        "interruptions_stopped": len(stopped),
+        "interruption_stopped_rate": _share(len(stopped), len(interruptions)),
+        "stop_ms": describe(b["latency_ms"] for b in stopped),
+    }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def sessions_per_core(p50_by_level: Mapping[int, float | None], cores: int) -> dict[str, Any]:

@@ -33,7 +33,21 @@ def summary_rows(configs: list[Mapping[str, Any]]) -> list[tuple[str, Getter, st
         rows.append((f"barge-in {p} (ms)", _get("barge_in_ms", p), "ms"))
     rows.append(("reply after barge-in p50 (ms)", _get("after_barge_in_v2v_ms", "p50"), "ms"))
     rows.append(("false interruptions (rate)", _get("false_interruptions", "rate"), "rate"))
+    rows.append(("replies cut off in silence", _get("cut_off_in_silence"), "rate"))
     rows.append(("missed turns (rate)", _get("missed_rate"), "rate"))
+    if any(_get("overlaps", "backchannels")(c.get("summary", {})) for c in configs):
+        over = "overlaps"
+        rows.append(
+            (
+                "backchannels that interrupted (rate)",
+                _get(over, "backchannel_interrupted_rate"),
+                "rate",
+            )
+        )
+        rows.append(
+            ("interruptions that stopped (rate)", _get(over, "interruption_stopped_rate"), "rate")
+        )
+        rows.append(("interruption stop p95 (ms)", _get(over, "stop_ms", "p95"), "ms"))
     rows.append(("WER", _get("wer"), "rate"))
     stages = stage_names(
         [{"stages_ms": c.get("summary", {}).get("stages_ms", {})} for c in configs]

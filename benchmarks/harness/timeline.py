@@ -10,6 +10,7 @@ timelines without a server.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ OVERHEAD_KEYS = ("overhead_ms", "overhead")
 
 REALTIME = "realtime"
 TWILIO = "twilio"
+SIP = "sip"
+"""A softphone calling the server's SIP agent (``sip_client.py``): a phone line like Twilio's."""
+WEBRTC = "webrtc"
+"""The Realtime protocol over WebRTC: its caller is a Realtime caller (``protocol`` REALTIME)
+whose audio rides RTP (``webrtc_client.py``)."""
 
 
 @dataclass(slots=True)
@@ -102,6 +108,19 @@ def false_interruptions(events: Sequence[Ev], segments: Sequence[Spoken]) -> lis
             )
         )
     return out
+
+
+def cut_off_in_silence(events: Iterable[Ev], end: float, barge_in: Spoken | None) -> int:
+    """Replies the server cut off while the caller said nothing (an echo, a noise taken for
+    speech): Twilio ``clear``s, or Realtime responses cancelled for a detected turn, after the
+    caller's last segment ended and before the scripted interruption (if any)."""
+    until = barge_in.onset if barge_in is not None and barge_in.onset is not None else math.inf
+    return sum(
+        1
+        for ev in events
+        if end < ev.t < until
+        and (ev.kind == CLEAR or (ev.kind == DONE and ev.reason == "turn_detected"))
+    )
 
 
 def done_of(events: Iterable[Ev], response: str | None) -> Ev | None:
@@ -222,6 +241,7 @@ def blank_record() -> dict[str, Any]:
         "reply_status": None,
         "pauses": [],
         "false_interruptions": 0,
+        "cut_off_in_silence": 0,
         "stages_ms": {},
         "overhead_ms": None,
         "transport_ms": None,
@@ -240,6 +260,7 @@ def analyze_turn(
     text: str,
     pauses_ms: Sequence[int],
     barge_in_text: str | None,
+    backchannel: bool = False,
     protocol: str,
     timeout_s: float,
     gap_s: float,
@@ -256,6 +277,7 @@ def analyze_turn(
     end = clock.segments[-1].end if clock.segments else None
     if end is None:
         return rec
+    rec["cut_off_in_silence"] = cut_off_in_silence(events, end, clock.barge_in)
     over = talking_over(events, end) if protocol == REALTIME else frozenset()
     reply = first_loud_audio(events, end, over)
     if reply is None or reply.t - end > timeout_s:
@@ -283,7 +305,19 @@ def analyze_turn(
         rec["barge_in"] = _barge_in_record(
             events, barge, barge_in_text or "", protocol, gap_s, now, timeout_s
         )
+        rec["barge_in"]["backchannel"] = backchannel
+        rec["barge_in"]["cut_off"] = _cut_off(events, barge.onset, protocol)
     return rec
+
+
+def _cut_off(events: Sequence[Ev], onset: float, protocol: str) -> bool | None:
+    """Whether the reply playing at ``onset`` was cut short: Realtime, its ``response.done``
+    says ``cancelled``; Twilio, the server sent a ``clear`` after ``onset`` (a reply only held
+    for a moment gets none). None: no reply was playing."""
+    if protocol != REALTIME:
+        return any(ev.kind == CLEAR and ev.t > onset for ev in events)
+    result = realtime_barge_in(events, onset)
+    return result.status == "cancelled" if result.playing else None
 
 
 def _barge_in_record(

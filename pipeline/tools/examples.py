@@ -1,5 +1,6 @@
 """Example server-side tools, and a template for your own: ``voice serve --tools
-pipeline.tools.examples`` lets the model tell the time and hang up."""
+pipeline.tools.examples`` lets the model tell the time, hang up and
+transfer a SIP call."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ async def end_call(
     """End the phone call, once you have said goodbye."""
     context.end_call(reason)
     return "The call will end after this reply."
+
+
+@tool(on_barge_in="finish", timeout_s=40.0)
+async def transfer_call(
+    context: ToolContext,
+    target: Annotated[str, "Where to transfer the caller: a sip: or tel: URI"],
+) -> str:
+    """Transfer the phone call to another number or SIP address (blind transfer), once you have
+    told the caller; the call with you then ends."""
+    await context.transfer(target)
+    return f"The call has been transferred to {target}."
 
 
 def _zone(name: str) -> tzinfo:

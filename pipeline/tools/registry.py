@@ -42,6 +42,14 @@ def _cannot_end_call(reason: str) -> None:
     raise ToolError("this session cannot end the call", tool="end_call")
 
 
+async def _cannot_transfer(target: str) -> None:
+    raise ToolError("this call cannot be transferred (only SIP calls can)", tool="transfer_call")
+
+
+def _cannot_switch(engine: str) -> None:
+    raise ToolError("this session cannot change its engine", tool="hand_off")
+
+
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool may know of and do to its session; a tool asks for it with a parameter
@@ -51,6 +59,12 @@ class ToolContext:
     end_call: Callable[[str], None] = _cannot_end_call
     """Ask the session to end the call, with a reason for the log; the session decides when
     (once the reply in flight has been heard). The default raises :class:`ToolError`."""
+    transfer: Callable[[str], Awaitable[None]] = _cannot_transfer
+    """Blind-transfer the call to a ``sip:``/``tel:`` URI (a SIP REFER; the call then ends);
+    raises :class:`ToolError` where the call cannot be transferred or the peer refuses."""
+    switch_engine: Callable[[str], None] = _cannot_switch
+    """Hand the conversation to another engine (``cascade``, ``openai-realtime`` …) from the
+    next reply on (``pipeline.handoff``); raises :class:`ToolError` for one not offered."""
 
 
 @dataclass(frozen=True, slots=True)

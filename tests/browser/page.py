@@ -65,14 +65,17 @@ def chromium_args(mic_wav: Path, origin: str) -> list[str]:
 
 
 async def launch(
-    pw: Playwright, mic_wav: Path, origin: str, user_data_dir: Path
+    pw: Playwright, mic_wav: Path, origin: str, user_data_dir: Path, *, muted: bool = True
 ) -> tuple[BrowserContext, Page]:
-    """Chromium with a fresh profile and ``mic_wav`` as its microphone; one page."""
+    """Chromium with a fresh profile and ``mic_wav`` as its microphone; one page. ``muted=False``
+    plays the page's audio out (as through speakers): the echo canceller then has the agent's
+    voice as its far-end reference (see below)."""
     context = await pw.chromium.launch_persistent_context(
         str(user_data_dir),
         executable_path=CHROMIUM,
         headless=True,
         args=chromium_args(mic_wav, origin),
+        ignore_default_args=[] if muted else ["--mute-audio"],
         # Playwright's --mute-audio stays: there is no loudspeaker, and with the agent's voice
         # audible the echo canceller (on by default, as in the page) gets it as its far-end
         # reference and, not having learnt yet that this fake mic carries no echo of it, holds
@@ -84,8 +87,12 @@ async def launch(
     return context, page
 
 
-async def open_and_connect(page: Page, url: str, timeout_ms: float = 30_000) -> None:
-    await page.goto(url)
+async def open_and_connect(
+    page: Page, url: str, timeout_ms: float = 30_000, *, reload: bool = True
+) -> None:
+    """Open ``url`` (``reload=False``: it is open already, settings changed) and connect."""
+    if reload:
+        await page.goto(url)
     await page.wait_for_function("() => window.voiceClient !== undefined")
     await page.click("#connect")
     await page.wait_for_function(
@@ -127,6 +134,7 @@ async def page_state(page: Page) -> dict[str, Any]:
             state: c.state, transport: c.transport, events: c.events, eventLog: c.eventLog,
             turns: c.turns, latencies: c.latencies, bargeIns: c.bargeIns,
             localCandidates: c.localCandidates, connectedAt: c.connectedAt,
+            jitterBufferTarget: c.jitterBufferTarget,
             t0: c.levels && c.levels.t0, callLocation: c.callLocation,
             user: texts('.msg.user .text'), agent: texts('.msg.agent .text'),
             interim: c.interim, userInterim: texts('.msg.user.interim .text'),

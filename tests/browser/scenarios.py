@@ -205,15 +205,19 @@ async def tab_closed(
     return await run([LEAD_S, espeak(STORY, rate=MIC_RATE), TAIL_S], body)
 
 
-def analyse_barge_in(page: dict[str, Any], lv: dict[str, Any]) -> dict[str, Any]:
+def analyse_barge_in(
+    page: dict[str, Any], lv: dict[str, Any], cleared: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """From the page's level timelines (peak per ``stepMs``) and event times: when the caller cut
-    in while the agent spoke, and when the agent's voice stopped."""
+    in while the agent spoke, and when the agent's voice stopped. ``cleared``: the
+    ``output_audio_buffer.cleared`` event of the interruption to look at (default the first)."""
     step, t0, loud = lv["stepMs"], lv["t0"], lv["loud"]
     mic = np.asarray(lv["mic"]) > loud
     agent = np.asarray(lv["agent"]) > loud
     events = page["eventLog"]
     at = lambda t: int((t - t0) // step)  # noqa: E731
-    cleared = next(e for e in events if e["type"] == "output_audio_buffer.cleared")
+    if cleared is None:
+        cleared = next(e for e in events if e["type"] == "output_audio_buffer.cleared")
     rid = cleared["response_id"]
     started = next(
         e for e in events if e["type"] == "output_audio_buffer.started" and e["response_id"] == rid

@@ -11,12 +11,16 @@ import gc
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiortc import RTCPeerConnection
 
+from benchmarks.harness.runner import Timing, run_conversation
+from benchmarks.harness.scenarios import BargeIn, Renderer, Scenario, Segment, TurnScript
+from benchmarks.harness.webrtc_client import WEBRTC_RATE, open_any_call
 from tests.conftest import espeak, test_config
 from tests.netns import SERVER_IP
 from tests.webrtc.peer import RtcCaller
@@ -48,6 +52,35 @@ async def turn(server: VoiceServer, base: str) -> dict[str, Any]:
     }
     await caller.close()
     return result
+
+
+STORY = "Please tell me a long story about a brave little dragon."
+STOP = "Stop, wait a moment, I have a question."
+
+
+async def harness(server: VoiceServer, base: str) -> dict[str, Any]:
+    """``voice bench --protocol webrtc``'s caller, driven by the harness: a question, then a
+    story cut short by the caller."""
+    scenario = Scenario(
+        "webrtc",
+        "en-us+f3",
+        (
+            TurnScript("question", (Segment(QUESTION),)),
+            TurnScript("story", (Segment(STORY),), BargeIn(300, STOP)),
+        ),
+    )
+    rendered = await asyncio.to_thread(Renderer(WEBRTC_RATE).render, scenario)
+    records, time_up = await run_conversation(
+        "webrtc",
+        f"{base}/v1/realtime/calls",
+        rendered,
+        Timing(turn_timeout_s=60.0),
+        time.perf_counter() + 240,
+        lambda record: None,
+        {},
+        opener=open_any_call,
+    )
+    return {"records": records, "time_up": time_up, "calls_after": len(server.calls)}
 
 
 async def bad_input(server: VoiceServer, base: str) -> dict[str, Any]:
@@ -171,7 +204,12 @@ async def main() -> dict[str, Any]:
     base = f"http://{SERVER_IP}:{server.port}"
     results: dict[str, Any] = {}
     try:
-        for name, scenario in (("turn", turn), ("bad_input", bad_input), ("teardown", teardown)):
+        for name, scenario in (
+            ("turn", turn),
+            ("harness", harness),
+            ("bad_input", bad_input),
+            ("teardown", teardown),
+        ):
             async with asyncio.timeout(300):
                 results[name] = await scenario(server, base)
     finally:

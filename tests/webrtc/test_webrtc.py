@@ -36,6 +36,24 @@ def test_a_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
     assert "output_audio_buffer.stopped" in types
 
 
+def test_the_benchmarks_webrtc_caller_completes_turns_and_a_barge_in(
+    results: dict[str, Any],
+) -> None:
+    run = results["harness"]
+    assert run["time_up"] is False
+    question, story = run["records"]
+    assert not question["missed"] and question["voice_to_voice_ms"] > 0, question
+    assert question["errors"] == [] and question["reply_status"] == "completed"
+    assert wer(QUESTION, question["user_transcript"]) <= 0.2, question["user_transcript"]
+    assert question["stages_ms"]["first_audio_sent"] is not None  # the server's breakdown
+    assert question["transport_ms"] is not None and question["reply_transcript"].strip()
+    barge = story["barge_in"]
+    assert barge is not None and barge["reply_playing"], story
+    assert barge["status"] == "cancelled" and barge["latency_ms"] is not None, barge
+    assert barge["reply_v2v_ms"] is not None  # and the answer to the interruption was heard
+    assert run["calls_after"] == 0  # the caller hung up
+
+
 def test_bad_offers_and_messages_get_clear_errors(results: dict[str, Any]) -> None:
     bad = results["bad_input"]
     assert bad["malformed"][0] == 400 and "invalid_sdp" in bad["malformed"][1]

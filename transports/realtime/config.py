@@ -40,6 +40,8 @@ _SESSION_KEYS = {
     "type", "model", "instructions", "audio", "output_modalities", "max_output_tokens",
     "tools", "tool_choice", "tracing", "truncation", "include", "prompt", "temperature",
     "parallel_tool_calls", "reasoning",
+    # this server's: who replies (``pipeline.handoff``)
+    "engine",
     # beta aliases
     "modalities", "voice", "input_audio_format", "output_audio_format", "turn_detection",
     "input_audio_transcription", "max_response_output_tokens", "input_audio_noise_reduction",
@@ -79,6 +81,9 @@ class RealtimeConfig:
     """Set by transports with their own codec (WebRTC: Opus at 48 kHz)."""
     server_tools: list[str] = field(default_factory=list)
     """Names of the server's own tools (the model may call them too; a client's may not clash)."""
+    engines: dict[str, str] = field(default_factory=lambda: {"cascade": ""})
+    """The engines a client may choose (``session.engine``) → each one's model name (a
+    ``session.model`` equal to it chooses that engine too)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +174,9 @@ class RealtimeConfig:
             if value is not None:
                 self.output_format = parse_format(value, param)
         s.output_rate = self.fixed_output_rate or self.output_format.rate
+        g711 = self.input_format.type != PCM.type and self.fixed_output_rate is None
+        same = self.input_format.type == self.output_format.type
+        s.wire_format = self.input_format.type if g711 and same else ""
         for container, param in ((audio_in, "session.audio.input"), (session, "session")):
             if "turn_detection" in container:
                 self._apply_vad(container["turn_detection"], f"{param}.turn_detection")
@@ -199,10 +207,26 @@ class RealtimeConfig:
                 self.settings.text_only = parse_modalities(value, f"session.{key}")
         if "model" in session:
             self._check_model(get(session, "model", str, path="session"))
+        if "engine" in session:
+            self.settings.engine = self._check_engine(session["engine"])
+
+    def _check_engine(self, value: Any) -> str:
+        if isinstance(value, str) and value in self.engines:
+            return value
+        raise ProtocolError(
+            f"session.engine {short_repr(value)} is not served here: use"
+            f" {' or '.join(repr(e) for e in self.engines)}",
+            code="invalid_value",
+            param="session.engine",
+        )
 
     def _check_model(self, model: str) -> None:
         """This server's model name, or an OpenAI realtime model's (served by the local
         cascade: a client written for OpenAI runs unchanged)."""
+        for engine, name in self.engines.items():
+            if name and model == name:
+                self.settings.engine = engine  # a remote engine's model: that engine replies
+                return
         if model != self.model and not model.startswith(OPENAI_REALTIME_MODELS):
             raise ProtocolError(
                 f"model {short_repr(model)} is not served here: use {self.model!r} (or an"

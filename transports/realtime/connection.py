@@ -157,7 +157,8 @@ class RealtimeConnection:
     def _append(self, event: Event) -> list[Event]:
         data = decode_base64(field(event, "audio", str), "audio")
         fmt = self.config.input_format
-        self.session.append_audio(fmt.decode(data), fmt.rate)
+        wire = data if fmt.type == self.session.settings.wire_format else None
+        self.session.append_audio(fmt.decode(data), fmt.rate, wire)
         return []
 
     def _commit(self, event: Event) -> list[Event]:
@@ -470,6 +471,16 @@ class RealtimeConnection:
             )
         ]
 
+    def _r_dtmf(self, ev: m.DtmfReceived) -> list[Event]:
+        # (OpenAI's event has no event_id: the SDK's model knows none)
+        return [
+            {
+                "type": "input_audio_buffer.dtmf_event_received",
+                "event": ev.digit,
+                "received_at": ev.received_at,
+            }
+        ]
+
     def _r_idle_timeout(self, ev: m.IdleTimeout) -> list[Event]:
         return [
             _e(
@@ -503,4 +514,5 @@ _RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
     m.SessionClosed: RealtimeConnection._r_closed,
     m.TranscriptionFailed: RealtimeConnection._r_transcription_failed,
     m.IdleTimeout: RealtimeConnection._r_idle_timeout,
+    m.DtmfReceived: RealtimeConnection._r_dtmf,
 }

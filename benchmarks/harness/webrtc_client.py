@@ -1,0 +1,237 @@
+"""The Realtime protocol over WebRTC, as a caller: an aiortc peer with a microphone track and the
+data channel ``oai-events``, connected by ``POST /v1/realtime/calls`` (what a browser does).
+
+It is the Realtime caller (:class:`~benchmarks.harness.clients.RealtimeCall`: the same events,
+the same ``x.voice.turn.metrics`` stage breakdown, the same turn analysis) with the audio moved
+onto RTP: the harness's :class:`~benchmarks.harness.clients.Microphone` hands its 20 ms chunks
+(48 kHz) to :class:`MicrophoneTrack`, which aiortc pulls, encodes as Opus and sends; the agent's
+voice comes back on the remote track, and every decoded frame with audible sound becomes an
+``AUDIO`` event of the response whose ``output_audio_buffer.started`` came last.
+
+What is measured is when the reply *arrived*, as the WebSocket caller measures its first audible
+delta: incoming packets go to the decoder as they arrive (``transports/webrtc_jitter.py``), not
+through aiortc's 80 ms playout buffer. ICE needs an address other than loopback (aioice skips
+127.0.0.1): the harness runs WebRTC inside a network namespace of its own (``netns.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from transports.webrtc import EVENTS_CHANNEL, downmix
+from transports.webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
+
+from .audio import is_loud
+from .clients import CONNECT_TIMEOUT_S, WEBRTC_RATE, Call, RealtimeCall, open_call
+from .sip_client import SipCaller
+from .timeline import AUDIO, ERROR, SIP, WEBRTC, Ev
+
+FRAME = WEBRTC_RATE // 50  # 20 ms
+MAX_QUEUED_FRAMES = 50
+"""Chunks waiting for aiortc to take them (1 s); older ones are dropped past it, as a sound card
+drops what nobody reads."""
+HANGUP_TIMEOUT_S = 5.0
+
+
+class MicrophoneTrack(MediaStreamTrack):
+    """What the harness's microphone sends, as an aiortc audio track: each chunk becomes one
+    frame as soon as aiortc asks for it, RTP timestamps contiguous (the microphone paces them
+    in real time)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: deque[np.ndarray] = deque(maxlen=MAX_QUEUED_FRAMES)
+        self._ready = asyncio.Event()
+        self.sent = 0
+
+    def put(self, chunk: np.ndarray) -> None:
+        if len(chunk) != FRAME:
+            raise ValueError(f"a chunk must be {FRAME} samples (20 ms at 48 kHz), not {len(chunk)}")
+        self._chunks.append(chunk)
+        self._ready.set()
+
+    async def recv(self) -> AudioFrame:
+        """The next chunk (waits for one). Cancel-safe."""
+        while not self._chunks:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        chunk = self._chunks.popleft()
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = WEBRTC_RATE
+        frame.pts = self.sent * FRAME
+        frame.time_base = fractions.Fraction(1, WEBRTC_RATE)
+        self.sent += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
+
+
+class WebRtcCall(RealtimeCall):
+    """A Realtime caller over WebRTC; ``url`` is ``http://HOST:PORT/v1/realtime/calls``."""
+
+    rate = WEBRTC_RATE
+    receive_on_arrival = True
+    """Decode the agent's packets as they arrive; False: through aiortc's playout buffer (80 ms,
+    what a caller measured before ``webrtc_jitter.py``; ``benchmarks/webrtc_stages.py``)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.track = MicrophoneTrack()
+        self.received: ArrivalOrderBuffer | None = None
+        self.location: str | None = None
+        self._pc: RTCPeerConnection | None = None
+        self._channel: RTCDataChannel | None = None
+        self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._playing: str | None = None
+        self._media: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ wire
+
+    async def _connect(self) -> None:
+        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        channel = self._channel = pc.createDataChannel(EVENTS_CHANNEL)
+        opened = asyncio.Event()
+        channel.on("open", opened.set)
+        channel.on("message", self._inbox.put_nowait)
+        channel.on("close", lambda: self._inbox.put_nowait(None))
+        pc.on("track", self._on_track)
+        pc.addTrack(self.track)
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio" and self.receive_on_arrival:
+                self.received = release_on_arrival(transceiver.receiver)
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await self._post_offer(pc.localDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
+        except BaseException:
+            await self._disconnect()  # nothing of the peer connection stays behind
+            raise
+
+    async def _post_offer(self, sdp: str) -> str:
+        headers = {**self._headers(), "Content-Type": "application/sdp"}
+        timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(self.url, data=sdp, headers=headers) as response,
+            ):
+                body = await response.text()
+                if response.status != 201:
+                    raise ConnectionError(f"HTTP {response.status}: {body[:300]}")
+                self.location = response.headers.get("Location")
+                return body
+        except aiohttp.ClientError as exc:
+            raise ConnectionError(f"POST {self.url}: {exc}") from exc
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            raise ConnectionError("the data channel is not open")
+        channel.send(json.dumps(message, separators=(",", ":")))
+
+    async def _receive(self) -> str:
+        message = await self._inbox.get()
+        if message is None:
+            raise ConnectionError("the data channel closed")
+        return message
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                raw = await self._receive()
+                now = time.perf_counter()
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    self.add(Ev(now, ERROR, text="a message that is not JSON"))
+                    continue
+                if isinstance(message, dict):
+                    self.handle(message, now)
+        except ConnectionError as exc:
+            self.closed = str(exc)
+        finally:
+            self._new.set()
+
+    async def _send_audio(self, chunk: np.ndarray) -> None:
+        self.track.put(chunk)
+
+    async def _hang_up(self) -> None:
+        if self.location is None:
+            return
+        parts = urlsplit(self.url)
+        url = urlunsplit((parts.scheme, parts.netloc, f"{self.location}/hangup", "", ""))
+        timeout = aiohttp.ClientTimeout(total=HANGUP_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.post(url) as response:
+            await response.read()
+
+    async def _disconnect(self) -> None:
+        self.track.stop()
+        if self._pc is not None:
+            await self._pc.close()
+        for task in self._media:
+            task.cancel()
+        for task in self._media:
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                await task
+
+    def vanish(self) -> None:
+        """The network dies: the microphone stops and the peer connection goes, without a
+        hang-up."""
+        if self._tasks:
+            self._tasks[1].cancel()
+        if self._pc is not None:
+            self._media.append(asyncio.get_running_loop().create_task(self._pc.close()))
+
+    # ------------------------------------------------------------ what arrives
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._media.append(asyncio.get_running_loop().create_task(self._listen(track)))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        """The agent's voice: an event for every audible frame, stamped when it was decoded."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.perf_counter()
+                if isinstance(frame, AudioFrame) and is_loud(downmix(frame)):
+                    self.add(Ev(now, AUDIO, self._playing, True))
+
+    def handle(self, message: dict[str, Any], now: float) -> None:
+        if message.get("type") == "output_audio_buffer.started":
+            self._playing = message.get("response_id")
+        super().handle(message, now)
+
+
+def open_any_call(protocol: str, url: str) -> Call:
+    """A caller for any protocol: WebRTC's here, SIP's (``sip_client.py``), the others
+    :func:`~.clients.open_call`'s."""
+    if protocol == SIP:
+        return SipCaller(url)
+    return WebRtcCall(url) if protocol == WEBRTC else open_call(protocol, url)

@@ -1,0 +1,228 @@
+"""One call's RTP on asyncio: a UDP socket, the caller's audio in, the agent's audio out paced.
+
+In: datagrams pass :class:`~.rtp.Receiver` (source, payload type, header), audio frames go
+through the :class:`~.rtp.JitterBuffer` and G.711 decoding to ``on_audio``; RFC 4733 events go
+to ``on_dtmf`` once per key press. RTCP is counted and ignored.
+
+Out: :meth:`RtpMedia.play` queues 20 ms frames (at most ``max_queued_ms``; beyond that the
+oldest are dropped); a sender task sends one packet every 20 ms on ``clock`` (the loop's, or a
+test's virtual one), drift-free — the next frame, or silence when there is none, so the peer's
+jitter buffer sees one steady stream. Each frame of audio that leaves also goes to
+``on_frame`` (the echo canceller's reference). A frame can carry a mark (the reply item and how
+many ms of it end with this frame): ``on_sent`` is called with it the moment the frame leaves,
+which is what the caller can have heard. :meth:`clear` drops what is queued (barge-in). While
+the peer holds the call (``sendonly``/``inactive``) nothing is sent. Keypad digits are sent as
+RFC 4733 events when the peer negotiated them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from pipeline.clock import Clock, MonotonicClock
+from pipeline.tasks import cancel_and_wait
+
+from .. import g711
+from . import dtmf, rtp
+from .message import SipError
+from .sdp import Media
+
+log = logging.getLogger("voice.transport.sip")
+FRAME_S = 0.02
+Mark = tuple[str, int]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, media: RtpMedia) -> None:
+        self.media = media
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.media.received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
+        log.debug("RTP socket error: %s", exc)
+
+
+class RtpMedia:
+    """The RTP side of one call. :meth:`open` binds, :meth:`close` stops everything."""
+
+    def __init__(
+        self,
+        media: Media,
+        remote: tuple[str, int],
+        *,
+        on_audio: Callable[[np.ndarray, bytes | None], None],
+        on_dtmf: Callable[[str], None],
+        on_sent: Callable[[Mark], None],
+        signalling_host: str | None = None,
+        jitter_depth: int = 3,
+        max_queued_ms: int = 2000,
+        clock: Clock | None = None,
+    ) -> None:
+        self.media = media
+        self.on_audio, self.on_dtmf, self.on_sent = on_audio, on_dtmf, on_sent
+        self.on_frame: Callable[[np.ndarray], None] | None = None
+        """Given each 20 ms of audio (int16, 8 kHz) the moment its packet is sent."""
+        self.clock = clock or MonotonicClock()
+        self.signalling_host = signalling_host
+        self.receiver = rtp.Receiver(remote, self._payloads(media), signalling_host)
+        self.jitter = rtp.JitterBuffer(jitter_depth)
+        self.detector = dtmf.Detector()
+        self.packetizer = rtp.Packetizer(media.payload)
+        self.sending = True
+        self.port = 0
+        self.last_received: float | None = None
+        self.sent_packets = 0
+        self.dropped_frames = 0
+        self._queue: deque[tuple[np.ndarray, Mark | None]] = deque()
+        self._max_frames = max(1, max_queued_ms // 20)
+        self._carry = np.zeros(0, np.int16)
+        self._digits: deque[tuple[dtmf.Event, bool]] = deque(maxlen=256)
+        self._event_start: int | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _payloads(media: Media) -> set[int]:
+        te = media.telephone_event
+        return {media.payload} | ({te} if te is not None else set())
+
+    async def open(self, host: str) -> int:
+        """Bind a UDP port on ``host`` and start sending; returns the port."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(host, 0)
+        )
+        self._transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        self._sender = loop.create_task(self._send_loop(), name=f"rtp-sender-{self.port}")
+        return self.port
+
+    async def close(self) -> None:
+        """Close the socket and stop sending. Cancel-safe (the socket closes first)."""
+        if self._transport is not None:
+            self._transport.close()
+        if self._sender is not None:
+            await cancel_and_wait((self._sender,))
+
+    def update(self, media: Media, remote: tuple[str, int], *, sending: bool) -> None:
+        """A re-INVITE changed the stream: codec, address, hold."""
+        if media.payload != self.media.payload:
+            self.packetizer.payload_type = media.payload
+        if remote != self.receiver.expected or media != self.media:
+            self.receiver = rtp.Receiver(remote, self._payloads(media), self.signalling_host)
+        self.media = media
+        self.sending = sending
+
+    # ------------------------------------------------------------------ in
+
+    def received(self, data: bytes, addr: tuple[str, int]) -> None:
+        packet = self.receiver.accept(data, addr)
+        if packet is None:
+            return
+        self.last_received = asyncio.get_running_loop().time()
+        if packet.payload_type == self.media.telephone_event:
+            self._play_in(self.jitter.push_wire(packet.sequence, None))
+            try:
+                digit = self.detector.receive(packet.timestamp, packet.payload)
+            except SipError:
+                self.receiver.malformed += 1
+                return
+            if digit is not None:
+                self.on_dtmf(digit)
+            return
+        if not packet.payload:
+            return
+        decode = g711.ulaw_decode if self.media.payload == 0 else g711.alaw_decode
+        frame = (decode(packet.payload), packet.payload)
+        self._play_in(self.jitter.push_wire(packet.sequence, frame))
+
+    def _play_in(self, frames: list[tuple[np.ndarray, bytes | None]]) -> None:
+        for frame, wire in frames:
+            self.on_audio(frame, wire)
+
+    # ------------------------------------------------------------------ out
+
+    def play(self, audio: np.ndarray, mark: Mark | None = None) -> None:
+        """Queue audio (int16 at 8 kHz) in 20 ms frames; ``mark`` goes with its last frame."""
+        audio = np.concatenate([self._carry, audio]) if len(self._carry) else audio
+        whole = len(audio) // rtp.FRAME_SAMPLES * rtp.FRAME_SAMPLES
+        self._carry = audio[whole:]
+        frames = [audio[i : i + rtp.FRAME_SAMPLES] for i in range(0, whole, rtp.FRAME_SAMPLES)]
+        for i, frame in enumerate(frames):
+            if len(self._queue) >= self._max_frames:
+                self._queue.popleft()
+                self.dropped_frames += 1
+            self._queue.append((frame, mark if i == len(frames) - 1 else None))
+
+    def flush(self, mark: Mark | None = None) -> None:
+        """Send what is left of a reply (less than a frame), padded with silence."""
+        if len(self._carry):
+            pad = np.zeros(rtp.FRAME_SAMPLES - len(self._carry), np.int16)
+            self._carry = np.concatenate([self._carry, pad])
+            self.play(np.zeros(0, np.int16), mark)
+
+    def clear(self) -> None:
+        """Drop every queued frame (barge-in)."""
+        self._queue.clear()
+        self._carry = np.zeros(0, np.int16)
+
+    @property
+    def queued_ms(self) -> int:
+        return len(self._queue) * 20
+
+    def send_digits(self, digits: str) -> None:
+        """Queue keypad digits as RFC 4733 events; raises :class:`SipError` if not negotiated."""
+        if self.media.telephone_event is None:
+            raise SipError("the peer did not offer telephone-event", code="invalid_dtmf")
+        for digit in dtmf.check_digits(digits):
+            events = dtmf.packets(digit)
+            self._digits.extend((e, i == len(events) - 1) for i, e in enumerate(events))
+
+    async def _send_loop(self) -> None:
+        start, ticks = self.clock.now(), 0
+        silence = self._encode(np.zeros(rtp.FRAME_SAMPLES, np.int16))
+        while True:
+            ticks += 1
+            self._tick(silence)
+            await self.clock.sleep_until(start + ticks * FRAME_S)
+
+    def _tick(self, silence: bytes) -> None:
+        if self._digits:
+            self._send_event(*self._digits.popleft())
+            return
+        frame, mark = self._queue.popleft() if self._queue else (None, None)
+        payload = silence if frame is None else self._encode(frame)
+        packet = self.packetizer.packet(payload)
+        sent = self._send(packet.encode())
+        if sent and frame is not None and self.on_frame is not None:
+            self.on_frame(frame)
+        if mark is not None:
+            self.on_sent(mark)
+
+    def _send_event(self, event: dtmf.Event, last: bool) -> None:
+        p, te = self.packetizer, self.media.telephone_event
+        assert te is not None
+        first = self._event_start is None
+        if first:
+            self._event_start = p.timestamp
+        assert self._event_start is not None
+        self._send(p.event(event.encode(), self._event_start, marker=first, pt=te).encode())
+        if last:
+            p.skip(event.duration)
+            self._event_start = None
+
+    def _encode(self, frame: np.ndarray) -> bytes:
+        return g711.ulaw_encode(frame) if self.media.payload == 0 else g711.alaw_encode(frame)
+
+    def _send(self, data: bytes) -> bool:
+        if self._transport is None or not self.sending or self._transport.is_closing():
+            return False
+        self._transport.sendto(data, self.receiver.destination)
+        self.sent_packets += 1
+        return True
