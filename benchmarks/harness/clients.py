@@ -246,7 +246,7 @@ class Call:
                 try:
                     message = json.loads(raw)
                 except ValueError:
-                    self.add(Ev(now, ERROR, text="a frame that is not JSON"))
+                    self.add(Ev(now, ERROR, text="a message that is not JSON"))
                     continue
                 if isinstance(message, dict):
                     self.handle(message, now)
@@ -254,6 +254,8 @@ class Call:
             self.closed = "closed by the server"
         except websockets.ConnectionClosed as exc:
             self.closed = f"connection closed: {exc}"
+        except ConnectionError as exc:  # (a data channel: see webrtc_client.py)
+            self.closed = str(exc)
         finally:
             self._new.set()
 

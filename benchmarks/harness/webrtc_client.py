@@ -43,7 +43,7 @@ from transports.webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
 from .audio import is_loud
 from .clients import CONNECT_TIMEOUT_S, WEBRTC_RATE, Call, RealtimeCall, open_call
 from .sip_client import SipCaller
-from .timeline import AUDIO, ERROR, SIP, WEBRTC, Ev
+from .timeline import AUDIO, SIP, WEBRTC, Ev
 
 FRAME = WEBRTC_RATE // 50  # 20 ms
 MAX_QUEUED_FRAMES = 50
@@ -160,23 +160,6 @@ class WebRtcCall(RealtimeCall):
         if message is None:
             raise ConnectionError("the data channel closed")
         return message
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                raw = await self._receive()
-                now = time.perf_counter()
-                try:
-                    message = json.loads(raw)
-                except ValueError:
-                    self.add(Ev(now, ERROR, text="a message that is not JSON"))
-                    continue
-                if isinstance(message, dict):
-                    self.handle(message, now)
-        except ConnectionError as exc:
-            self.closed = str(exc)
-        finally:
-            self._new.set()
 
     async def _send_audio(self, chunk: np.ndarray) -> None:
         self.track.put(chunk)
