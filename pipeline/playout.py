@@ -16,6 +16,9 @@ import numpy as np
 
 from .clock import Clock
 
+SPEAKING_RATE = 2.5
+"""Words a second of speech (150 a minute), for a segment whose length is not yet known."""
+
 
 @dataclass(slots=True)
 class Segment:
@@ -49,6 +52,10 @@ class Playout:
         self._base_time = 0.0
         self._base_samples = 0
         self.stopped = False
+        self.growing = False
+        """The last segment's audio is still coming (a remote model's): its words are counted
+        at a speaking rate, not in proportion to the audio so far (which would say the whole
+        clause was heard when only its first piece was)."""
         self._reported: tuple[int, float] | None = None  # (samples heard, when), from outside
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -141,15 +148,26 @@ class Playout:
         """
         played = self.played_samples() if upto_samples is None else upto_samples
         words: list[str] = []
-        for text, first, count in self._segments:
+        last = len(self._segments) - 1
+        for i, (text, first, count) in enumerate(self._segments):
+            seg_words = text.split()
+            if i == last and self.growing:
+                count = max(count, int(len(seg_words) * self.rate / self._words_per_second()))
             if played >= first + count:
-                words.extend(text.split())
+                words.extend(seg_words)
                 continue
             if played > first and count:
-                seg_words = text.split()
                 words.extend(seg_words[: int(len(seg_words) * (played - first) / count)])
             break
         return " ".join(words)
+
+    def _words_per_second(self) -> float:
+        """This reply's speaking rate so far (its whole segments), else a typical 2.5."""
+        done = self._segments[:-1]
+        samples = sum(count for _, _, count in done)
+        if samples < self.rate:  # under a second: too little to tell
+            return SPEAKING_RATE
+        return min(6.0, max(1.0, sum(len(t.split()) for t, _, _ in done) * self.rate / samples))
 
     def _due(self, sample: int) -> float:
         return self._base_time + (sample - self._base_samples) / self.rate - self._lead

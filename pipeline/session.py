@@ -140,6 +140,10 @@ class Session:
         self.transfer: Callable[[str], Awaitable[None]] | None = None
         """Set by a transport that can transfer the call (SIP REFER): the ``transfer_call``
         tool's way out (``ToolContext.transfer``); None: the tool refuses."""
+        self.send_digits: Callable[[str], None] | None = None
+        """Set by a transport that can press keys on the line (SIP, RFC 4733): the
+        ``press_keys`` tool's way (``ToolContext.send_digits``); None: tools that need it are
+        not offered to the model."""
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -522,7 +526,8 @@ class Session:
         if pending_user is not None:
             messages.append(ChatMessage("user", pending_user))
         generation = replace(opts.generation or s.generation)
-        generation.tools = [*generation.tools, *self.tools.specs()]
+        abilities = {"send_digits"} if self.send_digits is not None else set()
+        generation.tools = [*generation.tools, *self.tools.specs(abilities)]
         if opts.tool_choice_after_tools and generation.tool_choice not in ("auto", "none"):
             generation.tool_choice = "auto"  # a forced call again would call again, for ever
         info = ResponseInfo(
@@ -674,6 +679,8 @@ class Session:
         context = ToolContext(self.id, end_call=self._end_call, switch_engine=self._tool_switch)
         if self.transfer is not None:
             context = replace(context, transfer=self.transfer)
+        if self.send_digits is not None:
+            context = replace(context, send_digits=self.send_digits)
         for call in calls:
             try:
                 output = await self.tools.run(call.name, call.arguments, context, clock=self.clock)

@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import cli as bench_cli
-from benchmarks.harness.clients import TwilioCall, open_call, with_echo
+from benchmarks.harness.clients import TwilioCall, with_echo
 from benchmarks.harness.echo import EchoPath, Speakerphone, parse_echo
+from benchmarks.harness.sip_client import SipCaller
 from benchmarks.harness.stats import summarize
-from benchmarks.harness.timeline import CLEAR, DONE, TWILIO, Ev, Spoken, cut_off_in_silence
+from benchmarks.harness.timeline import (
+    CLEAR,
+    DONE,
+    REALTIME,
+    SIP,
+    TWILIO,
+    Ev,
+    Spoken,
+    cut_off_in_silence,
+)
+from benchmarks.harness.webrtc_client import open_any_call
 
 RATE = 8_000
 
@@ -55,12 +66,17 @@ def test_bad_echo_paths_are_refused(text: str) -> None:
         parse_echo(text)
 
 
-def test_echo_is_for_twilio_callers_only() -> None:
+def test_echo_is_for_phone_callers_only() -> None:
     assert parse_echo("150:-15") == EchoPath(150, -15.0)
-    call = with_echo(open_call, EchoPath(150, -15.0))(TWILIO, "ws://127.0.0.1:9/x")
+    opener = with_echo(open_any_call, EchoPath(150, -15.0))
+    call = opener(TWILIO, "ws://127.0.0.1:9/x")
     assert isinstance(call, TwilioCall) and call.phone is not None
-    with pytest.raises(SystemExit):
-        bench_cli.main(["--protocol", "realtime", "--echo", "200:-12"])
+    sip = opener(SIP, "sip:agent@127.0.0.1:5060")
+    assert isinstance(sip, SipCaller) and sip.phone is not None
+    assert opener(REALTIME, "ws://127.0.0.1:9/x").phone is None
+    for protocols in ("realtime", "twilio,realtime"):
+        with pytest.raises(SystemExit):
+            bench_cli.main(["--protocol", protocols, "--echo", "200:-12"])
 
 
 def test_cut_off_in_silence_counts_cuts_between_speech_and_interruption() -> None:

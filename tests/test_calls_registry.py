@@ -47,6 +47,9 @@ class PhoneCall:
     async def hangup(self, reason: str) -> None:
         self.told.append(("hangup", reason))
 
+    async def send_dtmf(self, digits: str) -> None:
+        self.told.append(("dtmf", digits))
+
 
 def registry(webhook: WebhookSettings | None = None, **kw: Any) -> CallRegistry:
     def refuse(session: dict[str, Any]) -> None:

@@ -332,13 +332,17 @@ async def test_a_huge_frame_ends_the_stream(server: VoiceServer) -> None:
 
 
 async def test_streams_beyond_the_limit_are_refused(server: VoiceServer) -> None:
+    """Closed at once with 1013 (try again later) and the reason; no session opened."""
     limit = server.config.server.max_sessions
     server.config.server.max_sessions = len(server.sessions)
+    before = set(server.sessions) | set(server.ended)
     try:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with FakeTwilio(server.port):  # type: ignore[arg-type]
-                pass
-        assert refused.value.response.status_code == 503
+        async with FakeTwilio(server.port) as twilio:  # type: ignore[arg-type]
+            async with asyncio.timeout(10):
+                await twilio.ws.wait_closed()
+        assert twilio.ws.close_code == 1013
+        assert "limit" in twilio.ws.close_reason, twilio.ws.close_reason
+        assert set(server.sessions) | set(server.ended) == before
     finally:
         server.config.server.max_sessions = limit
 

@@ -115,7 +115,9 @@ async def test_a_spoken_turn_and_a_barge_in_through_the_upstream(
         heard = caller.of("conversation.item.input_audio_transcription.completed")
         assert wer(QUESTION, heard[0]["transcript"]) <= 0.2, heard
         reply = done["response"]
-        assert reply["status"] == "completed", reply
+        # a storyteller may run into the token limit (sampling is random): both are whole replies
+        ended = (reply["status"], (reply.get("status_details") or {}).get("reason"))
+        assert ended in {("completed", None), ("incomplete", "max_output_tokens")}, reply
         assert reply["output"][0]["content"][0]["transcript"].strip()
         assert len(caller.audio_of(reply["id"])) > 0.5 * 24_000
 
@@ -138,7 +140,7 @@ async def test_a_spoken_turn_and_a_barge_in_through_the_upstream(
     # the upstream's copy of the story is cut to what the caller heard, as the front's is
     stories = [i for i in items if i["role"] == "assistant" and i["status"] == "incomplete"]
     assert stories, items
-    upstream_kept, front_kept = words(stories[0]["text"]), words(kept)
+    upstream_kept, front_kept = words(stories[-1]["text"]), words(kept)
     assert front_kept and abs(len(upstream_kept) - len(front_kept)) <= 3, (stories, kept)
     common = min(len(upstream_kept), len(front_kept))
     assert upstream_kept[:common] == front_kept[:common]  # two cuts of the same story

@@ -72,3 +72,22 @@ async def test_a_barge_in_over_twilio_keeps_only_what_the_marks_say_was_heard() 
     # 200 ms per word: the first mark says one word was heard, the clock alone would say six
     assert done.item.text == "one"
     assert done.item.audio_ms < 300
+
+
+async def test_a_clause_whose_audio_is_still_coming_is_heard_at_a_speaking_rate() -> None:
+    """A remote model sends a clause's transcript, then its audio in pieces: what has arrived so
+    far is not the whole clause, so a cut there keeps the words said by then, not all of them."""
+    clock = VirtualClock()
+    playout = Playout(clock, lambda f: None, rate=8000, lead_ms=0)
+    playout.growing = True
+    first = asyncio.create_task(playout.play(Segment("one two three four five", tone(2.0, 8000))))
+    await clock.advance(2.0)
+    await first
+    clause = "six seven eight nine ten eleven twelve thirteen fourteen fifteen"
+    piece = asyncio.create_task(playout.play(Segment(clause, tone(0.9, 8000))))
+    await clock.advance(0.9)
+    await piece
+    # 2.5 words a second in the first clause: 0.9 s of the second is two words of it
+    assert playout.heard_text() == "one two three four five six seven"
+    playout.growing = False  # the response is done: the clause is whole, and was all sent
+    assert playout.heard_text(playout.sent_samples).split()[-1] == "fifteen"

@@ -381,6 +381,7 @@ async def test_tools_load_from_module_paths(
         "add",
         "end_call",
         "transfer_call",
+        "press_keys",
     ]
     assert await registry.run("add", '{"a": 2, "b": 3}', CONTEXT) == "5"
     assert registry.default_timeout_s == 3.0

@@ -16,7 +16,7 @@ from voice.server import VoiceServer
 
 from . import conftest
 from .fakes import fake_engines
-from .sip.baresip import free_udp_port
+from .sip.baresip import free_port, free_udp_port
 from .sip.sipp import sipp
 
 pytestmark = [pytest.mark.e2e]
@@ -88,6 +88,42 @@ async def test_no_answer_is_cancelled(phone_server: VoiceServer, tmp_path: Path)
     run = await callee
     assert run.returncode == 0, run.explain()
     assert "CANCEL sip:n@127.0.0.1" in run.messages
+
+
+def listens(port: int) -> bool:
+    """Whether something listens on TCP ``127.0.0.1:port``, from the kernel's socket table
+    (without connecting: a probe connection would be a caller to sipp)."""
+    return f"0100007F:{port:04X} 00000000:0000 0A" in Path("/proc/net/tcp").read_text()
+
+
+async def listening(port: int, within: float = 10.0) -> None:
+    """Return once sipp listens on ``port``; it has no way to say so but its socket."""
+    async with asyncio.timeout(within):
+        while not listens(port):  # noqa: ASYNC110 (no event to wait on: the socket table is read)
+            await asyncio.sleep(0.05)
+
+
+async def test_an_outbound_call_over_tcp(phone_server: VoiceServer, tmp_path: Path) -> None:
+    """``;transport=tcp`` in the target: the INVITE, its ACK and our BYE go over one TCP
+    connection (Via TCP, Contact ``;transport=tcp``), answered by sipp's UAS on TCP."""
+    port = free_port()
+    callee = asyncio.create_task(sipp(tmp_path, "-sn", "uas", "-t", "t1", port=port, limit_s=30))
+    await listening(port)
+    target = f"sip:callee@127.0.0.1:{port};transport=tcp"
+    status, outcome = await post(phone_server, "/v1/sip/calls", {"to": target})
+    assert status == 200 and outcome["status"] == "answered", outcome
+    session_id = next(iter(phone_server.sessions))
+    status, _ = await post(phone_server, f"/v1/realtime/calls/{outcome['call_id']}/hangup", {})
+    assert status == 200
+    run = await callee
+    assert run.returncode == 0, run.explain()
+    await phone_server.wait_ended(session_id)
+    assert phone_server.sip is not None
+    sip_port = phone_server.sip.port
+    assert f"INVITE {target} SIP/2.0" in run.messages, run.explain()
+    assert f"Via: SIP/2.0/TCP 127.0.0.1:{sip_port};" in run.messages
+    assert f"<sip:agent@127.0.0.1:{sip_port};transport=tcp>" in run.messages
+    assert "BYE sip:" in run.messages and "SIP/2.0/UDP" not in run.messages
 
 
 @pytest.mark.parametrize(

@@ -97,3 +97,18 @@ async def test_digest_authenticated_call(tmp_path: Path) -> None:
         assert record["closed_reason"] == "the caller hung up (BYE)"
     finally:
         await server.stop()
+
+
+async def test_over_tcp(phone_server: VoiceServer, tmp_path: Path) -> None:
+    """sipp on TCP (``-t t1``): OPTIONS, an unknown method, a SIP/3.0 request (505, and the
+    connection goes on), a call, then a request with no Content-Length: 400, and the connection
+    closed."""
+    run = await sipp(tmp_path, target(phone_server), "-t", "t1", "-s", "agent", scenario="tcp.xml")
+    assert run.returncode == 0, run.explain()
+    record = await the_session(phone_server)
+    assert record["closed_reason"] == "the caller hung up (BYE)"
+    assert "SIP/2.0/TCP" in run.messages and "SIP/2.0/UDP" not in run.messages, run.explain()
+    assert f"sip:agent@{target(phone_server)};transport=tcp" in run.messages
+    assert "SIP/2.0 400 Bad Request (no Content-Length on a stream" in run.messages
+    assert phone_server.sip is not None and phone_server.sip.malformed == 2
+    assert phone_server.sip.tcp is not None and not phone_server.sip.tcp.connections

@@ -315,6 +315,19 @@ async def serve_twilio(
     return ws
 
 
+async def refuse_twilio(
+    request: web.Request, reason: str, *, close_timeout: float = 5.0
+) -> web.WebSocketResponse:
+    """A media stream that arrives while the server takes no new session (at capacity,
+    draining): the WebSocket is accepted and closed at once with 1013 (try again later) and
+    ``reason`` — Twilio logs the close and its reason — and no session is opened."""
+    ws = web.WebSocketResponse(timeout=close_timeout)
+    await ws.prepare(request)
+    log.warning("Twilio media stream from %s refused: %s", request.remote, reason)
+    await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode()[:120])
+    return ws
+
+
 async def _read(
     ws: web.WebSocketResponse, stream: TwilioStream, start_timeout: float, idle_timeout: float
 ) -> str:

@@ -14,7 +14,9 @@ become the call's headers (what the call-control webhook is told), and the sessi
 :data:`SESSION_PARAMETERS`, taken from the webhook URL's query (``/v1/twilio/voice?instructions=
 …``, so that each Twilio number can have its own agent), configure the session when the stream
 starts (validated as ``session.update``; a refused one is logged and the defaults stay).
-Anything else in the query is refused (400) by name, as are oversized values.
+Anything else in the query is refused (400) by name, as are oversized values. While the server
+takes no new session (at capacity, draining, warming up) the answer is :func:`reject_twiml`
+instead: the caller hears busy, and no stream comes only to be refused.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ def connect_twiml(url: str, parameters: Mapping[str, str]) -> str:
         f"<Response><Connect><Stream url={quoteattr(url)}>{''.join(lines)}</Stream></Connect>"
         "</Response>"
     )
+
+
+def reject_twiml() -> str:
+    """``<Reject reason="busy"/>``: the caller hears a busy tone, no stream is opened (the
+    answer while the server takes no new session)."""
+    return '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>'
 
 
 def session_settings(custom: Mapping[str, str]) -> dict[str, str]:

@@ -9,6 +9,10 @@ Routes (added by :meth:`CallControl.add_routes`), each answering OpenAI's error 
 - ``…/reject`` — ``{"status_code": 486}`` (optional, 400-699; 603 by default).
 - ``…/refer`` — ``{"target_uri": "sip:…" | "tel:…"}``: a blind transfer (SIP calls).
 - ``…/hangup`` — ends the call, whatever its state.
+- ``…/dtmf`` — ``{"digits": "123#"}`` (1 to 32 of ``0-9 * # A-D``): the keys are pressed on the
+  line, in order (SIP: RFC 4733 events, 100 ms each). 400 for other keys, 409 for a call whose
+  transport cannot send them (WebRTC; Twilio, whose Media Streams carry no keypad to the call)
+  or whose phone did not offer ``telephone-event``. (Not OpenAI's: an extension.)
 - ``GET /v1/realtime?call_id=…`` — a Realtime WebSocket that watches and steers the call
   (``transports/watcher.py``), whatever transport carries its audio.
 - ``POST /v1/twilio/voice`` — Twilio's call webhook, answered with ``<Connect><Stream>``
@@ -37,6 +41,7 @@ from pipeline.session import Session
 from transports import twilio_webhook as twiml
 from transports.realtime.connection import RealtimeConnection
 from transports.realtime.validate import LONE_SURROGATE, lone_surrogate
+from transports.sip.dtmf import DIGITS, MAX_DIGITS
 from transports.twilio import TwilioStream
 from transports.watcher import serve_watcher
 from transports.webrtc import WebRtcCall
@@ -50,6 +55,7 @@ from .calls import (
     CallState,
     WebhookSettings,
 )
+from .health import refusal
 
 if TYPE_CHECKING:
     from .server import VoiceServer
@@ -87,6 +93,7 @@ class CallControl:
         app.router.add_post(f"{base}/reject", self._reject)
         app.router.add_post(f"{base}/refer", self._refer)
         app.router.add_post(f"{base}/hangup", self._hangup)
+        app.router.add_post(f"{base}/dtmf", self._dtmf)
         app.router.add_post("/v1/twilio/voice", self._twilio_voice)
 
     # ------------------------------------------------------------ the registry's hooks
@@ -226,6 +233,29 @@ class CallControl:
     async def _do_hangup(self, request: web.Request) -> None:
         await self._call(request).hangup("hung up by the client")
 
+    async def _dtmf(self, request: web.Request) -> web.Response:
+        return await _answer(self._do_dtmf, request)
+
+    async def _do_dtmf(self, request: web.Request) -> None:
+        call = self._call(request)
+        body = await _json_body(request, required=True)
+        _only(body, {"digits"})
+        digits = body.get("digits")
+        if (
+            not isinstance(digits, str)
+            or not 1 <= len(digits) <= MAX_DIGITS
+            or any(d not in DIGITS for d in digits)
+        ):
+            raise CallError(
+                400,
+                f"digits must be 1 to {MAX_DIGITS} keypad keys (0-9, *, #, A-D), got"
+                f" {str(digits)[:40]!r}",
+                "invalid_value",
+                "digits",
+            )
+        await call.send_dtmf(digits)
+        log.info("call %s: DTMF %s sent for %s", call.call_id, digits, request.remote)
+
     async def watch(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/realtime?call_id=…``."""
         try:
@@ -261,7 +291,8 @@ class CallControl:
         return call
 
     async def _twilio_voice(self, request: web.Request) -> web.Response:
-        """Twilio's voice webhook: TwiML that connects the call to the media stream."""
+        """Twilio's voice webhook: TwiML that connects the call to the media stream, or, while
+        the server takes no new call, rejects it as busy."""
         form = await request.post()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         try:
@@ -270,12 +301,26 @@ class CallControl:
             raise web.HTTPBadRequest(
                 text=error_body(str(exc), exc.code, exc.param), content_type="application/json"
             ) from None
+        refused = self._refusal()
+        if refused is not None:
+            log.warning("Twilio call %s refused (busy): %s", params.get("CallSid"), refused)
+            return web.Response(text=twiml.reject_twiml(), content_type="text/xml")
         secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
         url = twiml.stream_url(self.server.config.twilio.public_url, request.host, secure)
         log.info(
             "Twilio call %s from %s: connecting to %s", params.get("CallSid"), request.remote, url
         )
         return web.Response(text=twiml.connect_twiml(url, params), content_type="text/xml")
+
+    def _refusal(self) -> str | None:
+        """Why a new call cannot be taken now (``health.py``, or the registry full), or None."""
+        refused = refusal(self.server.admission())
+        if refused is not None:
+            self.server.metrics.refuse(refused[0])
+            return refused[1]
+        if len(self.registry) >= self.registry.max_calls:
+            return f"at the limit of {self.registry.max_calls} calls"
+        return None
 
 
 # ---------------------------------------------------------------- the calls
@@ -310,6 +355,13 @@ class WebRtcCallHandle:
 
     async def hangup(self, reason: str) -> None:
         await self.call.close(reason)
+
+    async def send_dtmf(self, digits: str) -> None:
+        raise CallError(
+            409,
+            "a WebRTC call has no telephone line to press keys on: dtmf is for SIP calls",
+            "dtmf_not_supported",
+        )
 
 
 class TwilioCall:
@@ -369,6 +421,14 @@ class TwilioCall:
 
     async def hangup(self, reason: str) -> None:
         self.stream.session.close(reason)
+
+    async def send_dtmf(self, digits: str) -> None:
+        raise CallError(
+            409,
+            "Twilio Media Streams cannot send keypad tones into the call (Twilio has no such"
+            " message): use TwiML <Play digits> on the call, or a SIP call",
+            "dtmf_not_supported",
+        )
 
     def _observe(self, session: Session, event: m.SessionEvent) -> None:
         if isinstance(event, m.SessionClosed) and self.state is not CallState.ENDED:

@@ -5,7 +5,7 @@ WebRTC call (``POST /v1/realtime/calls``), a Twilio media stream, a SIP call. Ea
 wraps its calls in an object that follows the small :class:`Call` protocol; the
 :class:`CallRegistry` keeps the live ones by ``call_id`` so that the HTTP routes
 (``call_control.py``: ``POST /v1/realtime/calls/{call_id}/accept`` · ``reject`` · ``refer`` ·
-``hangup``) and a Realtime WebSocket opened with ``?call_id=`` reach them alike.
+``hangup`` · ``dtmf``) and a Realtime WebSocket opened with ``?call_id=`` reach them alike.
 
 The life of an incoming call (SIP, Twilio)::
 
@@ -120,6 +120,12 @@ class Call(Protocol):
 
     async def hangup(self, reason: str) -> None:
         """End the call, whatever its state (an INCOMING one is rejected). Idempotent."""
+        ...
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Press keypad ``digits`` (already checked: 0-9 * # A-D) on the ACTIVE call's line (RFC
+        4733 on SIP), queued to go out in order. Raises :class:`CallError` (409 where the
+        transport cannot send them, or the call is not ACTIVE)."""
         ...
 
 

@@ -58,7 +58,11 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
 class ServerConfig:
     host: str = doc("Address to listen on.", "127.0.0.1")
     port: int = doc("TCP port.", 8080)
-    max_sessions: int = doc("Concurrent sessions; more are refused with HTTP 503.", 8)
+    max_sessions: int = doc(
+        "Concurrent sessions; more are refused with HTTP 503. The default is the measured"
+        " capacity of 2 CPU cores at voice-to-voice p95 <= 1,200 ms (`voice bench --concurrency`).",
+        4,
+    )
     api_keys: str = doc(
         "Comma-separated API keys a client must send (`Authorization: Bearer <key>`, or a"
         " browser WebSocket's subprotocol `openai-insecure-api-key.<key>`); empty, with no"
@@ -181,6 +185,23 @@ class LlmConfig:
         2,
     )
     gpu_layers: int = doc("Layers offloaded to the GPU (llama.cpp built with CUDA).", 0)
+    parallel: int = doc(
+        "Conversations `llama` evaluates together in one context (batched decoding: a caller's"
+        " prompt is evaluated beside the others' replies, not after them), each with"
+        " `parallel_ctx` tokens of its own; 1 = one reply at a time, in `n_ctx`.",
+        8,
+    )
+    parallel_ctx: int = doc(
+        "With `parallel` > 1: each conversation's context window (tokens); the KV memory is"
+        " `parallel` x `parallel_ctx` x 23 KB for the bundled model.",
+        1024,
+    )
+    tail_rate: float = doc(
+        "With `parallel` > 1: tokens a second a reply is paced at after its first 24 (speech is"
+        " 3-4) while another caller's reply is in progress, so the cores go to other callers'"
+        " first words; a lone caller and tool-call arguments are never paced; 0 = off.",
+        8.0,
+    )
     base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
     model: str = doc("Model name for `openai`.", "")
     api_key: str = doc("API key for `openai` (also read from `OPENAI_API_KEY`).", "")
@@ -536,10 +557,21 @@ class CallsConfig:
 @dataclass(slots=True)
 class SipConfig:
     enabled: bool = doc(
-        "Answer SIP calls (UDP): a softphone, a PBX or a trunk calls the agent directly.", True
+        "Answer SIP calls (UDP, TCP): a softphone, a PBX or a trunk calls the agent directly.",
+        True,
     )
     host: str = doc("Address the SIP agent and its RTP ports listen on.", "127.0.0.1")
-    port: int = doc("UDP port of the SIP agent (0 = any free port).", 5060)
+    port: int = doc("UDP (and TCP) port of the SIP agent (0 = any free port).", 5060)
+    tcp: bool = doc(
+        "Take SIP over TCP too, on the same address and port (RTP stays UDP); off = UDP only.",
+        True,
+    )
+    tcp_idle_timeout_s: float = doc(
+        "A SIP TCP connection silent this long, with no call on it, is closed.", 60.0
+    )
+    tcp_max_connections: int = doc(
+        "SIP TCP connections at once; past it a new one is closed as it is accepted.", 256
+    )
     user: str = doc(
         "The user part of the agent's SIP address (`sip:<user>@<host>:<port>`).", "agent"
     )

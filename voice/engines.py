@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from pipeline.engines import Engines, LanguageModel
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
+from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
 from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
 from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
 from pipeline.engines.tts_piper import PiperOptions, PiperTts
@@ -127,6 +128,11 @@ def _load_llm(config: Config, times: dict[str, float]) -> LanguageModel:
             next_token_timeout=c.next_token_timeout,
         )
         where = "gpu" if c.gpu_layers else "cpu"
+        if c.parallel > 1:
+            batched = BatchedOptions(parallel=c.parallel, tail_rate=c.tail_rate)
+            each = replace(options, n_ctx=c.parallel_ctx)
+            load: Callable[[], LlamaLlm] = lambda: BatchedLlm(each, batched)  # noqa: E731
+            return _timed(f"LLM llama.cpp x{c.parallel}", gguf, where, load, times)
         return _timed("LLM llama.cpp", gguf, where, lambda: LlamaLlm(options), times)
     if c.engine == "openai":
         if not c.base_url or not c.model:

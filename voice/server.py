@@ -40,7 +40,8 @@ from transports.realtime.input_config import recognizer_languages
 from transports.realtime_request import read_offer, wants_extensions
 from transports.sdp import check_offer
 from transports.sip.agent import SipAgent, SipOptions
-from transports.twilio import serve_twilio
+from transports.sip.tcp import TcpSettings
+from transports.twilio import refuse_twilio, serve_twilio
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from transports.websocket import serve_realtime
 
@@ -309,8 +310,12 @@ class VoiceServer:
                 self._keep_transcript(session)
 
     async def _twilio(self, request: web.Request) -> web.StreamResponse:
-        """``GET /v1/twilio/media-stream``: a Twilio Media Streams WebSocket, one session."""
-        self._check_capacity()
+        """``GET /v1/twilio/media-stream``: a Twilio Media Streams WebSocket, one session; one
+        that arrives while no session is taken is closed at once with the reason (1013)."""
+        refused = refusal(self.admission())
+        if refused is not None:
+            self.metrics.refuse(refused[0])
+            return await refuse_twilio(request, refused[1])
         opened: list[Session] = []
 
         def open_session() -> Session:
@@ -605,12 +610,15 @@ class VoiceServer:
             registration=registration_settings(c),
             auth_users=auth_users(c.auth_users),
             auth_realm=c.auth_realm,
+            tcp=TcpSettings(c.tcp_idle_timeout_s, max_connections=c.tcp_max_connections)
+            if c.tcp
+            else None,
         )
         agent = SipAgent(options, SipCalls(self, self.call_control.registry))
         try:
             await agent.start()
         except OSError as exc:  # (another server has the port): the rest serves on, without SIP
-            log.error("SIP is off: cannot listen on udp %s:%d (%s)", c.host, c.port, exc)
+            log.error("SIP is off: cannot listen on %s:%d (%s)", c.host, c.port, exc)
             return
         self.sip = agent
 

@@ -4,8 +4,8 @@ Each INVITE that may ring becomes a :class:`SipCallHandle` (``sip_…``) in the 
 accepts it at once with the server's defaults, or announces it to the webhook
 (``realtime.call.incoming``, with the INVITE's headers) and waits for ``/accept`` or
 ``/reject``. ``/refer`` is a SIP REFER (blind transfer), ``/hangup`` a BYE (or, while ringing,
-480). The call's session is opened by the registry (counted, recorded, its transcript kept at
-the end), at the 8 kHz of G.711.
+480), ``/dtmf`` RFC 4733 keypad events on the call's RTP. The call's session is opened by
+the registry (counted, recorded, its transcript kept at the end), at the 8 kHz of G.711.
 """
 
 from __future__ import annotations
@@ -84,6 +84,17 @@ class SipCallHandle:
 
     async def hangup(self, reason: str) -> None:
         self.inbound.hangup(reason)
+
+    async def send_dtmf(self, digits: str) -> None:
+        self._check(CallState.ACTIVE)
+        call = self.inbound.call
+        if call is None:
+            raise CallError(409, f"call {self.call_id} has no media yet", "call_state")
+        try:
+            call.send_digits(digits)
+        except SipError as exc:
+            status = 400 if exc.code == "invalid_dtmf" else 409
+            raise CallError(status, f"cannot send DTMF: {exc}", exc.code, "digits") from None
 
     def _check(self, state: CallState) -> None:
         if self.state is not state:

@@ -22,7 +22,7 @@ from .runner import Timing, run_conversation
 from .scenarios import DEFAULT_SCENARIOS, RenderedScenario, Renderer, Scenario, select_turns
 from .server import READY_TIMEOUT_S, LocalServer, NamedConfig
 from .stats import capacity_at_p95, ratios, sessions_per_core, summarize
-from .timeline import REALTIME, SIP, TWILIO, WEBRTC
+from .timeline import BARESIP, REALTIME, SIP, TWILIO, WEBRTC
 from .webrtc_client import open_any_call
 
 FORMAT = 1
@@ -50,7 +50,7 @@ class BenchOptions:
 
     @property
     def rate(self) -> int:
-        rates = {TWILIO: TWILIO_RATE, SIP: TWILIO_RATE, WEBRTC: WEBRTC_RATE}
+        rates = {TWILIO: TWILIO_RATE, SIP: TWILIO_RATE, BARESIP: TWILIO_RATE, WEBRTC: WEBRTC_RATE}
         return rates.get(self.protocol, REALTIME_RATE)
 
 

@@ -8,9 +8,10 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from . import netns
+from . import netns, softphone, wiretap
 from .audio import espeak_available
 from .bench import BenchOptions, benchmark
 from .clients import with_echo
@@ -19,9 +20,9 @@ from .overlaps import OVERLAP_SCENARIOS
 from .protocols import merge_reports, parse_protocols
 from .report import RESULTS, compare_text, summary_text, write_outputs
 from .runner import Timing
-from .scenarios import load_scenario_file
+from .scenarios import DEFAULT_SCENARIOS, Scenario, load_scenario_file
 from .server import LOOPBACK, NamedConfig, default_configs, parse_config, server_keys, unknown_keys
-from .timeline import REALTIME, TWILIO, WEBRTC
+from .timeline import BARESIP, REALTIME, SIP, TWILIO, WEBRTC
 from .webrtc_client import open_any_call
 
 DESCRIPTION = """\
@@ -71,9 +72,10 @@ def parser() -> argparse.ArgumentParser:
         "--protocol",
         type=parse_protocols,
         default=[REALTIME],
-        metavar="realtime,webrtc,twilio,sip",
+        metavar="realtime,webrtc,twilio,sip,baresip",
         help="one or more, compared in one run (default realtime); webrtc without --url runs"
-        " the benchmark inside a network namespace of its own",
+        " the benchmark inside a network namespace of its own; baresip calls the SIP agent with"
+        " the baresip softphone and times it on the loopback wire (root)",
     )
     p.add_argument(
         "--sessions",
@@ -122,8 +124,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenario",
         type=Path,
+        action="append",
         metavar="FILE",
-        help="a JSON scenario file (WAVs, pauses, barge-ins)",
+        help="a JSON scenario file (WAVs, pauses, barge-ins); repeat to run several in turn,"
+        " 'default' for the built-in set",
     )
     p.add_argument(
         "--overlaps",
@@ -135,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
         "--echo",
         type=parse_echo,
         metavar="DELAY_MS:GAIN_DB",
-        help="twilio: the callers are on a speakerphone whose microphone hears the agent again"
+        help="twilio, sip: the callers are on a speakerphone whose microphone hears the agent again"
         " DELAY_MS later and GAIN_DB quieter (e.g. 200:-12)",
     )
     return p
@@ -171,6 +175,27 @@ def configurations(args: argparse.Namespace) -> list[NamedConfig]:
     return configs
 
 
+def scenario_files(paths: list[Path]) -> list[Scenario]:
+    """``--scenario`` files in order (``default``: the built-in set); a scenario that comes
+    again is named ``NAME#2``, ``NAME#3`` …"""
+    out: list[Scenario] = []
+    seen: dict[str, int] = {}
+    for path in paths:
+        found = DEFAULT_SCENARIOS if str(path) == "default" else load_scenario_file(path)
+        for scenario in found:
+            seen[scenario.name] = seen.get(scenario.name, 0) + 1
+            n = seen[scenario.name]
+            out.append(scenario if n == 1 else replace(scenario, name=f"{scenario.name}#{n}"))
+    return out
+
+
+def baresip_unavailable() -> str | None:
+    """None when the baresip caller can run here, else why not."""
+    if not softphone.installed():
+        return "the softphone is not installed (apt-get install baresip)"
+    return wiretap.available()
+
+
 def _echo(line: str) -> None:
     print(line, flush=True)
 
@@ -185,16 +210,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--config needs the harness to start the server: leave out --url")
     if args.url and len(args.protocol) > 1:
         p.error("--url is one server endpoint: give one --protocol with it")
-    if args.echo and args.protocol != [TWILIO]:
-        p.error("--echo is a phone's: use it with --protocol twilio")
+    if args.echo and not set(args.protocol) <= {TWILIO, SIP}:
+        p.error("--echo is a phone's: use it with --protocol twilio and/or sip")
     if WEBRTC in args.protocol and not args.url and not netns.inside():
         reason = netns.available()
         if reason is not None:
             print(f"voice bench: webrtc needs a network namespace: {reason}")
             return 2
         return netns.run_inside(argv)
+    if BARESIP in args.protocol and (reason := baresip_unavailable()) is not None:
+        print(f"voice bench: baresip: {reason}")
+        return 2
     try:
-        scenarios = load_scenario_file(args.scenario) if args.scenario else None
+        scenarios = scenario_files(args.scenario) if args.scenario else None
         if args.overlaps:
             if scenarios is not None:
                 raise ValueError("--overlaps is a scenario set: leave out --scenario")

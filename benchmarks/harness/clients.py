@@ -78,6 +78,29 @@ class Utterance:
         return Spoken(onset, end)
 
 
+def lay_out(
+    pieces: Sequence[np.ndarray], pauses_ms: Sequence[int], rate: int
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Speech segments with the scripted silence between them, as one signal, and where each
+    segment's first and last audible sample lie in it (a segment with nothing audible: its whole
+    extent)."""
+    audio: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
+    offset = 0
+    for i, piece in enumerate(pieces):
+        first, last = first_loud(piece), last_loud(piece)
+        if first is None or last is None:  # nothing audible: mark its whole extent
+            first, last = 0, max(len(piece) - 1, 0)
+        spans.append((offset + first, offset + last))
+        audio.append(piece.astype(np.int16, copy=False))
+        offset += len(piece)
+        if i < len(pieces) - 1:
+            gap = rate * (pauses_ms[i] if i < len(pauses_ms) else 0) // 1000
+            audio.append(np.zeros(gap, dtype=np.int16))
+            offset += gap
+    return (np.concatenate(audio) if audio else np.zeros(0, np.int16)), spans
+
+
 class Microphone:
     """Sends one chunk every 20 ms of wall-clock time (chunk n leaves at start + n * 20 ms, so a
     stalled event loop catches up in a burst, like an OS audio buffer): queued speech first,
@@ -99,21 +122,8 @@ class Microphone:
         """Queue speech segments with the scripted silence between them; one :class:`Utterance`
         per segment (its first and last audible chunk)."""
         loop = asyncio.get_running_loop()
-        audio: list[np.ndarray] = []
-        spans: list[tuple[int, int]] = []
-        offset = 0
-        for i, piece in enumerate(pieces):
-            first, last = first_loud(piece), last_loud(piece)
-            if first is None or last is None:  # nothing audible: mark its whole extent
-                first, last = 0, max(len(piece) - 1, 0)
-            spans.append((offset + first, offset + last))
-            audio.append(piece.astype(np.int16, copy=False))
-            offset += len(piece)
-            if i < len(pieces) - 1:
-                gap = self.rate * (pauses_ms[i] if i < len(pauses_ms) else 0) // 1000
-                audio.append(np.zeros(gap, dtype=np.int16))
-                offset += gap
-        chunks = chunked(np.concatenate(audio) if audio else np.zeros(0, np.int16), self.size)
+        audio, spans = lay_out(pieces, pauses_ms, self.rate)
+        chunks = chunked(audio, self.size)
         markers: list[list[asyncio.Future[float]]] = [[] for _ in chunks]
         out = []
         for start, end in spans:
@@ -144,9 +154,14 @@ class Call:
 
     protocol = ""
     rate = 0
+    phone_line = False
+    """A phone's caller (Twilio, SIP): :func:`with_echo` may put it on a speakerphone."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.phone: Speakerphone | None = None
+        """A speakerphone (:func:`with_echo`; phone callers only): the agent's audio comes back
+        into the microphone."""
         self.events: list[Ev] = []
         self.closed: str | None = None
         self.mic = Microphone(self._send_audio, self.rate)
@@ -435,6 +450,7 @@ class TwilioCall(Call):
 
     protocol = TWILIO
     rate = TWILIO_RATE
+    phone_line = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -445,8 +461,6 @@ class TwilioCall(Call):
         self._media_chunks = 0
         self._played_until = 0.0
         self._marks: list[tuple[str, asyncio.TimerHandle]] = []
-        self.phone: Speakerphone | None = None
-        """A speakerphone (:func:`with_echo`): the agent's audio comes back into the microphone."""
 
     def _next_sequence(self) -> str:
         self._sequence += 1
@@ -558,11 +572,12 @@ def open_call(protocol: str, url: str) -> Call:
 
 
 def with_echo(opener: CallOpener, path: EchoPath) -> CallOpener:
-    """``opener``'s callers, each Twilio one on a speakerphone with this echo path."""
+    """``opener``'s callers, each phone one (Twilio, SIP) on a speakerphone with this echo
+    path (the caller keeps it as ``phone``)."""
 
     def open_(protocol: str, url: str) -> Call:
         call = opener(protocol, url)
-        if isinstance(call, TwilioCall):
+        if call.phone_line:
             call.phone = Speakerphone(path, call.rate, time.perf_counter())
         return call
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .bench import comparisons
-from .timeline import REALTIME, SIP, TWILIO, WEBRTC
+from .timeline import BARESIP, REALTIME, SIP, TWILIO, WEBRTC
 
-PROTOCOLS = (REALTIME, WEBRTC, TWILIO, SIP)
+PROTOCOLS = (REALTIME, WEBRTC, TWILIO, SIP, BARESIP)
 
 
 def parse_protocols(text: str) -> list[str]:

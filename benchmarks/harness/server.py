@@ -76,7 +76,7 @@ class LocalServer:
         threading.Thread(target=self._pump, daemon=True).start()
 
     def url(self, protocol: str) -> str:
-        if protocol == "sip":
+        if protocol in ("sip", "baresip"):
             return f"sip:agent@{LOOPBACK}:{self.sip_port}"  # (sip.host: loopback)
         return endpoint(self.host, self.port, protocol)
 

@@ -7,6 +7,19 @@ phone line has no reply ids,
 marks or transcripts: a reply is a burst of audible audio, a barge-in ends where that audio
 stops, as for the Twilio caller. The call ends with BYE (either side).
 
+Nor has it Twilio's ``clear``, but a cut is heard all the same (:func:`cut_short`): the agent
+sends a steady stream, its audio or, with nothing queued, digital silence; a reply that ends
+has its last frame padded with zeros, a pause between clauses ends quiet, while a barge-in's
+cleared queue stops the audio mid-speech. Such a stop followed by :data:`CUT_SILENCE_S` of
+silence is recorded as a ``clear`` event at the stop (a reply held for a moment and resumed is
+not), so the report counts SIP cut-offs (barge-ins, and replies cut off in silence) as it does
+Twilio's.
+
+On a speakerphone (``voice bench --echo``, :class:`~.echo.Speakerphone`) the phone plays each
+packet of the agent as it arrives (what a phone's jitter buffer does on loopback) and its
+microphone hears that again, delayed and quieter, mixed into what the caller says. SIP has no
+``clear``: when the agent stops, its packets become silence, and so does the echo.
+
 Every message is made and read with the server's own sans-I/O SIP codecs
 (``transports/sip``: message, dialog, SDP, RTP, G.711), which the tests check against baresip
 and SIPp, so the caller speaks the dialect real phones do.
@@ -36,12 +49,26 @@ from transports.sip.message import (
 
 from .audio import is_loud
 from .clients import CONNECT_TIMEOUT_S, Call
-from .timeline import AUDIO, ERROR, SIP, Ev
+from .timeline import AUDIO, CLEAR, ERROR, SIP, Ev
 
 SIP_RATE = 8_000
 HOST = "127.0.0.1"
 RETRANSMIT_S = 0.5
 """The INVITE is sent again this often until a response comes (UDP; RFC 3261's timer A)."""
+TAIL = 80
+"""The last 10 ms of a frame: loud there, the audio was cut mid-speech."""
+PADDING = 8
+"""Trailing zero samples that mark a reply's last frame (padded by the server)."""
+CUT_SILENCE_S = 0.4
+"""Silence after a cut that makes it a ``clear`` (sooner, the reply was only held: it goes on)."""
+
+
+def cut_short(before: np.ndarray | None, frame: np.ndarray) -> bool:
+    """Whether the agent's audio was cut off between two frames: ``frame`` is digital silence
+    (what the server sends with nothing queued) and ``before`` ends loud and unpadded."""
+    if before is None or frame.any() or not before[-PADDING:].any():
+        return False
+    return is_loud(before[-TAIL:])
 
 
 class _Socket(asyncio.DatagramProtocol):
@@ -61,6 +88,7 @@ class SipCaller(Call):
 
     protocol = SIP
     rate = SIP_RATE
+    phone_line = True
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -74,6 +102,10 @@ class SipCaller(Call):
         self._responses: asyncio.Queue[Response] = asyncio.Queue(maxsize=64)
         self._requests: asyncio.Queue[Request] = asyncio.Queue(maxsize=64)
         self._invite: Request | None = None
+        self._last_frame: np.ndarray | None = None
+        self._cut: tuple[int, float, int] | None = None
+        """A cut being confirmed: where its ``clear`` goes in :attr:`events`, when, and the
+        silent samples since."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -218,6 +250,8 @@ class SipCaller(Call):
     async def _send_audio(self, chunk: np.ndarray) -> None:
         if self._media is None or self.remote_rtp is None or self._media.is_closing():
             return
+        if self.phone is not None:
+            chunk = self.phone.mix(chunk, time.perf_counter())
         packet = self.packetizer.packet(g711.ulaw_encode(chunk))
         self._media.sendto(packet.encode(), self.remote_rtp)
 
@@ -229,4 +263,26 @@ class SipCaller(Call):
         if packet.payload_type != 0:
             return
         samples = g711.ulaw_decode(packet.payload)
+        self._follow_cut(samples, now)
+        self._last_frame = samples
         self.add(Ev(now, AUDIO, loud=is_loud(samples)))
+        if self.phone is not None:
+            self.phone.play(samples, now)
+
+    def _follow_cut(self, samples: np.ndarray, now: float) -> None:
+        """A cut becomes a ``clear`` (placed where it happened) once the silence after it has
+        lasted :data:`CUT_SILENCE_S`; audio before then was a hold, not a cut."""
+        if cut_short(self._last_frame, samples):
+            self._cut = (len(self.events), now, 0)
+        if self._cut is None:
+            return
+        index, at, silent = self._cut
+        silent += len(samples)
+        if samples.any():
+            self._cut = None
+        elif silent >= CUT_SILENCE_S * SIP_RATE:
+            self._cut = None
+            self.events.insert(index, Ev(at, CLEAR))
+            self._new.set()
+        else:
+            self._cut = (index, at, silent)

@@ -35,6 +35,9 @@ REALTIME = "realtime"
 TWILIO = "twilio"
 SIP = "sip"
 """A softphone calling the server's SIP agent (``sip_client.py``): a phone line like Twilio's."""
+BARESIP = "baresip"
+"""A real softphone (baresip) calling the SIP agent, timed on the loopback wire
+(``baresip_caller.py``): a phone line like SIP's."""
 WEBRTC = "webrtc"
 """The Realtime protocol over WebRTC: its caller is a Realtime caller (``protocol`` REALTIME)
 whose audio rides RTP (``webrtc_client.py``)."""

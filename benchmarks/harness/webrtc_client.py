@@ -41,9 +41,10 @@ from transports.webrtc import EVENTS_CHANNEL, downmix
 from transports.webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
 
 from .audio import is_loud
+from .baresip_caller import BaresipCall
 from .clients import CONNECT_TIMEOUT_S, WEBRTC_RATE, Call, RealtimeCall, open_call
 from .sip_client import SipCaller
-from .timeline import AUDIO, SIP, WEBRTC, Ev
+from .timeline import AUDIO, BARESIP, SIP, WEBRTC, Ev
 
 FRAME = WEBRTC_RATE // 50  # 20 ms
 MAX_QUEUED_FRAMES = 50
@@ -213,8 +214,11 @@ class WebRtcCall(RealtimeCall):
 
 
 def open_any_call(protocol: str, url: str) -> Call:
-    """A caller for any protocol: WebRTC's here, SIP's (``sip_client.py``), the others
+    """A caller for any protocol: WebRTC's here, SIP's (``sip_client.py``), baresip
+    (``baresip_caller.py``), the others
     :func:`~.clients.open_call`'s."""
     if protocol == SIP:
         return SipCaller(url)
+    if protocol == BARESIP:
+        return BaresipCall(url)
     return WebRtcCall(url) if protocol == WEBRTC else open_call(protocol, url)

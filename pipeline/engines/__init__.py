@@ -1,8 +1,9 @@
 """Engines: VAD, ASR, LLM and TTS, each behind a small interface (this module).
 
 A concrete engine is one module (``vad_silero.py``, ``asr_whisper.py``, ``llm_llama.py``,
-``llm_openai.py``, ``tts_piper.py``) with one options dataclass. Models load once per process
-and are shared by every session; whatever is per conversation (VAD state) is a separate object.
+``llm_batched.py``, ``llm_openai.py``, ``tts_piper.py``) with one options dataclass. Models
+load once per process and are shared by every session; whatever is per conversation (VAD state)
+is a separate object.
 CPU-heavy inference runs in the engine's own thread pool, never on the event loop.
 """
 

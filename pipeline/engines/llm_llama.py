@@ -39,7 +39,7 @@ import re
 from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,19 +83,10 @@ class LlamaOptions:
 
 class LlamaLlm:
     def __init__(self, options: LlamaOptions) -> None:
-        from llama_cpp import Llama
-
         if not Path(options.model_path).is_file():
             raise ConfigError(f"GGUF model not found: {options.model_path}")
         try:
-            self._llama = Llama(
-                model_path=str(options.model_path),
-                n_ctx=options.n_ctx,
-                n_threads=options.threads,
-                n_threads_batch=options.batch_threads,
-                n_gpu_layers=options.gpu_layers,
-                verbose=False,
-            )
+            self._llama = self._load(options)
         except Exception as exc:
             raise ConfigError(f"cannot load GGUF model {options.model_path}: {exc}") from exc
         self.options = options
@@ -106,6 +97,19 @@ class LlamaLlm:
         self._count = functools.lru_cache(maxsize=options.count_cache)(self._count_text)
         self._overhead = self._measure_overhead()
         self._grammars = GrammarCache(self._grammar_parses)
+
+    def _load(self, options: LlamaOptions) -> Any:
+        """The ``llama_cpp.Llama`` whose context generates."""
+        from llama_cpp import Llama
+
+        return Llama(
+            model_path=str(options.model_path),
+            n_ctx=options.n_ctx,
+            n_threads=options.threads,
+            n_threads_batch=options.batch_threads,
+            n_gpu_layers=options.gpu_layers,
+            verbose=False,
+        )
 
     def _prompt(self, messages: Sequence[ChatMessage]) -> str:
         rendered = self._format(messages=[template_message(m) for m in messages])
@@ -177,7 +181,7 @@ class LlamaLlm:
             call = yield from self._call(prompt, specs, budget, options.temperature)
             yield StreamEnd(call.finish, len(prompt), call.count)
             return
-        text = _Pieces(self._llama, prompt, budget, options.temperature)
+        text = self._complete(prompt, budget, options.temperature)
         scanner = MarkerScanner()
         for delta in text:
             if not specs:
@@ -197,6 +201,13 @@ class LlamaLlm:
         call = yield from self._call(prompt, specs, budget - text.count, options.temperature)
         yield StreamEnd(call.finish, len(prompt), text.count + call.count)
 
+    def _complete(
+        self, prompt: list[int], budget: int, temperature: float, grammar: Any = None
+    ) -> Pieces:
+        """A completion of ``prompt``: at most ``budget`` tokens, under ``grammar`` (a
+        ``LlamaGrammar``) if given."""
+        return _Pieces(self._llama, prompt, budget, temperature, grammar)
+
     def _callable(self, options: GenerationOptions) -> list[ToolSpec]:
         """The tools the reply may call; ``EngineError`` for a tool_choice naming none."""
         specs = chosen(options.tools, options.tool_choice)
@@ -209,14 +220,14 @@ class LlamaLlm:
 
     def _call(
         self, prompt: list[int], specs: list[ToolSpec], budget: int, temperature: float
-    ) -> Generator[ToolCallDelta, None, _Pieces]:
+    ) -> Generator[ToolCallDelta, None, Pieces]:
         """Generate one call under the tools' grammar, streaming its arguments; returns the
         completion (its ``finish`` is ``tool_calls`` when the call is complete and valid)."""
         try:
             grammar = self._grammars.get(specs)
         except ValueError as exc:
             raise EngineError(f"unusable tool: {exc}", engine="llm") from None
-        call = _Pieces(self._llama, prompt, budget, temperature, grammar)
+        call = self._complete(prompt, budget, temperature, grammar)
         parser = CallParser(specs)
         for delta in call:
             if piece := parser.feed(delta):
@@ -240,7 +251,8 @@ class LlamaLlm:
         llama_cpp.llama_sampler_free(sampler)
         return True
 
-    def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+    def _judged(self, messages: list[ChatMessage]) -> Judged | None:
+        """What the end-of-turn judge evaluates and scores; ``None`` when it cannot tell."""
         if not messages or messages[-1].role != "user" or not messages[-1].content.strip():
             return None
         messages, _ = self._fit(messages, self.options.reply_tokens)
@@ -257,12 +269,17 @@ class LlamaLlm:
         after = self._tokens(prompt[at + len(text) :])
         if not after or said[: len(words)] != words:
             return None
-        # P(the caller's punctuation | the words) * P(end of message | words and punctuation)
+        return Judged(said, len(words), [*said[len(words) :], after[0]])
+
+    def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
+        judged = self._judged(messages)
+        if judged is None:
+            return None
         probability = 1.0
-        self._eval_cached(words)
-        for token in [*said[len(words) :], after[0]]:
+        self._eval_cached(judged.said[: judged.words])
+        for i, token in enumerate(judged.scored):
             probability *= self._next_token_probability(token)
-            if token != after[0]:
+            if judged.words + i < len(judged.said):
                 self._llama.eval([token])
         return probability
 
@@ -311,6 +328,34 @@ class LlamaLlm:
     def warm_up(self) -> None:
         for _ in self._generate([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
             pass
+
+
+@dataclass(slots=True)
+class Judged:
+    """The end-of-turn judge's question: after the prompt's first ``words`` tokens (up to the
+    caller's last word), the probability of each token of ``scored`` in turn: the caller's
+    final punctuation (the rest of ``said``), then the template's end of message.
+    P(punctuation | words) * P(end of message | words and punctuation)."""
+
+    said: list[int]
+    words: int
+    scored: list[int]
+
+    def positions(self) -> dict[int, int]:
+        """Each position of ``said`` whose logits are needed → the token scored there."""
+        return {self.words - 1 + i: token for i, token in enumerate(self.scored)}
+
+
+class Pieces(Protocol):
+    """A streamed completion: text pieces; once exhausted, ``finish`` and ``count``."""
+
+    finish: FinishReason
+    count: int
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def close(self) -> None:
+        """Stop generating."""
 
 
 class _Pieces:

@@ -147,6 +147,7 @@ class RemoteReply:
             failure = first_error(group)
             if isinstance(failure, UpstreamFailure):
                 self._relay.fail(failure)  # a stalled upstream is a failed one
+                self.playout.growing = False  # no more audio will come: what came said it all
             raise failure from None
 
     # fed by the relay
@@ -231,6 +232,7 @@ class RemoteReply:
         text, self._pending_text = self._pending_text, ""
         if text:
             self._on_text(text)
+        self.playout.growing = True  # until the response is done, more audio may say it
         await self.playout.play(Segment(text, audio))
 
     def _call(self, event: CallDelta) -> None:
@@ -252,6 +254,7 @@ class RemoteReply:
             text, self._pending_text = self._pending_text, ""
             if text:
                 self._on_text(text)
+            self.playout.growing = False  # every segment is whole now
             await self.playout.play(Segment(text, rest))
             await self.playout.drain()
 

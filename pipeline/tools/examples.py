@@ -1,6 +1,6 @@
 """Example server-side tools, and a template for your own: ``voice serve --tools
-pipeline.tools.examples`` lets the model tell the time, hang up and
-transfer a SIP call."""
+pipeline.tools.examples`` lets the model tell the time, hang up,
+transfer a SIP call and press keys on a SIP call's keypad (an automated menu's options)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,17 @@ async def transfer_call(
     told the caller; the call with you then ends."""
     await context.transfer(target)
     return f"The call has been transferred to {target}."
+
+
+@tool(on_barge_in="finish", timeout_s=1.0, needs="send_digits")
+async def press_keys(
+    context: ToolContext,
+    keys: Annotated[str, "The keys to press, in order: digits 0-9, * and # (e.g. 2 or 1234#)"],
+) -> str:
+    """Press keys on the phone's keypad (DTMF tones), e.g. to choose an option in an automated
+    phone menu or to enter a number it asks for."""
+    context.send_digits(keys.replace(" ", ""))
+    return f"Pressed {' '.join(keys.replace(' ', ''))} on the keypad."
 
 
 def _zone(name: str) -> tzinfo:

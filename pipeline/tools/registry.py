@@ -19,7 +19,7 @@ import inspect
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -34,6 +34,8 @@ DEFAULT_TIMEOUT_S = 10.0
 """Seconds a tool may run unless it sets its own ``timeout_s`` (``limits.tool_timeout``)."""
 
 BargeIn = Literal["finish", "cancel"]
+ABILITIES = ("send_digits",)
+"""What a tool may need of its session (:attr:`Tool.needs`)."""
 ToolFunction = Callable[..., Awaitable[Any]]
 _REAL_TIME = MonotonicClock()
 
@@ -44,6 +46,10 @@ def _cannot_end_call(reason: str) -> None:
 
 async def _cannot_transfer(target: str) -> None:
     raise ToolError("this call cannot be transferred (only SIP calls can)", tool="transfer_call")
+
+
+def _cannot_send_digits(digits: str) -> None:
+    raise ToolError("this call has no keypad (only SIP calls do)", tool="press_keys")
 
 
 def _cannot_switch(engine: str) -> None:
@@ -65,6 +71,10 @@ class ToolContext:
     switch_engine: Callable[[str], None] = _cannot_switch
     """Hand the conversation to another engine (``cascade``, ``openai-realtime`` …) from the
     next reply on (``pipeline.handoff``); raises :class:`ToolError` for one not offered."""
+    send_digits: Callable[[str], None] = _cannot_send_digits
+    """Press keypad keys on the line (``0-9 * # A-D``; RFC 4733 events on a SIP call), queued
+    to go out at once; raises :class:`ToolError` for keys that do not exist or a call that
+    cannot send them. A tool that uses it declares ``needs="send_digits"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,9 @@ class Tool:
     """None: the registry's default."""
     context: str | None = None
     """The name of the parameter that receives the :class:`ToolContext`."""
+    needs: str | None = None
+    """A session ability the tool cannot work without (``send_digits``): it is offered to the
+    model only in sessions that have it (:meth:`ToolRegistry.specs`). None: offered always."""
 
     @property
     def name(self) -> str:
@@ -105,6 +118,7 @@ def tool(
     parameters: dict[str, Any] | None = None,
     on_barge_in: BargeIn = "cancel",
     timeout_s: float | None = None,
+    needs: str | None = None,
 ) -> Callable[[ToolFunction], Tool]: ...
 
 
@@ -117,11 +131,13 @@ def tool(
     parameters: dict[str, Any] | None = None,
     on_barge_in: BargeIn = "cancel",
     timeout_s: float | None = None,
+    needs: str | None = None,
 ) -> Tool | Callable[[ToolFunction], Tool]:
     """Declare an ``async def`` as a server-side tool (``@tool`` or ``@tool(...)``).
 
     ``name`` defaults to the function's, ``description`` to its docstring's first line,
-    ``parameters`` to a schema derived from its signature. Raises ``TypeError`` or
+    ``parameters`` to a schema derived from its signature; ``needs`` names the session ability
+    without which the tool is not offered (:attr:`Tool.needs`). Raises ``TypeError`` or
     ``ValueError`` for a function or option that cannot be used, naming it.
     """
 
@@ -132,6 +148,8 @@ def tool(
             raise ValueError(f"tool {function.__qualname__}: on_barge_in must be finish or cancel")
         if timeout_s is not None and not (0 < timeout_s < math.inf):
             raise ValueError(f"tool {function.__qualname__}: timeout_s must be positive, finite")
+        if needs is not None and needs not in ABILITIES:
+            raise ValueError(f"tool {function.__qualname__}: needs must be one of {ABILITIES}")
         if parameters is None:
             schema, context = derive(function, ToolContext)
         else:
@@ -139,7 +157,7 @@ def tool(
         doc = (inspect.getdoc(function) or "").strip().split("\n", 1)[0]
         spec = ToolSpec(name or function.__name__, description or doc, schema)
         check_tool(spec)
-        return Tool(spec, function, on_barge_in, timeout_s, context)
+        return Tool(spec, function, on_barge_in, timeout_s, context, needs)
 
     return declare if function is None else declare(function)
 
@@ -167,9 +185,14 @@ class ToolRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
-    def specs(self) -> list[ToolSpec]:
-        """Every tool's spec, for ``GenerationOptions.tools``."""
-        return [item.spec for item in self._tools.values()]
+    def specs(self, abilities: Container[str] | None = None) -> list[ToolSpec]:
+        """The tools' specs, for ``GenerationOptions.tools``: with ``abilities`` (what the
+        session can do), only the tools whose :attr:`Tool.needs` it has; None: every tool."""
+        return [
+            item.spec
+            for item in self._tools.values()
+            if abilities is None or item.needs is None or item.needs in abilities
+        ]
 
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)

@@ -21,6 +21,9 @@ class _Protocol(asyncio.DatagramProtocol):
 class Peer:
     """``async with Peer(agent_port) as peer``: ``peer.invite()``, ``await peer.expect(200)``."""
 
+    sip_transport = "UDP"
+    """What its Via says (``tcp_peer.py``: TCP)."""
+
     def __init__(self, agent_port: int) -> None:
         self.agent = ("127.0.0.1", agent_port)
         self.queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
@@ -72,16 +75,17 @@ class Peer:
         to = f"<sip:agent@127.0.0.1:{self.agent[1]}>" + (
             f";tag={self.to_tag}" if self.to_tag else ""
         )
+        via = f"SIP/2.0/{self.sip_transport} 127.0.0.1:{self.port}"
         request = Request(
             method=method,
             uri=f"sip:agent@127.0.0.1:{self.agent[1]}",
             headers=[
-                ("Via", f"SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch or _branch()};rport"),
+                ("Via", f"{via};branch={branch or _branch()};rport"),
                 ("From", f"<sip:peer@127.0.0.1:{self.port}>;tag={self.tag}"),
                 ("To", to),
                 ("Call-ID", self.call_id),
                 ("CSeq", f"{cseq} {method}"),
-                ("Contact", f"<sip:peer@127.0.0.1:{self.port}>"),
+                ("Contact", f"<{self.contact}>"),
                 ("Max-Forwards", "70"),
                 *(headers or []),
             ],
@@ -90,6 +94,11 @@ class Peer:
         if body:
             request.set("Content-Type", "application/sdp")
         return request.encode()
+
+    @property
+    def contact(self) -> str:
+        suffix = ";transport=tcp" if self.sip_transport == "TCP" else ""
+        return f"sip:peer@127.0.0.1:{self.port}{suffix}"
 
     def offer(self, payloads: str = "0 101", direction: str = "sendrecv") -> bytes:
         lines = [

@@ -1,4 +1,8 @@
-"""The SIP user agent on UDP: calls in and out, each one session (``call.py``).
+"""The SIP user agent on UDP and TCP: calls in and out, each one session (``call.py``).
+
+TCP (``tcp.py``) listens at the UDP port; a request is answered on the connection it came on,
+and a call that came on TCP stays on it (:meth:`SipAgent.route`). Our requests are not resent on
+TCP (no timers A, E); a 2xx to an INVITE is, until its ACK, whatever the transport (§13.3.1.4).
 
 Inbound, for an INVITE: 486 when the server is at capacity (503 while it is not ready), 488
 when the offer has no codec we speak, otherwise 100 Trying, 180 Ringing and, once the session
@@ -52,6 +56,7 @@ from .message import (
 )
 from .outbound import Outcome, place_call
 from .register import Registration, RegistrationSettings, keep_registered
+from .tcp import SipTcp, TcpPeer, TcpSettings
 from .transaction import Retransmit, ServerTransactions, Timers, key
 
 log = logging.getLogger("voice.transport.sip")
@@ -84,6 +89,8 @@ class SipOptions:
     auth_users: dict[str, str] = field(default_factory=dict)
     """Digest users (name → password) an inbound INVITE must authenticate as; empty: none."""
     auth_realm: str = "voice"
+    tcp: TcpSettings | None = field(default_factory=TcpSettings)
+    """Listen on TCP too, at the UDP socket's address and port (``tcp.py``); None: UDP only."""
 
 
 class Hooks(Protocol):
@@ -190,6 +197,7 @@ class SipAgent:
         self._nonce_key = secrets.token_bytes(16)
         self.port = 0
         self._transport: asyncio.DatagramTransport | None = None
+        self.tcp: SipTcp | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -201,19 +209,46 @@ class SipAgent:
     def contact(self) -> str:
         return f"sip:{self.options.user}@{self.address}"
 
+    def contact_for(self, peer: tuple[str, int]) -> str:
+        """Our Contact URI for a dialog with ``peer``: ``;transport=tcp`` when it is on TCP."""
+        return self.contact + (";transport=tcp" if isinstance(peer, TcpPeer) else "")
+
     async def start(self) -> int:
-        """Bind the UDP socket; returns the port."""
+        """Bind the UDP socket and, unless ``options.tcp`` is None, listen on TCP at the same
+        port (with ``options.port`` 0, a port free for both; a given port taken on TCP alone
+        leaves UDP only); returns the port. Raises :class:`OSError` when UDP cannot bind."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(self.options.host, self.options.port)
-        )
-        self._transport = transport
-        self.port = transport.get_extra_info("sockname")[1]
-        log.info("SIP agent listening on udp:%s (%s)", self.address, self.contact)
+        for attempt in range(1, 6):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self), local_addr=(self.options.host, self.options.port)
+            )
+            self._transport = transport
+            self.port = transport.get_extra_info("sockname")[1]
+            try:
+                await self._listen_tcp()
+                break
+            except OSError as exc:
+                if self.options.port:  # (the TCP port alone is taken: UDP serves on)
+                    log.error(
+                        "SIP over TCP is off: cannot listen on tcp %s (%s)", self.address, exc
+                    )
+                    break
+                transport.close()
+                if attempt == 5:
+                    raise
+        kinds = "udp" if self.tcp is None else "udp+tcp"
+        log.info("SIP agent listening on %s:%s (%s)", kinds, self.address, self.contact)
         if self.options.registration is not None:
             self.registration = Registration(self.options.registration)
             self._spawn(keep_registered(self, self.registration), "sip-register")
         return self.port
+
+    async def _listen_tcp(self) -> None:
+        if self.options.tcp is None:
+            return
+        tcp = SipTcp(self, self.options.tcp)
+        await tcp.start(self.options.host, self.port)
+        self.tcp = tcp
 
     async def stop(self) -> None:
         """Hang up every call (BYE, sent once: no time to wait for answers; 503 to a ringing
@@ -237,9 +272,15 @@ class SipAgent:
             handle.cancel()
         if self._transport is not None:
             self._transport.close()
+        if self.tcp is not None:
+            await self.tcp.stop()
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        """Send ``data`` to ``addr``: on TCP when it is a :class:`TcpPeer`, else a datagram."""
+        if isinstance(addr, TcpPeer):
+            if self.tcp is not None:
+                self.tcp.send(data, addr)
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, addr)
 
     def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
@@ -251,6 +292,7 @@ class SipAgent:
     # ------------------------------------------------------------------ receiving
 
     def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One message from ``addr``: a datagram, or one framed on a TCP connection."""
         if not data.strip(b"\r\n"):
             return  # keep-alive (RFC 5626 CRLF)
         try:
@@ -282,6 +324,15 @@ class SipAgent:
         except SipError:
             return
         self.send(response_to(stub, exc.status, reason=_reason(exc)).encode(), addr)
+
+    def unframeable(self, head: bytes, addr: tuple[str, int], error: SipError) -> None:
+        """A TCP connection's bytes cannot be framed (``tcp.py``): answer the request if its
+        header block was read (400, 413); the connection then closes."""
+        self._malformed(head, addr, error)
+
+    def in_use(self, peer: TcpPeer) -> bool:
+        """Whether a call came in on the TCP connection with ``peer`` (it stays open)."""
+        return any(i.source == peer and not i.dialog.ended for i in self.dialogs.values())
 
     def _complain(self, addr: tuple[str, int], exc: SipError) -> None:
         self.malformed += 1
@@ -371,7 +422,8 @@ class SipAgent:
             return
         offer, media = _negotiate(request)
         self._reply(request, addr, 100)
-        dialog = Dialog.from_invite(request, self.contact)
+        transport = "TCP" if isinstance(addr, TcpPeer) else "UDP"
+        dialog = Dialog.from_invite(request, self.contact_for(addr), transport)
         inbound = InboundCall(self, request, addr, dialog, offer, media)
         self.dialogs[dialog.call_id] = inbound
         dialog.fire("ring")
@@ -448,7 +500,20 @@ class SipAgent:
 
     def send_in_dialog(self, dialog: Dialog, request: Request) -> None:
         """Send a request that needs no answer (ACK) to the dialog's remote target."""
-        self.send(request.encode(), host_port(dialog.remote_target))
+        self.send(request.encode(), self.route(dialog))
+
+    def route(self, dialog: Dialog) -> tuple[str, int]:
+        """Where the dialog's requests go: its remote target, on the dialog's transport; on
+        TCP, the connection the call came in on while it is open (how a phone behind a NAT
+        is reached), else a connection to the target."""
+        target = host_port(dialog.remote_target)
+        if dialog.transport != "TCP":
+            return target
+        inbound = self.dialogs.get(dialog.call_id)
+        source = None if inbound is None else inbound.source
+        if isinstance(source, TcpPeer) and self.tcp is not None and self.tcp.connected(source):
+            return source
+        return TcpPeer(*target)
 
     async def _answer(self, inbound: InboundCall, session: Session) -> None:
         if not inbound.ringing or inbound.call is not None:
@@ -511,7 +576,7 @@ class SipAgent:
             inbound.session_id,
             inbound.sdp_version,
         )
-        headers = [("Contact", f"<{self.contact}>"), ("Allow", ALLOW)]
+        headers = [("Contact", f"<{inbound.dialog.local_contact}>"), ("Allow", ALLOW)]
         data = self._reply(
             invite,
             inbound.source,
@@ -648,6 +713,8 @@ class SipAgent:
         loop = asyncio.get_running_loop()
         data = request.encode()
         again = Retransmit(data, loop.time(), self.options.timers)
+        if isinstance(addr, TcpPeer):  # reliable: no timer E, only F's deadline (§17.1.2.2)
+            again.next_at = again.deadline
         self.send(data, addr)
         try:
             while True:
@@ -673,7 +740,7 @@ class SipAgent:
     async def _bye_peer(self, inbound: InboundCall, reason: str) -> None:
         dialog = inbound.dialog
         bye = dialog.request("BYE", self.address, headers=[("Reason", f'SIP;text="{reason}"')])
-        response = await self.transact(bye, host_port(dialog.remote_target))
+        response = await self.transact(bye, self.route(dialog))
         log.info("call %s: BYE sent (%s): %d", dialog.call_id, reason, response.status)
 
     async def _forget(self, inbound: InboundCall) -> None:
@@ -721,7 +788,7 @@ class SipAgent:
             self.address,
             headers=[("Refer-To", f"<{target}>"), ("Referred-By", f"<{self.contact}>")],
         )
-        response = await self.transact(refer, host_port(dialog.remote_target))
+        response = await self.transact(refer, self.route(dialog))
         log.info("call %s: REFER to %s: %d", call_id, target, response.status)
         if 200 <= response.status < 300:
             inbound.call.session.close(f"transferred to {target}")

@@ -5,7 +5,9 @@ The caller's RTP audio (8 kHz G.711) goes to :meth:`Session.append_audio`, their
 queued on the call's :class:`~.media.RtpMedia`, which paces it out at 20 ms; every
 ``HEARD_EVERY_MS`` of reply audio a mark rides with the frame, and when that frame has been sent
 the session learns what the caller has heard (``Session.heard``), which is what a barge-in keeps
-of the reply. A cancelled reply drops the queued frames at once. The session's lifecycle is
+of the reply. A cancelled reply drops the queued frames at once. Keys pressed on our side
+(:meth:`SipCall.send_digits`: the call-control API, the ``press_keys`` tool through
+``Session.send_digits``) go out as RFC 4733 events. The session's lifecycle is
 :class:`~transports.runner.SessionRunner`'s; the call ends when the peer hangs up (BYE, or no
 RTP for ``rtp_timeout`` seconds) or the session closes (the agent hangs up: the SIP agent then
 sends BYE).
@@ -27,12 +29,13 @@ import numpy as np
 from pipeline import messages as m
 from pipeline.audio import resample
 from pipeline.echo import EchoCanceller
-from pipeline.errors import LimitExceeded, ProtocolError
+from pipeline.errors import LimitExceeded, ProtocolError, ToolError
 from pipeline.session import Session
 
 from ..runner import SessionRunner
 from .dialog import Dialog
 from .media import Mark, RtpMedia
+from .message import SipError
 
 log = logging.getLogger("voice.transport.sip")
 RATE = 8000
@@ -72,6 +75,8 @@ class SipCall:
         self.echo = EchoCanceller(RATE, session_id=session.id) if echo_cancellation else None
         if self.echo is not None:
             media.on_frame = self.played
+        session.send_digits = self._press_keys
+        media.held = session.reply_held  # (what was queued ahead waits while the agent is held)
 
     # ------------------------------------------------------------------ peer → session
 
@@ -112,6 +117,19 @@ class SipCall:
         self._peer_left.set()
 
     # ------------------------------------------------------------------ session → peer
+
+    def send_digits(self, digits: str) -> None:
+        """Press keypad ``digits`` on the line (RFC 4733 events, in order, from the next 20 ms
+        on). Raises :class:`SipError` as :meth:`RtpMedia.send_digits` does."""
+        self.media.send_digits(digits)
+        self.log.info("call %s: sending DTMF %s", self.dialog.call_id, digits)
+
+    def _press_keys(self, digits: str) -> None:
+        """:meth:`send_digits` for the ``press_keys`` tool: failures the model can read."""
+        try:
+            self.send_digits(digits)
+        except SipError as exc:
+            raise ToolError(f"cannot press {digits[:40]!r}: {exc}", tool="press_keys") from None
 
     def render(self, event: m.SessionEvent) -> None:
         """Queue what one session event means for the caller's ear."""

@@ -84,10 +84,12 @@ class Dialog:
     local_cseq: int = field(default_factory=lambda: secrets.randbelow(10_000) + 1)
     remote_cseq: int | None = None
     route: list[str] = field(default_factory=list)
+    transport: str = "UDP"
+    """What our requests' Via says they travel on: ``UDP`` or ``TCP``."""
 
     @classmethod
-    def from_invite(cls, invite: Request, local_contact: str) -> Dialog:
-        """The UAS side of the dialog an INVITE creates."""
+    def from_invite(cls, invite: Request, local_contact: str, transport: str = "UDP") -> Dialog:
+        """The UAS side of the dialog an INVITE creates (it came on ``transport``)."""
         contact = invite.get("Contact")
         from_ = invite.need("From")
         return cls(
@@ -101,6 +103,7 @@ class Dialog:
             state=State.INCOMING,
             remote_cseq=invite.cseq[0],
             route=[v for v in invite.get_all("Record-Route")],
+            transport=transport,
         )
 
     def fire(self, event: str) -> State:
@@ -153,7 +156,7 @@ class Dialog:
             method=method,
             uri=self.remote_target,
             headers=[
-                ("Via", f"SIP/2.0/UDP {via};branch={new_branch()};rport"),
+                ("Via", f"SIP/2.0/{self.transport} {via};branch={new_branch()};rport"),
                 ("Max-Forwards", "70"),
                 ("From", f"<{self.local_uri}>;tag={self.local_tag}"),
                 ("To", remote),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from .message import SipError
 
 DIGITS = "0123456789*#ABCD"
+MAX_DIGITS = 32
+"""The most keys one request may press (an IVR's longest answer: a card number and a PIN)."""
 EVENT = struct.Struct("!BBH")
 END_REPEATS = 3
 VOLUME = 10  # dBm0 below the reference, as most phones send
@@ -40,11 +42,14 @@ class Event:
         return cls(DIGITS[code], bool(flags & 0x80), flags & 0x3F, duration)
 
 
-def check_digits(digits: str) -> str:
-    """``digits`` if every one is a keypad digit (0-9 * # A-D), else :class:`SipError`."""
+def check_digits(digits: str, limit: int = MAX_DIGITS) -> str:
+    """``digits`` if every one is a keypad digit (0-9 * # A-D) and there are 1 to ``limit`` of
+    them, else :class:`SipError` (``invalid_dtmf``)."""
     bad = [d for d in digits if d not in DIGITS]
     if not digits or bad:
         raise SipError(f"not keypad digits: {digits[:32]!r}", code="invalid_dtmf")
+    if len(digits) > limit:
+        raise SipError(f"{len(digits)} keypad digits: at most {limit}", code="invalid_dtmf")
     return digits
 
 

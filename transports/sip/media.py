@@ -10,9 +10,15 @@ test's virtual one), drift-free — the next frame, or silence when there is non
 jitter buffer sees one steady stream. Each frame of audio that leaves also goes to
 ``on_frame`` (the echo canceller's reference). A frame can carry a mark (the reply item and how
 many ms of it end with this frame): ``on_sent`` is called with it the moment the frame leaves,
-which is what the caller can have heard. :meth:`clear` drops what is queued (barge-in). While
-the peer holds the call (``sendonly``/``inactive``) nothing is sent. Keypad digits are sent as
-RFC 4733 events when the peer negotiated them.
+which is what the caller can have heard. While ``held()`` (the session holds the agent's voice
+at the caller's first speech window: they may be cutting in) the queue waits and silence goes
+out, so the caller stops hearing the agent then, not a queue's worth later; :meth:`clear` drops
+what is queued (barge-in). While
+the peer holds the call (``sendonly``/``inactive``) nothing is sent. Keypad digits
+(:meth:`RtpMedia.send_digits`) are sent as RFC 4733 events when the peer negotiated them: they
+take the 20 ms ticks before the queued audio (which waits), one event after the other, each with
+the timestamp of its start and its end packet sent three times; the stream's timestamp then
+moves on by the time the event took, so the audio after it stays on the wall clock.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from .sdp import Media
 
 log = logging.getLogger("voice.transport.sip")
 FRAME_S = 0.02
+MAX_QUEUED_EVENTS = 512
+"""RFC 4733 packets waiting to go out (a 100 ms key press is 7 of them, 140 ms)."""
 Mark = tuple[str, int]
 
 
@@ -68,6 +76,8 @@ class RtpMedia:
         self.on_audio, self.on_dtmf, self.on_sent = on_audio, on_dtmf, on_sent
         self.on_frame: Callable[[np.ndarray], None] | None = None
         """Given each 20 ms of audio (int16, 8 kHz) the moment its packet is sent."""
+        self.held: Callable[[], bool] = lambda: False
+        """Whether the queued audio must wait (``Session.reply_held``): silence goes out."""
         self.clock = clock or MonotonicClock()
         self.signalling_host = signalling_host
         self.receiver = rtp.Receiver(remote, self._payloads(media), signalling_host)
@@ -82,8 +92,9 @@ class RtpMedia:
         self._queue: deque[tuple[np.ndarray, Mark | None]] = deque()
         self._max_frames = max(1, max_queued_ms // 20)
         self._carry = np.zeros(0, np.int16)
-        self._digits: deque[tuple[dtmf.Event, bool]] = deque(maxlen=256)
+        self._digits: deque[tuple[dtmf.Event, bool]] = deque()
         self._event_start: int | None = None
+        self._event_ticks = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._sender: asyncio.Task[None] | None = None
 
@@ -177,12 +188,29 @@ class RtpMedia:
         return len(self._queue) * 20
 
     def send_digits(self, digits: str) -> None:
-        """Queue keypad digits as RFC 4733 events; raises :class:`SipError` if not negotiated."""
+        """Queue keypad digits as RFC 4733 events, sent in order from the next tick on. Raises
+        :class:`SipError`: ``invalid_dtmf`` for keys that do not exist (or too many),
+        ``dtmf_not_negotiated`` when the peer did not offer telephone-event, ``dtmf_busy`` when
+        :data:`MAX_QUEUED_EVENTS` would be passed; nothing is queued then."""
         if self.media.telephone_event is None:
-            raise SipError("the peer did not offer telephone-event", code="invalid_dtmf")
+            raise SipError(
+                "the peer did not offer telephone-event (RFC 4733)", code="dtmf_not_negotiated"
+            )
+        queued: list[tuple[dtmf.Event, bool]] = []
         for digit in dtmf.check_digits(digits):
             events = dtmf.packets(digit)
-            self._digits.extend((e, i == len(events) - 1) for i, e in enumerate(events))
+            queued += [(e, i == len(events) - 1) for i, e in enumerate(events)]
+        if len(self._digits) + len(queued) > MAX_QUEUED_EVENTS:
+            raise SipError(
+                f"{len(self._digits)} keypad packets are still waiting to go out",
+                code="dtmf_busy",
+            )
+        self._digits.extend(queued)
+
+    @property
+    def digits_pending(self) -> bool:
+        """Whether keypad events are still waiting to go out."""
+        return bool(self._digits) or self._event_start is not None
 
     async def _send_loop(self) -> None:
         start, ticks = self.clock.now(), 0
@@ -196,7 +224,7 @@ class RtpMedia:
         if self._digits:
             self._send_event(*self._digits.popleft())
             return
-        frame, mark = self._queue.popleft() if self._queue else (None, None)
+        frame, mark = self._queue.popleft() if self._queue and not self.held() else (None, None)
         payload = silence if frame is None else self._encode(frame)
         packet = self.packetizer.packet(payload)
         sent = self._send(packet.encode())
@@ -210,11 +238,12 @@ class RtpMedia:
         assert te is not None
         first = self._event_start is None
         if first:
-            self._event_start = p.timestamp
+            self._event_start, self._event_ticks = p.timestamp, 0
         assert self._event_start is not None
         self._send(p.event(event.encode(), self._event_start, marker=first, pt=te).encode())
-        if last:
-            p.skip(event.duration)
+        self._event_ticks += 1
+        if last:  # (the end's repeats took ticks too: the audio after goes on from now)
+            p.skip(self._event_ticks * rtp.FRAME_SAMPLES)
             self._event_start = None
 
     def _encode(self, frame: np.ndarray) -> bytes:

@@ -24,6 +24,7 @@ from .call import SipCall
 from .dialog import Dialog, State, new_tag
 from .media import RtpMedia
 from .message import Request, Response, SipError, host_port, uri_of
+from .tcp import TcpPeer, uri_transport
 from .transaction import Retransmit
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ async def place_call(
     host_port(target)  # a bad URI raises SipError now
     options = agent.options
     local = f"sip:{options.user}@{agent.address}"
+    transport = uri_transport(target)  # (``;transport=tcp``: TCP, else UDP)
     dialog = Dialog(
         call_id=f"{secrets.token_hex(10)}@{options.host}",
         local_tag=new_tag(),
@@ -66,8 +68,9 @@ async def place_call(
         remote_uri=target,
         remote_tag=None,
         remote_target=target,
-        local_contact=agent.contact,
+        local_contact=agent.contact + (";transport=tcp" if transport == "TCP" else ""),
         state=State.CALLING,
+        transport=transport,
     )
     media = RtpMedia(
         sdp.Media(0, 101),
@@ -102,7 +105,7 @@ async def place_call(
         agent.send_in_dialog(dialog, dialog.request("BYE", agent.address))
         return Outcome("failed", 488, dialog.call_id, str(exc)), None
     media.update(chosen, (offer.address, offer.port), sending=not offer.on_hold)
-    record = InboundCall(agent, invite, host_port(dialog.remote_target), dialog, offer, chosen)
+    record = InboundCall(agent, invite, agent.route(dialog), dialog, offer, chosen)
     record.session_id = session_id
     try:
         session = open_session()
@@ -120,13 +123,15 @@ async def place_call(
 
 async def _ring(agent: SipAgent, invite: Request, dialog: Dialog) -> Response:
     """Send the INVITE and wait for its final response (CANCEL after ``ring_timeout``)."""
-    destination = host_port(dialog.remote_target)
+    destination = agent.route(dialog)
     branch = invite.branch or ""
     queue: asyncio.Queue[Response] = asyncio.Queue(maxsize=32)
     agent.clients[branch] = queue
     loop = asyncio.get_running_loop()
     data = invite.encode()
     again = Retransmit(data, loop.time(), agent.options.timers, cap=False)
+    if isinstance(destination, TcpPeer):  # reliable: no timer A, only B (§17.1.1.2)
+        again.next_at = again.deadline
     agent.send(data, destination)
     ring_until = loop.time() + agent.options.ring_timeout
     cancelled = False
@@ -177,7 +182,7 @@ def _answered(
         dialog.remote_target = uri_of(contact)
     dialog.route = list(reversed(response.get_all("Record-Route")))
     ack = dialog.request("ACK", agent.address, cseq=invite.cseq[0])
-    agent.acks[dialog.call_id] = (ack.encode(), host_port(dialog.remote_target))
+    agent.acks[dialog.call_id] = (ack.encode(), agent.route(dialog))
     agent.send_in_dialog(dialog, ack)
     dialog.fire("answered")
     offer = sdp.parse_offer(response.body)

@@ -1,0 +1,285 @@
+"""Which tokens the shared llama.cpp context evaluates next, for several conversations at once.
+
+Plain data, no llama.cpp (``llm_batched.py`` applies the plan): a context holds ``slots``
+sequences (llama.cpp sequence ids ``0 .. slots-1``) in one KV cache. A :class:`Job` (a reply
+to generate, or a prompt to score) waits, then runs in one slot, and leaves the slot's cache
+behind for the next job to re-use::
+
+    add(job) ──▶ waiting ──assign()──▶ running in a slot ──finish()/drop()──▶ the slot is idle
+                  (FIFO)                 │  step() → entries to decode        (its tokens stay
+                                         │  evaluated(entries)                 cached)
+                                         ▼
+                                  prompt evaluated, then one token per step
+
+Re-use: a job goes to the idle slot whose cached tokens share the longest prefix with its
+prompt (ties: the least recently used); when another slot (even a busy one) shares a longer
+prefix, that prefix is copied (``Copy``). The cache past the shared prefix is removed
+(``Remove``). At least the tokens
+from the job's first wanted logits on are evaluated again, so their logits exist.
+
+Urgency: one step decodes the next token of every running reply and up to ``chunk`` prompt
+tokens of the jobs still evaluating their prompt, oldest first; a job waiting for a slot takes
+the first one free, and the first token of a reply comes out of the step that evaluates the end
+of its prompt. So a caller's first token waits for at most one step of others' work, never for
+the tail of another reply. A reply's tail only has to stay ahead of its speech: past its first
+``head`` tokens a reply is paced at ``pace`` tokens a second (faster than anyone speaks), so the
+cores it would have taken serve other callers' first words (their ASR, prompt and first
+clause) meanwhile; ``due()`` says when a paced reply may go on. ``pace`` 0: no pacing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One request. ``prompt``: the tokens the sequence must hold; ``wanted``: positions of
+    ``prompt`` whose logits are asked for (scoring), besides the last one for a reply;
+    ``budget``: the most tokens to generate (0: score only, no reply)."""
+
+    prompt: list[int]
+    budget: int = 0
+    wanted: frozenset[int] = frozenset()
+    slot: int | None = None
+    evaluated: int = 0
+    """Tokens of ``prompt`` in the slot's cache."""
+    generated: int = 0
+    next_token: int | None = None
+    """Sampled, not yet evaluated: the next step evaluates it."""
+    first_at: float | None = None
+    """When its first token was sampled."""
+    paced: bool = True
+    """May be paced (a reply read aloud); a tool call's arguments never are."""
+
+    def __post_init__(self) -> None:
+        if not self.prompt:
+            raise ValueError("a job needs at least one prompt token")
+        if any(not 0 <= p < len(self.prompt) for p in self.wanted):
+            raise ValueError("wanted logits must be positions of the prompt")
+        if self.budget > 0:
+            self.wanted = self.wanted | {len(self.prompt) - 1}
+
+    @property
+    def first_wanted(self) -> int:
+        return min(self.wanted, default=len(self.prompt) - 1)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.prompt)
+
+
+@dataclass(slots=True)
+class Remove:
+    """Drop the cache of ``slot`` from position ``start`` on."""
+
+    slot: int
+    start: int
+
+
+@dataclass(slots=True)
+class Copy:
+    """Share positions ``[0, length)`` of ``source``'s cache with ``slot``."""
+
+    source: int
+    slot: int
+    length: int
+
+
+Op = Remove | Copy
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    """One token of a step: ``token`` at ``pos`` in ``job``'s slot; ``logits``: read after."""
+
+    job: Job
+    token: int
+    pos: int
+    logits: bool
+
+
+@dataclass(slots=True)
+class _Slot:
+    tokens: list[int] = field(default_factory=list)
+    job: Job | None = None
+    used: int = 0
+    """When it last took a job (a counter): of equal prefixes, the oldest slot is taken."""
+
+
+class Planner:
+    def __init__(
+        self,
+        slots: int,
+        chunk: int = 256,
+        *,
+        head: int = 0,
+        pace: float = 0.0,
+    ) -> None:
+        if slots < 1 or chunk < 1:
+            raise ValueError(f"slots and chunk must be at least 1, got {slots}, {chunk}")
+        if head < 0 or pace < 0:
+            raise ValueError(f"head and pace must not be negative, got {head}, {pace}")
+        self.chunk = chunk
+        self.head = head
+        self.pace = pace
+        self._slots = [_Slot() for _ in range(slots)]
+        self._waiting: deque[Job] = deque()
+        self._running: list[Job] = []  # in the order they started
+        self._clock = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> list[Job]:
+        return list(self._running)
+
+    def cached(self, slot: int) -> list[int]:
+        """The tokens in ``slot``'s cache (positions 0, 1, …)."""
+        return list(self._slots[slot].tokens)
+
+    def busy(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    # ------------------------------------------------------------------ jobs
+
+    def add(self, job: Job) -> None:
+        self._waiting.append(job)
+
+    def assign(self) -> list[Op]:
+        """Waiting jobs into idle slots; the cache operations to run before the next step."""
+        ops: list[Op] = []
+        while self._waiting:
+            free = [i for i, s in enumerate(self._slots) if s.job is None]
+            if not free:
+                break
+            job = self._waiting.popleft()
+            ops += self._place(job, free)
+        return ops
+
+    def _place(self, job: Job, free: list[int]) -> list[Op]:
+        limit = job.first_wanted  # at least the first wanted position is evaluated again
+        shared = [min(_common(s.tokens, job.prompt), limit) for s in self._slots]
+        slot = max(free, key=lambda i: (shared[i], -self._slots[i].used))
+        source = max(range(len(self._slots)), key=lambda i: shared[i])
+        target = self._slots[slot]
+        ops: list[Op]
+        if shared[source] > shared[slot]:
+            ops = [Remove(slot, 0), Copy(source, slot, shared[source])]
+            target.tokens = self._slots[source].tokens[: shared[source]]
+        else:
+            ops = [Remove(slot, shared[slot])]
+            del target.tokens[shared[slot] :]
+        self._clock += 1
+        target.job, target.used = job, self._clock
+        job.slot, job.evaluated = slot, len(target.tokens)
+        self._running.append(job)
+        return ops
+
+    def step(self, now: float = 0.0) -> list[Entry]:
+        """The next batch: each running reply's next token (unless it is ahead of its pace),
+        then prompt tokens (oldest job first) up to ``chunk``."""
+        entries: list[Entry] = []
+        for job in self._running:
+            if not job.prefilling and job.next_token is not None and self._due(job, now) <= now:
+                pos = len(self._slots[_slot(job)].tokens)
+                entries.append(Entry(job, job.next_token, pos, True))
+        room = self.chunk
+        for job in self._running:
+            if room <= 0:
+                break
+            if job.prefilling:
+                end = min(len(job.prompt), job.evaluated + room)
+                for pos in range(job.evaluated, end):
+                    entries.append(Entry(job, job.prompt[pos], pos, pos in job.wanted))
+                room -= end - job.evaluated
+        return entries
+
+    def evaluated(self, entries: list[Entry]) -> None:
+        """``entries`` are in the cache now."""
+        for entry in entries:
+            job = entry.job
+            self._slots[_slot(job)].tokens.append(entry.token)
+            if job.prefilling:
+                job.evaluated += 1
+            else:
+                job.next_token = None
+
+    def sampled(self, job: Job, token: int, now: float = 0.0) -> None:
+        """The reply's next token (evaluated by the next step)."""
+        job.generated += 1
+        job.next_token = token
+        if job.first_at is None:
+            job.first_at = now
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the next step has work (0: now); ``None``: no work at all."""
+        if any(s.job is None for s in self._slots) and self._waiting:
+            return 0.0
+        if any(j.prefilling for j in self._running):
+            return 0.0
+        due = [self._due(j, now) for j in self._running if j.next_token is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _due(self, job: Job, now: float) -> float:
+        """When ``job`` may evaluate its next token: at once within its head, then at
+        ``pace`` tokens a second from its first token — but only while another caller's reply
+        is in progress (a lone caller's reply, or a tool call's arguments, are never held back:
+        pacing only hands the cores to other callers)."""
+        if (
+            self.pace <= 0
+            or not job.paced
+            or job.generated <= self.head
+            or job.first_at is None
+            or not self._others_replied(job)
+        ):
+            return float("-inf")
+        return job.first_at + (job.generated - self.head) / self.pace
+
+    def _others_replied(self, job: Job) -> bool:
+        """Another caller's reply is in progress (past its prompt)."""
+        return any(j is not job and j.budget > 0 and not j.prefilling for j in self._running)
+
+    def finish(self, job: Job) -> None:
+        """``job`` is done; its slot keeps what it evaluated."""
+        self._release(job)
+
+    def drop(self, job: Job) -> list[Op]:
+        """Cancel ``job``: out of the queue, or out of its slot with the reply's tokens
+        removed from the cache (the prompt stays for the next turn)."""
+        if job in self._waiting:
+            self._waiting.remove(job)
+            return []
+        if job not in self._running:
+            return []
+        slot = _slot(job)
+        self._release(job)
+        tokens = self._slots[slot].tokens
+        if len(tokens) <= len(job.prompt):
+            return []
+        del tokens[len(job.prompt) :]
+        return [Remove(slot, len(job.prompt))]
+
+    def _release(self, job: Job) -> None:
+        self._running.remove(job)
+        self._slots[_slot(job)].job = None
+
+
+def _slot(job: Job) -> int:
+    if job.slot is None:
+        raise ValueError("the job is not running")
+    return job.slot
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,271 @@
+"""The batched LLM's plan (``_batch_plan.py``): slots, cache re-use, steps, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.engines._batch_plan import Copy, Entry, Job, Planner, Remove
+
+SYSTEM = [1, 2, 3, 4]
+
+
+def run_step(plan: Planner) -> list[Entry]:
+    """One step as the worker does it: decode, then sample a token for each reply whose
+    logits are read (the token is 100 + the position, to tell them apart)."""
+    entries = plan.step()
+    plan.evaluated(entries)
+    for entry in entries:
+        job = entry.job
+        if entry.logits and job.budget > 0 and entry.pos >= len(job.prompt) - 1:
+            plan.sampled(job, 100 + entry.pos)
+    return entries
+
+
+def test_a_new_prompt_is_evaluated_beside_the_replies_in_progress() -> None:
+    plan = Planner(slots=2, chunk=64)
+    first = Job([*SYSTEM, 10, 11], budget=50)
+    plan.add(first)
+    plan.assign()
+    run_step(plan)  # first's prompt; its first token is sampled
+    run_step(plan)
+    second = Job([*SYSTEM, 20], budget=50)
+    plan.add(second)
+    plan.assign()
+    entries = run_step(plan)
+    # one step: first's next token and second's prompt past the system prompt (shared)
+    assert [(e.job, e.pos) for e in entries if e.job is first] == [(first, 7)]
+    assert [(e.token, e.pos, e.logits) for e in entries if e.job is second] == [(20, 4, True)]
+    assert second.next_token == 104  # its first token came out of that step
+
+
+def test_prompt_tokens_per_step_are_bounded_and_oldest_first() -> None:
+    plan = Planner(slots=3, chunk=5)
+    old, new = Job(list(range(1, 9)), budget=4), Job(list(range(50, 54)), budget=4)
+    plan.add(old)
+    plan.add(new)
+    plan.assign()
+    entries = run_step(plan)
+    assert [e.token for e in entries] == [1, 2, 3, 4, 5]
+    entries = run_step(plan)
+    assert [(e.job is old, e.token) for e in entries] == [
+        (True, 6),
+        (True, 7),
+        (True, 8),
+        (False, 50),
+        (False, 51),
+    ]
+    assert old.next_token is not None and new.next_token is None
+
+
+def test_a_finished_job_leaves_its_cache_for_the_next_turn() -> None:
+    plan = Planner(slots=2)
+    turn = Job([*SYSTEM, 10], budget=2)
+    plan.add(turn)
+    plan.assign()
+    run_step(plan)
+    run_step(plan)
+    plan.finish(turn)
+    assert plan.cached(0) == [*SYSTEM, 10, 104]
+    nxt = Job([*SYSTEM, 10, 104, 30, 31], budget=2)
+    plan.add(nxt)
+    ops = plan.assign()
+    assert nxt.slot == 0 and ops == [Remove(0, 6)]  # nothing to drop, all re-used
+    assert [e.token for e in plan.step()] == [30, 31]
+
+
+def test_a_shorter_prompt_cuts_the_cache_where_it_differs() -> None:
+    plan = Planner(slots=1)
+    turn = Job([*SYSTEM, 10, 11, 12], budget=1)
+    plan.add(turn)
+    plan.assign()
+    run_step(plan)
+    plan.finish(turn)
+    again = Job([*SYSTEM, 10, 99], budget=1)
+    plan.add(again)
+    assert plan.assign() == [Remove(0, 5)]
+    assert plan.cached(0) == [*SYSTEM, 10]
+    assert [e.token for e in plan.step()] == [99]
+
+
+def test_the_same_prompt_evaluates_its_last_token_again_for_its_logits() -> None:
+    plan = Planner(slots=1)
+    judge = Job([*SYSTEM, 10], wanted=frozenset({3, 4}))
+    plan.add(judge)
+    plan.assign()
+    run_step(plan)
+    plan.finish(judge)
+    reply = Job([*SYSTEM, 10], budget=3)
+    plan.add(reply)
+    assert plan.assign() == [Remove(0, 4)]
+    entries = plan.step()
+    assert [(e.token, e.pos, e.logits) for e in entries] == [(10, 4, True)]
+    rescore = Job([*SYSTEM, 10], wanted=frozenset({2, 4}))
+    plan.evaluated(entries)
+    plan.finish(reply)
+    plan.add(rescore)
+    plan.assign()
+    assert [(e.pos, e.logits) for e in plan.step()] == [(2, True), (3, False), (4, True)]
+
+
+def test_a_prefix_cached_in_another_busy_slot_is_shared_not_evaluated() -> None:
+    plan = Planner(slots=2)
+    first = Job([*SYSTEM, 10], budget=9)
+    plan.add(first)
+    plan.assign()
+    run_step(plan)
+    second = Job([*SYSTEM, 20, 21], budget=9)
+    plan.add(second)
+    ops = plan.assign()
+    assert second.slot == 1
+    assert ops == [Remove(1, 0), Copy(0, 1, 4)]
+    assert plan.cached(1) == SYSTEM
+    assert [e.token for e in plan.step() if e.job is second] == [20, 21]
+
+
+def test_the_idle_slot_with_the_longest_prefix_is_chosen_else_the_oldest() -> None:
+    plan = Planner(slots=3)
+    for tokens in ([7, 7, 7], [*SYSTEM, 10], [8, 8]):
+        job = Job(tokens, budget=1)
+        plan.add(job)
+        plan.assign()
+        run_step(plan)
+        plan.finish(job)
+    back = Job([*SYSTEM, 10, 104, 40], budget=1)
+    plan.add(back)
+    plan.assign()
+    assert back.slot == 1
+    plan.drop(back)
+    stranger = Job([55, 56], budget=1)
+    plan.add(stranger)
+    plan.assign()
+    assert stranger.slot == 0  # nothing shared: the least recently used slot
+
+
+def test_jobs_wait_for_a_free_slot_in_arrival_order() -> None:
+    plan = Planner(slots=1)
+    a, b, c = (Job([i, i + 1], budget=1) for i in (10, 20, 30))
+    for job in (a, b, c):
+        plan.add(job)
+    plan.assign()
+    assert plan.running == [a] and plan.waiting == 2
+    plan.finish(a)
+    plan.assign()
+    assert plan.running == [b]
+
+
+def test_cancelling_a_reply_removes_its_tokens_and_keeps_the_prompt() -> None:
+    plan = Planner(slots=2)
+    job = Job([*SYSTEM, 10], budget=20)
+    plan.add(job)
+    plan.assign()
+    for _ in range(4):
+        run_step(plan)
+    assert len(plan.cached(0)) == 5 + 3
+    assert plan.drop(job) == [Remove(0, 5)]
+    assert plan.cached(0) == [*SYSTEM, 10] and not plan.busy()
+    waiting = Job([1, 2], budget=1)
+    blocker = Job([3, 4], budget=1)
+    other = Job([5, 6], budget=1)
+    for j in (blocker, other, waiting):
+        plan.add(j)
+    plan.assign()
+    assert plan.drop(waiting) == [] and plan.waiting == 0
+    assert plan.drop(waiting) == []  # twice: nothing
+
+
+def test_bad_jobs_and_sizes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Job([])
+    with pytest.raises(ValueError):
+        Job([1, 2], wanted=frozenset({2}))
+    with pytest.raises(ValueError):
+        Planner(slots=0)
+
+
+def another_reply(plan: Planner, now: float) -> Job:
+    """Another caller's reply in progress: its first token sampled at ``now``."""
+    neighbour = Job([8, 9], budget=500)
+    plan.add(neighbour)
+    plan.assign()
+    plan.evaluated(plan.step(now=now))
+    plan.sampled(neighbour, 7, now=now)
+    return neighbour
+
+
+def test_a_tail_is_paced_and_the_wait_says_when_it_may_go_on() -> None:
+    plan = Planner(slots=3, head=2, pace=4.0)  # after 2 tokens, 4 tokens a second
+    another_reply(plan, now=9.0)  # another caller is being answered
+    job = Job([1, 2], budget=50)
+    plan.add(job)
+    plan.assign()
+    assert plan.wait(now=0.0) == 0.0  # a prompt to evaluate
+    entries = plan.step(now=0.0)
+    plan.evaluated(entries)
+    plan.sampled(job, 7, now=10.0)  # its first token at t = 10 s
+    for t in (10.0, 10.01):  # the head: at once
+        entries = plan.step(now=t)
+        assert len(entries) == 1
+        plan.evaluated(entries)
+        plan.sampled(job, 7, now=t)
+    assert job.generated == 3
+    assert plan.step(now=10.1) == []  # 3rd token: due at 10 + (3 - 2) / 4
+    assert plan.wait(now=10.1) == pytest.approx(0.15)
+    entries = plan.step(now=10.25)
+    assert len(entries) == 1
+    plan.evaluated(entries)
+    plan.sampled(job, 7, now=10.25)  # the 4th: due at 10.5
+    # a new caller's prompt is not held back by the paced tail
+    other = Job([5, 6], budget=5)
+    plan.add(other)
+    assert plan.wait(now=10.3) == 0.0
+    plan.assign()
+    assert [e.job for e in plan.step(now=10.3)] == [other, other]
+
+
+def test_without_a_pace_every_reply_steps_at_once() -> None:
+    plan = Planner(slots=1)
+    job = Job([1], budget=500)
+    plan.add(job)
+    plan.assign()
+    assert plan.wait(now=0.0) == 0.0
+    for _ in range(100):
+        entries = run_step(plan)
+        assert len(entries) == 1
+    assert plan.wait(now=0.0) == 0.0
+    plan.finish(job)
+    assert plan.wait(now=0.0) is None
+
+
+def paced_tail(plan: Planner, job: Job, now: float) -> list[Entry]:
+    """``job`` past its head (3 tokens from ``now``), then the step at ``now + 0.01``."""
+    plan.add(job)
+    plan.assign()
+    plan.evaluated(plan.step(now=now))
+    for _ in range(3):
+        plan.sampled(job, 7, now=now)
+        plan.evaluated(plan.step(now=now))
+    plan.sampled(job, 7, now=now)
+    return plan.step(now=now + 0.01)
+
+
+def test_a_lone_callers_reply_is_never_held_back() -> None:
+    plan = Planner(slots=2, head=2, pace=4.0)
+    job = Job([1, 2], budget=50)
+    assert [e.job for e in paced_tail(plan, job, now=10.0)] == [job]
+    assert plan.wait(now=10.01) == 0.0
+
+
+def test_pacing_ends_when_the_other_reply_ends() -> None:
+    plan = Planner(slots=2, head=2, pace=4.0)
+    other = another_reply(plan, now=0.0)
+    job = Job([1, 2], budget=50)
+    assert job not in [e.job for e in paced_tail(plan, job, now=5.0)]  # paced
+    plan.finish(other)
+    assert [e.job for e in plan.step(now=5.02)] == [job]  # alone again: at once
+
+
+def test_a_tool_calls_arguments_are_never_paced() -> None:
+    plan = Planner(slots=2, head=2, pace=4.0)
+    another_reply(plan, now=10.0)
+    job = Job([1, 2], budget=50, paced=False)
+    assert [e.job for e in paced_tail(plan, job, now=10.0)] == [job]

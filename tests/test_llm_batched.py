@@ -1,0 +1,131 @@
+"""The batched embedded LLM (``llm_batched.py``) with the real bundled model: several
+conversations in one llama.cpp context give each the reply it would get alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import aclosing
+
+import pytest
+
+from pipeline.context import ChatMessage
+from pipeline.engines import GenerationOptions, StreamEnd, ToolCallDelta
+from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
+from pipeline.engines.llm_llama import LlamaOptions
+from pipeline.engines.tools import ToolSpec
+from voice import models
+
+pytestmark = pytest.mark.models
+SYSTEM = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")
+DRAGON = [SYSTEM, ChatMessage("user", "Tell me a story about a brave little dragon.")]
+SKY = [SYSTEM, ChatMessage("user", "What color is the sky on a clear day?")]
+GREEDY = GenerationOptions(max_tokens=32, temperature=0.0)
+
+
+def options(n_ctx: int = 2048) -> LlamaOptions:
+    return LlamaOptions(model_path=models.smollm2_gguf(), n_ctx=n_ctx, batch_threads=2)
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[BatchedLlm]:
+    engine = BatchedLlm(options(), BatchedOptions(parallel=3))
+    yield engine
+    engine.close()
+
+
+async def reply(
+    llm: BatchedLlm, messages: list[ChatMessage], gen: GenerationOptions = GREEDY
+) -> tuple[str, StreamEnd]:
+    text, ends = [], []
+    async for item in llm.stream(messages, gen):
+        if isinstance(item, str):
+            text.append(item)
+        elif isinstance(item, StreamEnd):
+            ends.append(item)
+    assert len(ends) == 1
+    return "".join(text), ends[0]
+
+
+async def test_replies_generated_together_equal_each_alone(llm: BatchedLlm) -> None:
+    dragon, dragon_end = await reply(llm, DRAGON)
+    sky, _ = await reply(llm, SKY)
+    assert "dragon" in dragon.lower() and "blue" in sky.lower(), (dragon, sky)
+    assert dragon_end.finish_reason == "length" and dragon_end.output_tokens == 32
+    together = await asyncio.gather(reply(llm, DRAGON), reply(llm, SKY), reply(llm, DRAGON))
+    assert [text for text, _ in together] == [dragon, sky, dragon]
+    assert together[0][1] == dragon_end
+
+
+async def test_a_cancelled_reply_leaves_the_context_usable_by_others(llm: BatchedLlm) -> None:
+    sky, _ = await reply(llm, SKY)
+    dragon, _ = await reply(llm, DRAGON)
+    other = asyncio.create_task(reply(llm, SKY))
+    pieces = []
+    long = GenerationOptions(max_tokens=120, temperature=0.0)
+    async with aclosing(llm.stream(DRAGON, long)) as stream:  # type: ignore[type-var]
+        async for item in stream:
+            pieces.append(item)
+            if len(pieces) == 5:
+                break  # a barge-in: the stream is closed mid-reply
+    assert (await asyncio.wait_for(other, 60))[0] == sky
+    # the cancelled reply's tokens were removed: the same prompt gives the same reply again
+    assert (await reply(llm, DRAGON))[0] == dragon
+    assert "".join(str(p) for p in pieces) == dragon[: len("".join(str(p) for p in pieces))]
+
+
+async def test_the_judge_scores_beside_a_reply_in_progress(llm: BatchedLlm) -> None:
+    async def p(text: str) -> float:
+        value = await llm.end_of_turn([SYSTEM, ChatMessage("user", text)])
+        assert value is not None and 0.0 <= value <= 1.0
+        return value
+
+    long = GenerationOptions(max_tokens=120, temperature=0.0)
+    async with aclosing(llm.stream(DRAGON, long)) as stream:  # type: ignore[type-var]
+        first = await anext(stream)
+        assert isinstance(first, str)
+        finished = [await p(t) for t in ("Why is the sky blue?", "Tell me how to make green tea.")]
+        unfinished = [await p(t) for t in ("Can you tell me?", "I would like to book a table for")]
+    assert min(finished) > 4 * max(unfinished), (finished, unfinished)
+    assert await llm.end_of_turn([SYSTEM]) is None
+
+
+async def test_a_forced_tool_call_is_valid_json_for_its_schema(llm: BatchedLlm) -> None:
+    weather = ToolSpec(
+        "get_weather",
+        "The weather in a city",
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+    messages = [SYSTEM, ChatMessage("user", "What is the weather in Paris?")]
+    gen = GenerationOptions(max_tokens=40, temperature=0.0, tools=[weather], tool_choice="required")
+    deltas = []
+    async for item in llm.stream(messages, gen):
+        if isinstance(item, ToolCallDelta):
+            deltas.append(item)
+        elif isinstance(item, StreamEnd):
+            assert item.finish_reason == "tool_calls"
+    assert deltas and {d.name for d in deltas} == {"get_weather"}
+    arguments = json.loads("".join(d.arguments for d in deltas))
+    assert isinstance(arguments["city"], str)
+
+
+def test_closing_the_words_of_a_reply_does_not_cancel_its_call(llm: BatchedLlm) -> None:
+    """A reply with ``auto`` tools closes its words' completion at the call marker and goes on
+    with a second completion (the call) in the same stream: only the first is cancelled."""
+    import threading
+
+    from pipeline.engines import llm_batched
+
+    prompt = llm._fit(DRAGON, 32)[1]
+    llm_batched._CANCEL.value = threading.Event()  # (as the stream's thread has it)
+    try:
+        words = llm._complete(prompt, 32, 0.0)
+        pieces = iter(words)
+        assert next(pieces)
+        words.close()
+        call = llm._complete(prompt, 5, 0.0)
+        text = "".join(call)
+        assert text and call.count == 5 and call.finish == "length"
+    finally:
+        llm_batched._CANCEL.value = None
