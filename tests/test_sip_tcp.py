@@ -324,3 +324,19 @@ async def test_cancel_while_ringing_over_tcp(phone_server: VoiceServer) -> None:
         peer.send(peer.request("ACK", branch=peer.invite_branch, cseq=1))
         await options(peer)
     assert not phone_server.sip.dialogs and not phone_server.sessions
+
+
+def test_options_over_tcp_on_uvloop() -> None:
+    """``voice serve`` runs on uvloop, whose TCP transports are not ``asyncio.Transport``s."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        server = await start_server()
+        try:
+            async with TcpPeer(agent_port(server)) as peer:
+                await options(peer)
+        finally:
+            await server.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

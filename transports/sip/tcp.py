@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 from pipeline.tasks import cancel_and_wait
 
@@ -83,13 +83,13 @@ class _Connection(asyncio.Protocol):
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transports are not asyncio.Transport subclasses: no isinstance check
+        self.transport = cast(asyncio.Transport, transport)
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
             self.peer = TcpPeer(host, port)
         if not self.owner._adopt(self):
-            transport.abort()
+            self.transport.abort()
             return
         self.touch()
 
