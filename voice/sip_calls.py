@@ -19,7 +19,7 @@ from pipeline.context import new_id
 from pipeline.errors import ConfigError, ProtocolError
 from pipeline.session import Session
 from transports.realtime.connection import RealtimeConnection
-from transports.sip.agent import InboundCall
+from transports.sip.calls import InboundCall
 from transports.sip.message import SipError, host_port
 from transports.sip.register import RegistrationSettings
 
@@ -104,7 +104,7 @@ class SipCallHandle:
 
 
 class SipCalls:
-    """The SIP agent's :class:`~transports.sip.agent.Hooks`, backed by the call registry."""
+    """The SIP agent's :class:`~transports.sip.calls.Hooks`, backed by the call registry."""
 
     def __init__(self, server: VoiceServer, registry: CallRegistry) -> None:
         self.server = server

@@ -21,6 +21,7 @@ from pipeline.session import Session
 
 from . import sdp
 from .call import SipCall
+from .calls import InboundCall
 from .dialog import Dialog, State, new_tag
 from .media import RtpMedia
 from .message import Request, Response, SipError, host_port, uri_of
@@ -28,7 +29,7 @@ from .tcp import TcpPeer, uri_transport
 from .transaction import Retransmit
 
 if TYPE_CHECKING:
-    from .agent import InboundCall, SipAgent
+    from .agent import SipAgent
 
 log = logging.getLogger("voice.transport.sip")
 OUTCOMES = {
@@ -55,8 +56,6 @@ async def place_call(
 ) -> tuple[Outcome, InboundCall | None]:
     """Call ``target`` (a ``sip:`` URI); returns the outcome, and the live call if answered.
     Cancel-safe: a cancelled call is CANCELled."""
-    from .agent import InboundCall  # (agent imports this module)
-
     host_port(target)  # a bad URI raises SipError now
     options = agent.options
     local = f"sip:{options.user}@{agent.address}"
