@@ -172,8 +172,11 @@ def _sdp(m_line: str, *extra: str, c: str = "c=IN IP4 127.0.0.1") -> bytes:
 def test_sdp_codec_choice_and_488() -> None:
     pcma_first = sdp.parse_offer(_sdp("m=audio 4000 RTP/AVP 8 0"))
     assert sdp.choose(pcma_first) == sdp.Media(8, None)
+    g722_first = sdp.parse_offer(_sdp("m=audio 4000 RTP/AVP 9 0", "a=rtpmap:9 G722/8000"))
+    assert sdp.choose(g722_first) == sdp.Media(9, None)
+    assert sdp.choose(g722_first).format.rate == 16000
     with pytest.raises(SipError, match="no usable codec") as error:
-        sdp.choose(sdp.parse_offer(_sdp("m=audio 4000 RTP/AVP 9 18", "a=rtpmap:9 G722/8000")))
+        sdp.choose(sdp.parse_offer(_sdp("m=audio 4000 RTP/AVP 18 3", "a=rtpmap:18 G729/8000")))
     assert error.value.status == 488
     with pytest.raises(SipError, match="no audio") as error:
         sdp.parse_offer(_sdp("m=video 4000 RTP/AVP 96"))

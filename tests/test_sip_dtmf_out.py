@@ -58,13 +58,13 @@ class Wire(asyncio.DatagramProtocol):
 
 @contextlib.asynccontextmanager
 async def media_to_wire(
-    telephone_event: int | None = EVENT_PT,
+    telephone_event: int | None = EVENT_PT, payload: int = 0
 ) -> AsyncIterator[tuple[RtpMedia, Wire, VirtualClock]]:
     loop = asyncio.get_running_loop()
     socket, wire = await loop.create_datagram_endpoint(Wire, local_addr=(HOST, 0))
     clock = VirtualClock()
     media = RtpMedia(
-        sdp.Media(0, telephone_event),
+        sdp.Media(payload, telephone_event),
         socket.get_extra_info("sockname")[:2],
         on_audio=lambda _frame, _wire: None,
         on_dtmf=lambda _: None,

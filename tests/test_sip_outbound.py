@@ -65,7 +65,7 @@ async def test_an_outbound_call_answered_by_sipp(phone_server: VoiceServer, tmp_
     record = await phone_server.wait_ended(session.id)
     items: list[dict[str, str]] = record["items"]  # type: ignore[assignment]
     assert items[0]["role"] == "assistant" and items[0]["text"].startswith("Hello"), items
-    assert "BYE sip:" in run.messages and "RTP/AVP 0 8 101" in run.messages
+    assert "BYE sip:" in run.messages and "RTP/AVP 9 0 8 101" in run.messages
 
 
 async def test_a_busy_callee(phone_server: VoiceServer, tmp_path: Path) -> None:

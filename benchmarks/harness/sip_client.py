@@ -147,7 +147,7 @@ class SipCaller(Call):
             "INVITE",
             self._via,
             headers=[("Content-Type", "application/sdp")],
-            body=sdp.offer(HOST, rtp_port, secrets.randbelow(2**31)),
+            body=sdp.offer(HOST, rtp_port, secrets.randbelow(2**31), codecs=(0,)),
         )
         response = await asyncio.wait_for(self._ring(self._invite), CONNECT_TIMEOUT_S)
         assert self.dialog is not None

@@ -64,13 +64,23 @@ def installed() -> bool:
 
 class Baresip:
     """One baresip process: ``async with Baresip(tmp, microphone) as phone: await phone.dial()``.
-    ``record``: load ``sndfile`` (what the phone heard, :meth:`recording`)."""
+    ``record``: load ``sndfile`` (what the phone heard, :meth:`recording`). ``codecs``: what it
+    offers, in order (``PCMU``, ``PCMA``, ``G722/16000/1``); ``rate``: the microphone WAV's rate."""
 
-    def __init__(self, folder: Path, microphone: np.ndarray, *, record: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        microphone: np.ndarray,
+        *,
+        record: bool = True,
+        codecs: str = "PCMU,PCMA",
+        rate: int = 8000,
+    ) -> None:
         if not installed():
             raise SoftphoneError("baresip is not installed (apt-get install baresip)")
         self.folder = folder
         self.record = record
+        self.codecs = codecs
         self.ctrl_port = free_port()
         self.sip_port = free_udp_port()
         self.events: list[dict[str, Any]] = []
@@ -82,11 +92,11 @@ class Baresip:
         self._task: asyncio.Task[None] | None = None
         self._log: asyncio.Task[None] | None = None
         self.output: list[str] = []
-        write_wav(folder / "microphone.wav", microphone)
+        write_wav(folder / "microphone.wav", microphone, rate)
         (folder / "recordings").mkdir(exist_ok=True)
         (folder / "config").write_text(self._config())
         (folder / "accounts").write_text(
-            f"<sip:caller@127.0.0.1:{self.sip_port}>;regint=0;audio_codecs=PCMU,PCMA\n"
+            f"<sip:caller@127.0.0.1:{self.sip_port}>;regint=0;audio_codecs={codecs}\n"
         )
 
     def _config(self) -> str:
@@ -101,6 +111,7 @@ class Baresip:
             "rtp_ports 20000-40000",
             "jitter_buffer_delay 1-10",
             "module g711.so",
+            *(["module g722.so"] if "G722" in self.codecs.upper() else []),
             "module aufile.so",
         ]
         if self.record:

@@ -20,10 +20,18 @@ __all__ = ["MODULES", "Baresip", "free_port", "free_udp_port", "read_wav", "writ
 class Baresip(softphone.Baresip):
     """One baresip process: ``async with Baresip(tmp, microphone) as phone: await phone.dial()``."""
 
-    def __init__(self, folder: Path, microphone: np.ndarray, *, record: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        microphone: np.ndarray,
+        *,
+        record: bool = True,
+        codecs: str = "PCMU,PCMA",
+        rate: int = 8000,
+    ) -> None:
         if not softphone.installed():
             pytest.fail("baresip is required (make test installs it)")
-        super().__init__(folder, microphone, record=record)
+        super().__init__(folder, microphone, record=record, codecs=codecs, rate=rate)
 
     async def wait_for(self, predicate: Callable[[], object], within: float, what: str) -> None:
         """Until ``predicate()`` (of :attr:`events`) holds, as events come in."""

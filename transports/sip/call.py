@@ -1,8 +1,9 @@
 """One SIP call mapped onto one session, like ``transports/twilio.py`` maps a media stream.
 
-The caller's RTP audio (8 kHz G.711) goes to :meth:`Session.append_audio`, their keypad digits
-(RFC 4733 or SIP INFO) to :meth:`Session.dtmf`. Session events become RTP: each reply's audio is
-queued on the call's :class:`~.media.RtpMedia`, which paces it out at 20 ms; every
+The caller's RTP audio (8 kHz G.711 or 16 kHz G.722, ``codec.py``) goes to
+:meth:`Session.append_audio`, their keypad digits (RFC 4733 or SIP INFO) to
+:meth:`Session.dtmf`. Session events become RTP: each reply's audio is queued on the call's
+:class:`~.media.RtpMedia`, which paces it out at 20 ms; every
 ``HEARD_EVERY_MS`` of reply audio a mark rides with the frame, and when that frame has been sent
 the session learns what the caller has heard (``Session.heard``), which is what a barge-in keeps
 of the reply. A cancelled reply drops the queued frames at once. Keys pressed on our side
@@ -38,7 +39,6 @@ from .media import Mark, RtpMedia
 from .message import SipError
 
 log = logging.getLogger("voice.transport.sip")
-RATE = 8000
 HEARD_EVERY_MS = 200
 MAX_DTMF_KEPT = 256
 
@@ -55,8 +55,8 @@ class SipCall:
         peer: str,
         echo_cancellation: bool = False,
     ) -> None:
-        session.settings.output_rate = RATE
-        session.settings.wire_format = _wire_format(media.media.payload)
+        session.settings.output_rate = media.rate
+        session.settings.wire_format = media.media.format.wire_format
         self.dialog = dialog
         self.session = session
         self.media = media
@@ -72,7 +72,7 @@ class SipCall:
         self.log = logging.LoggerAdapter(log, {"session": session.id})
         media.on_audio, media.on_dtmf, media.on_sent = self.audio, self.digit, self.sent
         media.clock = session.clock  # (the RTP pacing and the echo canceller's time line)
-        self.echo = EchoCanceller(RATE, session_id=session.id) if echo_cancellation else None
+        self.echo = EchoCanceller(media.rate, session_id=session.id) if echo_cancellation else None
         if self.echo is not None:
             media.on_frame = self.played
         session.send_digits = self._press_keys
@@ -84,12 +84,16 @@ class SipCall:
         """A frame of the caller's audio; ``wire``: the G.711 bytes it came as (None for a
         concealed loss), which a remote engine may relay untouched (as for Twilio, the bytes
         are the line as it is: the echo canceller cleans only what this server hears)."""
+        rate = self.media.rate
         if self.echo is not None:  # (then the frame is not what the caller said)
+            if self.echo.rate != rate:  # (a re-INVITE changed the codec's rate)
+                self.echo = EchoCanceller(rate, session_id=self.session.id)
             frame = self.echo.near_end(frame, self.session.clock.now())
-        if _wire_format(self.media.media.payload) != self.session.settings.wire_format:
-            wire = None  # (a re-INVITE changed the codec: the bytes are not what was agreed)
+        fmt = self.media.media.format.wire_format
+        if not fmt or fmt != self.session.settings.wire_format:
+            wire = None  # (G.722, or a re-INVITE changed the codec: not what was agreed)
         try:
-            self.session.append_audio(frame, RATE, wire=wire)
+            self.session.append_audio(frame, rate, wire=wire)
         except LimitExceeded:
             self.dropped_audio += 1
 
@@ -104,7 +108,8 @@ class SipCall:
     def played(self, frame: np.ndarray) -> None:
         """A frame of the agent's audio left as RTP: the echo canceller's reference."""
         assert self.echo is not None
-        self.echo.far_end(frame, self.session.clock.now())
+        if self.echo.rate == self.media.rate:
+            self.echo.far_end(frame, self.session.clock.now())
 
     def sent(self, mark: Mark) -> None:
         item_id, ms = mark
@@ -136,8 +141,9 @@ class SipCall:
         if isinstance(event, m.ReplyAudio):
             if self._playing != event.response_id:
                 self._playing, self._sent_ms, self._next_mark = event.response_id, 0, 0
-            audio = event.audio if event.rate == RATE else resample(event.audio, event.rate, RATE)
-            self._sent_ms += len(audio) * 1000 // RATE
+            rate = self.media.rate
+            audio = event.audio if event.rate == rate else resample(event.audio, event.rate, rate)
+            self._sent_ms += len(audio) * 1000 // rate
             mark = None
             if self._sent_ms >= self._next_mark:
                 self._next_mark = self._sent_ms + HEARD_EVERY_MS
@@ -201,8 +207,3 @@ class SipCall:
             f" {j.late} late, {r.foreign} from foreign sources, {r.malformed} malformed,"
             f" {r.rtcp} RTCP, DTMF {''.join(self.dtmf)[-64:]!r}"
         )
-
-
-def _wire_format(payload: int) -> str:
-    """The Realtime name of a G.711 RTP payload type (0 PCMU, 8 PCMA)."""
-    return "audio/pcmu" if payload == 0 else "audio/pcma"

@@ -1,7 +1,8 @@
 """One call's RTP on asyncio: a UDP socket, the caller's audio in, the agent's audio out paced.
 
 In: datagrams pass :class:`~.rtp.Receiver` (source, payload type, header), audio frames go
-through the :class:`~.rtp.JitterBuffer` and G.711 decoding to ``on_audio``; RFC 4733 events go
+through the call's decoder (``codec.py``: G.711 or G.722, decoded as they arrive: G.722's
+state follows arrival order) and the :class:`~.rtp.JitterBuffer` to ``on_audio``; RFC 4733 events go
 to ``on_dtmf`` once per key press. RTCP is counted and ignored.
 
 Out: :meth:`RtpMedia.play` queues 20 ms frames (at most ``max_queued_ms``; beyond that the
@@ -33,8 +34,8 @@ import numpy as np
 from pipeline.clock import Clock, MonotonicClock
 from pipeline.tasks import cancel_and_wait
 
-from .. import g711
 from . import dtmf, rtp
+from .codec import Coder
 from .message import SipError
 from .sdp import Media
 
@@ -75,13 +76,14 @@ class RtpMedia:
         self.media = media
         self.on_audio, self.on_dtmf, self.on_sent = on_audio, on_dtmf, on_sent
         self.on_frame: Callable[[np.ndarray], None] | None = None
-        """Given each 20 ms of audio (int16, 8 kHz) the moment its packet is sent."""
+        """Given each 20 ms of audio (int16 at the codec's rate) the moment its packet is sent."""
         self.held: Callable[[], bool] = lambda: False
         """Whether the queued audio must wait (``Session.reply_held``): silence goes out."""
         self.clock = clock or MonotonicClock()
         self.signalling_host = signalling_host
         self.receiver = rtp.Receiver(remote, self._payloads(media), signalling_host)
-        self.jitter = rtp.JitterBuffer(jitter_depth)
+        self.coder = Coder(media.format)
+        self.jitter = rtp.JitterBuffer(jitter_depth, media.format.frame_samples)
         self.detector = dtmf.Detector()
         self.packetizer = rtp.Packetizer(media.payload)
         self.sending = True
@@ -125,6 +127,9 @@ class RtpMedia:
         """A re-INVITE changed the stream: codec, address, hold."""
         if media.payload != self.media.payload:
             self.packetizer.payload_type = media.payload
+            self.coder = Coder(media.format)
+            self.jitter.frame_samples = media.format.frame_samples
+            self.clear()  # (queued frames are at the old codec's rate)
         if remote != self.receiver.expected or media != self.media:
             self.receiver = rtp.Receiver(remote, self._payloads(media), self.signalling_host)
         self.media = media
@@ -149,8 +154,7 @@ class RtpMedia:
             return
         if not packet.payload:
             return
-        decode = g711.ulaw_decode if self.media.payload == 0 else g711.alaw_decode
-        frame = (decode(packet.payload), packet.payload)
+        frame = (self.coder.decode(packet.payload), packet.payload)
         self._play_in(self.jitter.push_wire(packet.sequence, frame))
 
     def _play_in(self, frames: list[tuple[np.ndarray, bytes | None]]) -> None:
@@ -160,11 +164,13 @@ class RtpMedia:
     # ------------------------------------------------------------------ out
 
     def play(self, audio: np.ndarray, mark: Mark | None = None) -> None:
-        """Queue audio (int16 at 8 kHz) in 20 ms frames; ``mark`` goes with its last frame."""
+        """Queue audio (int16 at the codec's :attr:`rate`) in 20 ms frames; ``mark`` goes with
+        its last frame."""
+        n = self.coder.codec.frame_samples
         audio = np.concatenate([self._carry, audio]) if len(self._carry) else audio
-        whole = len(audio) // rtp.FRAME_SAMPLES * rtp.FRAME_SAMPLES
+        whole = len(audio) // n * n
         self._carry = audio[whole:]
-        frames = [audio[i : i + rtp.FRAME_SAMPLES] for i in range(0, whole, rtp.FRAME_SAMPLES)]
+        frames = [audio[i : i + n] for i in range(0, whole, n)]
         for i, frame in enumerate(frames):
             if len(self._queue) >= self._max_frames:
                 self._queue.popleft()
@@ -174,7 +180,7 @@ class RtpMedia:
     def flush(self, mark: Mark | None = None) -> None:
         """Send what is left of a reply (less than a frame), padded with silence."""
         if len(self._carry):
-            pad = np.zeros(rtp.FRAME_SAMPLES - len(self._carry), np.int16)
+            pad = np.zeros(self.coder.codec.frame_samples - len(self._carry), np.int16)
             self._carry = np.concatenate([self._carry, pad])
             self.play(np.zeros(0, np.int16), mark)
 
@@ -182,6 +188,11 @@ class RtpMedia:
         """Drop every queued frame (barge-in)."""
         self._queue.clear()
         self._carry = np.zeros(0, np.int16)
+
+    @property
+    def rate(self) -> int:
+        """The sample rate of the call's audio, both ways (8 kHz G.711, 16 kHz G.722)."""
+        return self.coder.codec.rate
 
     @property
     def queued_ms(self) -> int:
@@ -214,18 +225,18 @@ class RtpMedia:
 
     async def _send_loop(self) -> None:
         start, ticks = self.clock.now(), 0
-        silence = self._encode(np.zeros(rtp.FRAME_SAMPLES, np.int16))
         while True:
             ticks += 1
-            self._tick(silence)
+            self._tick()
             await self.clock.sleep_until(start + ticks * FRAME_S)
 
-    def _tick(self, silence: bytes) -> None:
+    def _tick(self) -> None:
         if self._digits:
             self._send_event(*self._digits.popleft())
             return
         frame, mark = self._queue.popleft() if self._queue and not self.held() else (None, None)
-        payload = silence if frame is None else self._encode(frame)
+        silence = np.zeros(self.coder.codec.frame_samples, np.int16)  # (G.722 keeps state)
+        payload = self.coder.encode(silence if frame is None else frame)
         packet = self.packetizer.packet(payload)
         sent = self._send(packet.encode())
         if sent and frame is not None and self.on_frame is not None:
@@ -243,11 +254,8 @@ class RtpMedia:
         self._send(p.event(event.encode(), self._event_start, marker=first, pt=te).encode())
         self._event_ticks += 1
         if last:  # (the end's repeats took ticks too: the audio after goes on from now)
-            p.skip(self._event_ticks * rtp.FRAME_SAMPLES)
+            p.skip(self._event_ticks * rtp.FRAME_TICKS)
             self._event_start = None
-
-    def _encode(self, frame: np.ndarray) -> bytes:
-        return g711.ulaw_encode(frame) if self.media.payload == 0 else g711.alaw_encode(frame)
 
     def _send(self, data: bytes) -> bool:
         if self._transport is None or not self.sending or self._transport.is_closing():

@@ -1,5 +1,5 @@
-"""RTP (RFC 3550) for a G.711 call, sans-I/O: packets, the sender's counters, a small jitter
-buffer with loss concealment, and the receive-side filter.
+"""RTP (RFC 3550) for a telephone call (G.711, G.722), sans-I/O: packets, the sender's
+counters, a small jitter buffer with loss concealment, and the receive-side filter.
 
 - :class:`RtpPacket` parses and serializes the fixed header (CSRCs, a header extension and
   padding are read and skipped). :func:`is_rtcp` tells RTCP apart when it shares the port
@@ -26,7 +26,10 @@ import numpy as np
 from .message import SipError
 
 HEADER = struct.Struct("!BBHII")
-FRAME_SAMPLES = 160  # 20 ms at 8 kHz
+FRAME_TICKS = 160
+"""20 ms on the RTP clock (8 kHz for every codec here, G.722's included)."""
+FRAME_SAMPLES = 160
+"""20 ms of audio at 8 kHz (G.711)."""
 MAX_PACKET_BYTES = 1500
 MAX_GAP = 50
 """A jump of more than this many sequence numbers is a new stream start, not a loss."""
@@ -124,11 +127,13 @@ class JitterBuffer:
     its place in the sequence and plays nothing.
     """
 
-    def __init__(self, depth: int = 3) -> None:
+    def __init__(self, depth: int = 3, frame_samples: int = FRAME_SAMPLES) -> None:
         self.depth = depth
+        self.frame_samples = frame_samples
+        """The length of a silent frame filling a gap (the codec's 20 ms)."""
         self._next: int | None = None
         self._held: dict[int, tuple[np.ndarray, bytes | None] | None] = {}
-        self._last = np.zeros(FRAME_SAMPLES, np.int16)
+        self._last = np.zeros(frame_samples, np.int16)
         self.lost = 0
         self.late = 0
         self.concealed = 0
@@ -139,7 +144,7 @@ class JitterBuffer:
     def push_wire(
         self, sequence: int, frame: tuple[np.ndarray, bytes | None] | None
     ) -> list[tuple[np.ndarray, bytes | None]]:
-        """:meth:`push` for a frame with the G.711 bytes it was decoded from: each frame comes
+        """:meth:`push` for a frame with the bytes it was decoded from: each frame comes
         out with its bytes, a concealed one with None (a remote engine may relay the bytes)."""
         if self._next is None or abs(seq_after(sequence, self._next)) > MAX_GAP:
             self._next, self._held = sequence, {}  # the first packet, or the stream restarted
@@ -177,7 +182,7 @@ class JitterBuffer:
                 out.append(((self._last.astype(np.float32) * fade).astype(np.int16), None))
                 self.concealed += 1
             else:
-                out.append((np.zeros(FRAME_SAMPLES, np.int16), None))
+                out.append((np.zeros(self.frame_samples, np.int16), None))
         self._next = first
         return out
 

@@ -3,18 +3,20 @@
 :func:`parse_offer` reads what an offer asks for: where to send RTP (``c=`` and the audio
 ``m=`` line), the payload types it offers, ``telephone-event`` (RFC 4733) and the direction
 (``sendonly`` / ``inactive`` put us on hold). :func:`choose` picks the first offered codec we
-speak (PCMU, PCMA) or raises :class:`~.message.SipError` with status 488. :func:`answer` and
-:func:`offer` write our side.
+speak (PCMU, PCMA, G722: ``codec.py``) or raises :class:`~.message.SipError` with status 488.
+:func:`answer` and :func:`offer` write our side.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .codec import CLOCK_RATE, Codec
+from .codec import CODECS as FORMATS
 from .message import SipError
 
 MAX_SDP_BYTES = 16 * 1024
-CODECS = {0: "PCMU", 8: "PCMA"}
+CODECS = {pt: c.name for pt, c in FORMATS.items()}
 """Static payload types we speak, by number (RFC 3551)."""
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _FLIP = {"sendrecv": "sendrecv", "sendonly": "recvonly", "recvonly": "sendonly"}
@@ -53,6 +55,10 @@ class Media:
     @property
     def codec(self) -> str:
         return CODECS[self.payload]
+
+    @property
+    def format(self) -> Codec:
+        return FORMATS[self.payload]
 
 
 def parse_offer(body: bytes) -> Offer:
@@ -106,7 +112,7 @@ def _media_line(value: str, address: str | None) -> Offer:
         raise SipError(f"bad port in m= line {value!r:.60}")
     payloads = [int(p) for p in parts[3:] if p.isdigit() and int(p) < 128]
     rtpmap = {pt: name for pt, name in CODECS.items() if pt in payloads}
-    rtpmap = {pt: f"{name}/8000" for pt, name in rtpmap.items()}
+    rtpmap = {pt: f"{name}/{CLOCK_RATE}" for pt, name in rtpmap.items()}
     return Offer(address=address or "", port=port, payloads=payloads, rtpmap=rtpmap)
 
 
@@ -137,10 +143,10 @@ def choose(offer: Offer) -> Media:
     """The first offered codec we speak; raises :class:`SipError` 488 when there is none."""
     for pt in offer.payloads:
         name = offer.rtpmap.get(pt, "").upper()
-        if pt in CODECS and name in ("", f"{CODECS[pt]}/8000"):
+        if pt in CODECS and name in ("", f"{CODECS[pt]}/{CLOCK_RATE}"):
             return Media(pt, offer.telephone_event)
     raise SipError(
-        f"no usable codec in the offer (payloads {offer.payloads[:16]}; we speak PCMU, PCMA)",
+        f"no usable codec in the offer (payloads {offer.payloads[:16]}; we speak PCMU, PCMA, G722)",
         status=488,
         code="no_codec",
     )
@@ -155,8 +161,15 @@ def answer(
     return _sdp(media, address, port, session_id, version, direction)
 
 
-def offer(address: str, port: int, session_id: int, version: int = 1) -> bytes:
-    """Our offer for an outbound call: PCMU and PCMA, telephone-event 101."""
+def offer(
+    address: str,
+    port: int,
+    session_id: int,
+    version: int = 1,
+    codecs: tuple[int, ...] = (9, 0, 8),
+) -> bytes:
+    """Our offer for an outbound call: ``codecs`` (payload types, by default G.722 first — the
+    wide-band one — then PCMU and PCMA), telephone-event 101."""
     ip = "IP6" if ":" in address else "IP4"
     lines = [
         "v=0",
@@ -164,9 +177,8 @@ def offer(address: str, port: int, session_id: int, version: int = 1) -> bytes:
         "s=voice",
         f"c=IN {ip} {address}",
         "t=0 0",
-        f"m=audio {port} RTP/AVP 0 8 101",
-        "a=rtpmap:0 PCMU/8000",
-        "a=rtpmap:8 PCMA/8000",
+        f"m=audio {port} RTP/AVP {' '.join(map(str, codecs))} 101",
+        *(f"a=rtpmap:{pt} {CODECS[pt]}/{CLOCK_RATE}" for pt in codecs),
         "a=rtpmap:101 telephone-event/8000",
         "a=fmtp:101 0-15",
         "a=ptime:20",
