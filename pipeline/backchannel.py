@@ -13,7 +13,10 @@ first pause) and how long they spoke:
 - otherwise up to ``unknown_max_words`` other words are a backchannel (a short sound the
   recognizer misheard: "mm-hmm" heard as "and anthem"), more interrupt.
 
-A backchannel resumes the held reply and stays out of the conversation.
+A backchannel of words resumes the held reply once the caller has been quiet for
+``resume_silence_ms`` (speech again before that — "Thanks, … that is enough" — is the same
+overlap, judged again on all its words, the agent still held); one without words (a cough, a
+laugh) at once. Either way it stays out of the conversation.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class BackchannelSettings:
     """A backchannel has at most this many words."""
     unknown_max_words: int = 2
     """Up to this many words outside both vocabularies still make a backchannel (0: none)."""
+    resume_silence_ms: int = 400
+    """A backchannel of words resumes the agent once the caller has been silent this long;
+    speech again before that continues the overlap (its words are judged again, all of them)."""
     words: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_WORDS.split()))
     """The backchannel vocabulary, lower case."""
     stop_words: frozenset[str] = field(
@@ -66,6 +72,8 @@ class BackchannelSettings:
     def validate(self) -> None:
         if self.max_ms <= 0:
             raise ValueError("backchannel_max_ms must be > 0")
+        if not 0 <= self.resume_silence_ms <= 5000:
+            raise ValueError("backchannel_resume_silence_ms must be within 0-5000")
         if self.max_words < 0 or self.unknown_max_words < 0:
             raise ValueError("backchannel_max_words and backchannel_unknown_max_words must be >= 0")
 

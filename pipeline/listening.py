@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .audio import PIPELINE_RATE, Resampler
-from .backchannel import Overlap, classify
+from .backchannel import Overlap, classify, words_of
 from .clock import Clock, timeout
 from .context import ChatMessage, new_id
 from .endpointing import EndpointSettings, for_eagerness, silence_needed
@@ -118,6 +118,9 @@ class _Turn:
     overlap: bool = False
     """Spoken over the agent, and not yet known to be an interruption: the agent is held until
     the words say whether it was a backchannel."""
+    backchannel: str | None = None
+    """The overlap's words so far make a backchannel: the agent resumes once the silence after
+    them is long enough (``resume_silence_ms``); more speech first makes this None again."""
 
 
 class Listener:
@@ -347,9 +350,13 @@ class Listener:
     def _on_resumed(self, event: TurnEvent, td: TurnSettings) -> None:
         if self._turn is not None:
             self._drop_early(self._turn)
+            self._turn.backchannel = None  # (more words: the overlap is judged again)
 
     def _on_turn_ended(self, event: TurnEvent, td: TurnSettings) -> None:
-        if self._turn is not None:
+        turn = self._turn
+        if turn is not None and turn.overlap and turn.backchannel is not None:
+            self._backchannel_over(turn, int(event.at * PIPELINE_RATE))
+        elif turn is not None:
             self._end_turn(int(event.at * PIPELINE_RATE))
 
     # ---------------------------------------------------------------- words before the end
@@ -445,19 +452,35 @@ class Listener:
 
     def _overlap_decided(self, turn: _Turn, text: str) -> bool:
         """The words of an overlap are known: True when they interrupt the agent (the turn goes
-        on as any other), False for a backchannel (the turn is dropped, the agent resumes)."""
+        on as any other), False for a backchannel (the agent resumes once the caller has been
+        quiet for ``resume_silence_ms``: at once if they already have)."""
         speech_end = turn.early_end - PIPELINE_RATE // 10
         speech_ms = self._overlap_ms(turn, speech_end)
         if classify(text, speech_ms, self.tuning.backchannel) is Overlap.INTERRUPTION:
             self._overlap_interrupts(turn, f"{text.strip()!r} is not a backchannel")
             return True
-        self.log.info("backchannel %r (%d ms) over the agent: it goes on", text, speech_ms)
+        turn.backchannel = text
         turn.early = None  # (it is this very task)
-        self.discard_turn()
+        td = self.settings.turn_detection
+        if td is None or not words_of(text):  # (a cough, a laugh: no sentence follows it)
+            self._backchannel_over(turn, speech_end)
+            return False
+        for event in self._detector.set_silence_target(self.tuning.backchannel.resume_silence_ms):
+            self._on_turn_event(event, td)  # (TURN_ENDED at once when quiet that long already)
+        return False
+
+    def _backchannel_over(self, turn: _Turn, speech_end: int) -> None:
+        """The caller said a backchannel and stayed quiet: the turn is dropped (never answered,
+        never in the conversation) and the held agent goes on."""
+        self.log.info(
+            "backchannel %r (%d ms) over the agent: it goes on",
+            turn.backchannel,
+            self._overlap_ms(turn, speech_end),
+        )
+        self.discard_turn()  # (resumes the held reply)
         self._detector.reset()
         self._emit(SpeechStopped(turn.item_id, speech_end * 1000 // PIPELINE_RATE))
         self.owner.resume_reply()
-        return False
 
     @staticmethod
     def _overlap_ms(turn: _Turn, end: int) -> float:

@@ -80,7 +80,7 @@ async def test_a_backchannel_holds_the_agent_then_it_finishes_its_reply() -> Non
     async with Harness(engines) as h:
         onset = await _story(h)
         await h.feed(tone(0.5))  # longer than interrupt_min_speech_ms: words decide
-        await h.feed(silence(0.4))
+        await h.feed(silence(0.6))  # (it resumes after resume_silence_ms of quiet)
         frames = [t for t, _ in h.timed(m.ReplyAudio)]
         held = [(a, b) for a, b in itertools.pairwise(frames) if a >= onset - 0.1]
         gap_start, gap_end = max(held, key=lambda p: p[1] - p[0])
@@ -119,6 +119,49 @@ async def test_a_real_interruption_stops_the_agent_at_once_and_is_answered() -> 
             ("assistant", " ".join(heard)),
             ("user", "Wait, stop."),
         ]
+
+
+async def test_a_backchannel_word_then_more_words_stays_held_and_interrupts() -> None:
+    """ "Thanks, … that is enough": the first pause's words are a backchannel, but the caller
+    speaks again before ``resume_silence_ms``: the agent is not resumed in between, and all the
+    words decide (an interruption)."""
+    said = ["tell me a story", "Thanks.", "Thanks, that is enough."]
+    engines = fake_engines(said, [LONG_REPLY, "Sure."])
+    async with Harness(engines) as h:
+        onset = await _story(h)
+        await h.feed(tone(0.3))  # "Thanks,"
+        await h.feed(silence(0.25))  # a pause: its words are a backchannel, and it is short
+        assert len(engines.asr.calls) == 2 and not h.of(m.ReplyDone)
+        await h.feed(tone(0.5))  # "that is enough"
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        first = h.of(m.ReplyDone)[0]
+        assert (first.status, first.reason) == ("cancelled", "turn_detected")
+        frames = [t for t, e in h.timed(m.ReplyAudio) if e.response_id == first.response_id]
+        assert max(frames) <= onset + 0.032 + 0.020  # never resumed after the first window
+        while len(h.of(m.ReplyDone)) < 2:
+            await h.feed(silence(0.1))
+        assert [(i.role, i.text) for i in h.session.conversation.items][-2:] == [
+            ("user", "Thanks, that is enough."),
+            ("assistant", "Sure."),
+        ]
+
+
+async def test_a_backchannel_resumes_only_after_resume_silence_ms() -> None:
+    engines = fake_engines(["tell me a story", "Yeah."], [LONG_REPLY])
+    tuning = Tuning(backchannel=BackchannelSettings(resume_silence_ms=700))
+    async with Harness(engines, tuning=tuning) as h:
+        onset = await _story(h)
+        await h.feed(tone(0.3))
+        speech_end, before = h.clock.now(), len(h.of(m.ReplyAudio))
+        while len(h.of(m.ReplyAudio)) == before:
+            assert h.clock.now() - speech_end < 5, "the reply never resumed"
+            await h.feed(silence(0.02))
+        resumed = h.clock.now()
+        assert 0.7 <= resumed - speech_end <= 0.7 + 0.1  # quiet for 700 ms, then it goes on
+        assert resumed - onset > 0.9
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        (done,) = h.of(m.ReplyDone)
+        assert done.status == "completed" and done.item.text == LONG_REPLY
 
 
 async def test_speech_too_long_for_a_backchannel_interrupts_before_its_words() -> None:

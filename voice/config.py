@@ -295,6 +295,12 @@ class VadConfig:
         _BC.max_ms,
     )
     backchannel_max_words: int = doc("A backchannel has at most this many words.", _BC.max_words)
+    backchannel_resume_silence_ms: int = doc(
+        "A backchannel of words resumes the agent once the caller has been silent this long;"
+        " speech again before that continues the overlap, judged again on all its words (one"
+        " without words, a cough or a laugh, resumes it at once).",
+        _BC.resume_silence_ms,
+    )
     backchannel_unknown_max_words: int = doc(
         "Words outside both vocabularies a backchannel may hold (a misheard `mm-hmm`).",
         _BC.unknown_max_words,
@@ -341,6 +347,7 @@ class VadConfig:
             max_ms=self.backchannel_max_ms,
             max_words=self.backchannel_max_words,
             unknown_max_words=self.backchannel_unknown_max_words,
+            resume_silence_ms=self.backchannel_resume_silence_ms,
             words=parse_words(self.backchannel_words),
             stop_words=parse_words(self.backchannel_stop_words),
         )
