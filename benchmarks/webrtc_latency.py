@@ -4,18 +4,20 @@ from the same run.
 The web client runs in Debian's Chromium (Playwright) with a fake microphone that plays one WAV
 file: K questions spoken by espeak-ng (the harness's ``scenarios.questions``, as in
 ``realtime_latency``), separated by pauses long enough for each answer. The page measures each
-turn itself: from the last mic audio frame with speech (an AnalyserNode on the mic, peak above
-0.015 ≈ 500 in PCM16) to the first agent sound played (an AnalyserNode on the remote track). The
-server's own stage breakdown (``x.voice.turn.metrics``; the web client asks for it) is kept
-beside it. Then the same
+turn itself: from the mic's last sample with speech (peak above 0.015 ≈ 500 in PCM16) to the
+first sample of the agent's voice played, both read on the audio thread per render quantum
+(2.7 ms) and timed on the audio clock (``web_client/levels.js``). The server's own stage
+breakdown (``x.voice.turn.metrics``; the web client asks for it) is kept beside it. The same
 questions go through ``/v1/realtime`` over a WebSocket with the harness's caller through the
 ``openai`` SDK, as in ``realtime_latency`` (last audible chunk sent → first audible delta
-received).
+received), interleaved with the page's: WebSocket question k is asked in the pause after the
+page's question k, once the page's reply is over, while the same browser is open and its call
+up, so both callers meet the same load.
 
 Both run against one in-process server inside a private network namespace
 (``tests/netns.py``: WebRTC's ICE needs a real interface, loopback does not do).
 
-    python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--out DIR]
+    python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--barge-ins N] [--out DIR]
 
 Needs ``unshare``/``ip`` with user namespaces, ``espeak-ng``, ``/usr/bin/chromium`` and the
 ``playwright`` Python package (``pip install -e '.[test]'``; no ``playwright install``).
@@ -32,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,19 +55,28 @@ from benchmarks.realtime_latency import METRICS_GRACE_S, TURN_BUDGET_S, TURN_TIM
 NAME = "webrtc_latency"
 LEAD_S = 3.0
 """Silence before the first question: the page connects meanwhile."""
-DEFAULT_PAUSE_S = 25.0
+DEFAULT_PAUSE_S = 40.0
+"""After each question: the page's reply, then the WebSocket caller's turn (question and
+reply), must fit before the next question."""
 LOUD = 0.015
 log = logging.getLogger("benchmarks.webrtc_latency")
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 
 # ---------------------------------------------------------------- inside the namespace
 
 
 async def browser_session(
-    origin: str, asked: RenderedScenario, pause_s: float, work: Path
+    origin: str,
+    asked: RenderedScenario,
+    pause_s: float,
+    work: Path,
+    between: Callable[[Page, dict[str, Any]], Coroutine[Any, Any, list[dict[str, Any]]]],
 ) -> dict[str, Any]:
     """One page, one WebRTC call, all the questions (rendered at the mic's rate); what the page
-    measured."""
+    measured, and what ``between(page, mic_script)`` (run while the call is up) returned."""
     from playwright.async_api import async_playwright
 
     from tests.browser.page import launch, open_and_connect, page_state, wait_for, write_mic_wav
@@ -79,6 +91,7 @@ async def browser_session(
         context, page = await launch(pw, wav, origin, work / "profile")
         try:
             await open_and_connect(page, f"{origin}/")
+            interleaved = asyncio.create_task(between(page, script))
             # the file has been played up to the end of the last question…
             await wait_for(
                 page,
@@ -86,18 +99,26 @@ async def browser_session(
                 last_end_ms / 1000 + 120,
                 last_end_ms,
             )
-            # …and every reply is finished and measured
+            # …and every reply is finished and measured: one per question, or as many as came
+            # by the end of the file (a question the server did not answer is not waited for)
             await wait_for(
                 page,
-                """() => voiceClient.turns.length > 0 && voiceClient.turns.every(
-                     (t) => t.status !== 'in_progress' && t.metrics)""",
+                """([n, late]) => {
+                     const turns = voiceClient.turns;
+                     const now = performance.now() - voiceClient.levels.t0;
+                     return turns.length > 0 && (turns.length >= n || now > late)
+                       && turns.every((t) => t.status !== 'in_progress' && t.metrics);
+                   }""",
                 pause_s + 120,
+                [len(asked.turns), last_end_ms + pause_s * 1000],
             )
             state = await page_state(page)
+            state["receiver"] = await page.evaluate("voiceClient.receiverStats()")
+            other = await interleaved
             await page.click("#disconnect")
         finally:
             await context.close()
-    return {"mic": script, "page": state}
+    return {"mic": script, "page": state, "between": other}
 
 
 STORYTELLER = "You are a storyteller. Always tell long, detailed stories of many sentences."
@@ -108,12 +129,22 @@ CUT_INS = (
     "Stop there. Tell me a long story about a small robot on the moon.",
     "Hold on. Tell me a long story about a girl who sails around the world.",
     "Stop, please. Tell me a long story about a bear who learns to sing.",
+    "No, wait. Tell me a long story about a knight who is afraid of the dark.",
+    "Okay, stop. Tell me a long story about a whale who wants to fly.",
+    "Enough. Tell me a long story about a baker in a tiny village.",
+    "Hey, stop. Tell me a long story about a cat who becomes a detective.",
+    "Sorry, wait. Tell me a long story about two friends lost in a forest.",
 )
 """The first asks for a story; each next one cuts the story being told short and asks another."""
 SPEAKERS = ("muted", "aec", "no-aec")
 BARGE_PAUSE_S = 6.0
-"""After each request: the agent is telling the story when the next cuts in (~5 s into it; its
-replies end at the token limit after ~8 s)."""
+"""After each request: the agent is telling the story when the next cuts in (~5 s into it). The
+stories run 4-8 s, so some have ended by then (``cut_ins``: ``story_over``, which is what the
+cut-ins that "did not interrupt" were). Shorter pauses (3 s) made the next reply's first sound
+reach the page before its ``output_audio_buffer.started`` event, and the analysis then ran the
+story on to the next reply: not used until that is understood."""
+REACTION_MS = 300
+"""A story that ends within this long of the cut-in ended before the server could stop it."""
 
 
 async def barge_in_session(
@@ -166,6 +197,7 @@ async def barge_in_session(
                 pause_s + 120,
             )
             state, lv = await page_state(page), await levels(page)
+            receiver = await page.evaluate("voiceClient.receiverStats()")
             await page.click("#disconnect")
         finally:
             await context.close()
@@ -181,7 +213,62 @@ async def barge_in_session(
         "barge_ins_on_page": state["bargeIns"],
         "errors": state["errors"],
         "interruptions": [analyse_barge_in(state, lv, e) for e in cleared],
+        "cut_ins": cut_in_outcomes(state, lv),
+        "receiver": receiver,
     }
+
+
+def utterance_onsets(mic: np.ndarray, step_ms: int, gap_ms: int = 700) -> list[int]:
+    """The steps where the caller starts to speak: loud after at least ``gap_ms`` of quiet."""
+    loud = np.flatnonzero(mic)
+    return [int(i) for k, i in enumerate(loud) if k == 0 or (i - loud[k - 1]) * step_ms > gap_ms]
+
+
+def cut_in_outcomes(page: dict[str, Any], lv: dict[str, Any]) -> list[dict[str, Any]]:
+    """What became of each cut-in (each utterance after the first, the story request), from the
+    page's events and levels: ``interrupted`` (the story playing was cleared after it),
+    ``story_over`` (the story had stopped before it, or within ``REACTION_MS``: nothing to
+    interrupt), or ``spoken_over`` (the story played on to its end: a cut-in that did not
+    interrupt)."""
+    step, t0 = lv["stepMs"], lv["t0"]
+    mic, agent = np.asarray(lv["mic"]) > lv["loud"], np.asarray(lv["agent"]) > lv["loud"]
+    events = page["eventLog"]
+    out = []
+    for onset in utterance_onsets(mic, step)[1:]:
+        at = t0 + onset * step
+        began = [e for e in events if e["type"] == "output_audio_buffer.started" and e["t"] < at]
+        rid = began[-1]["response_id"] if began else None
+        end = next(
+            (
+                e
+                for e in events
+                if e["response_id"] == rid
+                and e["type"] in ("output_audio_buffer.stopped", "output_audio_buffer.cleared")
+            ),
+            None,
+        )
+        if end is None or rid is None:
+            outcome = "no_story"
+        elif end["t"] >= at and end["type"].endswith("cleared"):
+            outcome = "interrupted"
+        else:
+            outcome = "story_over" if end["t"] < at + REACTION_MS else "spoken_over"
+        done: dict[str, Any] = next(
+            (e for e in events if e["type"] == "response.done" and e["response_id"] == rid), {}
+        )
+        out.append(
+            {
+                "cut_in_ms": onset * step,
+                "response_id": rid,
+                "outcome": outcome,
+                "story_status": done.get("status"),
+                "agent_audible_in_the_second_before": bool(
+                    agent[max(0, onset - 1000 // step) : onset].any()
+                ),
+                "story_ended_ms": None if end is None else round(end["t"] - t0),
+            }
+        )
+    return out
 
 
 def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
@@ -191,8 +278,10 @@ def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
     cuts = [
         a for a in result["interruptions"] if "problem" not in a and a["agent_speaking_at_cut_in"]
     ]
+    outcomes = [c["outcome"] for c in result["cut_ins"]]
     return {
         "cut_ins": asked,
+        "outcomes": {name: outcomes.count(name) for name in sorted(set(outcomes))},
         "interruptions": len(result["interruptions"]),
         "measured": len(cuts),
         "step_ms": cuts[0]["step_ms"] if cuts else None,
@@ -240,13 +329,54 @@ def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
     }
 
 
-async def websocket_session(url: str, asked: RenderedScenario) -> list[dict[str, Any]]:
-    """The same questions through ``/v1/realtime``, one session through the ``openai`` SDK."""
+PAGE_TIME = "performance.now() - voiceClient.levels.t0"
+
+
+async def websocket_between(
+    page: Page, url: str, asked: RenderedScenario, mic: dict[str, Any], pause_s: float
+) -> list[dict[str, Any]]:
+    """The same questions through ``/v1/realtime``, one session through the ``openai`` SDK,
+    question k in the pause after the page's question k: once the page's reply to it is over
+    (or 0.4 ``pause_s`` after the question, if it never is). Each record says where in the
+    page's timeline it ran (``page_ms``) and whether it ran into the page's next question."""
+    from tests.browser.page import wait_for
+
     timing = Timing(turn_timeout_s=TURN_TIMEOUT_S, metrics_grace_s=METRICS_GRACE_S)
-    deadline = time.perf_counter() + len(asked.turns) * TURN_BUDGET_S
+    ends = [e * 1000 for e in mic["speech_end_s"]]
+    starts = [s * 1000 for s in mic["speech_s"]]
+    deadline = time.perf_counter() + LEAD_S + len(ends) * (pause_s + 10 + TURN_BUDGET_S)
+    spans: list[list[float]] = []
+
+    async def before_turn(k: int) -> None:
+        if spans:
+            spans[-1].append(await page.evaluate(PAGE_TIME))
+        await wait_for(
+            page,
+            f"""([k, end, late]) => {{
+                const now = {PAGE_TIME}, t = voiceClient.turns[k];
+                return now > late || (now > end && t && t.status !== 'in_progress' && t.metrics);
+            }}""",
+            ends[k] / 1000 + pause_s + 120,
+            [k, ends[k] + 500, ends[k] + pause_s * 400],
+        )
+        spans.append([await page.evaluate(PAGE_TIME)])
+
     records, _ = await run_conversation(
-        REALTIME, url, asked, timing, deadline, lambda rec: None, {}, opener=open_sdk_call
+        REALTIME,
+        url,
+        asked,
+        timing,
+        deadline,
+        lambda rec: None,
+        {},
+        opener=open_sdk_call,
+        before_turn=before_turn,
     )
+    if spans and len(spans[-1]) == 1:
+        spans[-1].append(await page.evaluate(PAGE_TIME))
+    for k, (rec, span) in enumerate(zip(records, spans, strict=False)):
+        rec["page_ms"] = [round(x) for x in span]
+        rec["overlapped_page_question"] = k + 1 < len(starts) and span[-1] > starts[k + 1]
     return records
 
 
@@ -272,10 +402,18 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
     texts = [t.text for t in script.turns]
     try:
         with tempfile.TemporaryDirectory(prefix="webrtc-latency-") as tmp:
-            print(f"WebRTC: {turns} questions in one page session ...", flush=True)
+            print(f"WebRTC: {turns} questions in one page session, WebSocket between ...")
             began = time.perf_counter()
             asked = Renderer(MIC_RATE).render(script)
-            session = await browser_session(f"http://{SERVER_IP}:{port}", asked, pause_s, Path(tmp))
+            on_ws = Renderer(REALTIME_RATE).render(script)
+            url = f"ws://{SERVER_IP}:{port}/v1/realtime"
+            session = await browser_session(
+                f"http://{SERVER_IP}:{port}",
+                asked,
+                pause_s,
+                Path(tmp),
+                lambda page, mic: websocket_between(page, url, on_ws, mic, pause_s),
+            )
             rtc = webrtc_turns(texts, session["page"])
             report["webrtc"] = {
                 "took_s": round(time.perf_counter() - began, 1),
@@ -285,6 +423,14 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
                 "errors": session["page"]["errors"],
                 "local_candidates": session["page"]["localCandidates"],
                 "jitter_buffer_target_ms": session["page"].get("jitterBufferTarget"),
+                "receiver": session["page"]["receiver"],
+            }
+            records = session["between"]
+            report["websocket"] = {
+                "interleaved": "each question in the pause after the page's, its call up",
+                "summary": summarize(records, REALTIME),
+                "overlapped_page_question": sum(r["overlapped_page_question"] for r in records),
+                "turns": records,
             }
         if barge_ins:
             print(f"Barge-in: {barge_ins} cut-ins over the agent's stories ...", flush=True)
@@ -299,15 +445,6 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
                 "summary": barge_in_summary(cut, barge_ins),
                 **cut,
             }
-        print("WebSocket: the same questions through /v1/realtime ...", flush=True)
-        began = time.perf_counter()
-        url = f"ws://{SERVER_IP}:{port}/v1/realtime"
-        records = await websocket_session(url, Renderer(REALTIME_RATE).render(script))
-        report["websocket"] = {
-            "took_s": round(time.perf_counter() - began, 1),
-            "summary": summarize(records, REALTIME),
-            "turns": records,
-        }
     finally:
         await server.stop()
     return report
@@ -349,6 +486,12 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"WebRTC ({rtc['measured']}/{rtc['questions']} turns measured, {cut} cut by the next):")
     print(_line("page: last speech frame sent -> first agent sound", rtc["page_voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", rtc["stages_ms"]["first_audio_sent"]))
+    r = report["webrtc"].get("receiver") or {}
+    print(
+        "  Chromium's jitter buffer for the agent's track (mean per sample): delay"
+        f" {fmt(r.get('jitterBufferDelayMs'))} ms, target {fmt(r.get('jitterBufferTargetDelayMs'))}"
+        f" ms, minimum {fmt(r.get('jitterBufferMinimumDelayMs'))} ms"
+    )
     print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
@@ -357,6 +500,7 @@ def print_summary(report: dict[str, Any]) -> None:
         print(
             f"Barge-in ({b['measured']}/{b['cut_ins']} cut-ins measured, {b['step_ms']} ms steps):"
         )
+        print(f"  cut-ins: {b['outcomes']}")
         print(
             _line(
                 "page: caller's speech -> agent audibly stops",

@@ -23,6 +23,10 @@ simulation). So :class:`EchoPresence` watches the line, and once the agent has s
 a second with nothing of it coming back, the caller's audio passes as it came (the module goes on
 adapting, in case an echo appears: two checks that find it switch it back on).
 
+What AEC3 leaves when the echo path jumps (an event loop that stalls moves the caller's audio
+against the reference) :class:`ResidualEchoGate` mutes, with ``suppress_margin_db``: 10 ms of
+the caller no louder than the echo could be, by the delay and gain the detector found.
+
 Should the module ever fail, the error is logged once and the caller's audio passes through
 unchanged: the call goes on as it would without echo cancellation.
 """
@@ -40,6 +44,9 @@ log = logging.getLogger("voice.echo")
 
 _AUDIBLE = 100.0
 """RMS (PCM16) above which the agent counts as speaking (about -50 dBFS)."""
+_DROWNED = 4.0
+"""A caller this much louder than the echo they would hear (6 dB) may hide it: such a check
+proves no "no echo"."""
 RATES = (8_000, 16_000, 32_000, 48_000)
 """The rates the audio processing module takes."""
 FRAME_S = 0.01
@@ -52,9 +59,18 @@ class EchoPresence:
     reference at every delay up to ``max_delay_ms``: the peak normalized cross-correlation is
     near 1 for a plain echo and near 0 for speech of the caller's own or silence. Two checks in a
     row peaking at ``on`` or above at the same delay (within 2 ms: an echo path holds still, a
-    chance peak does not) say "echo"; ``off_checks`` checks in a row below ``off``, each while the
-    agent was audibly speaking, say "no echo". An echo is assumed until then (the first words of the
-    first reply are not yet known to be safe). The answer is :attr:`present`.
+    chance peak does not) say "echo"; ``off_checks`` checks below ``off``, with none at ``off``
+    or above between them, each while the agent was audibly speaking, say "no echo". An echo is
+    assumed until then (the first words of the first reply are not yet known to be safe).
+    "Audibly speaking" means at every delay the echo may have: from 0 up to the delay of the
+    echo last found (+ 50 ms), at delay 0 when none was found yet. A check where the window
+    shifted by such a delay holds the agent's silence proves nothing: as a reply ends the
+    caller's line goes quiet with the agent's last words still in the window, and taking that
+    quiet for "no echo" let the next reply's first ~200 ms of echo through uncancelled (the
+    agent held itself on its own voice). Once an echo was found, a check where the caller is
+    over 6 dB louder than that echo would be proves nothing either: their speech over the agent
+    drowns the correlation.
+    The answer is :attr:`present`.
     """
 
     def __init__(
@@ -78,10 +94,14 @@ class EchoPresence:
         self._since_check = 0
         self._quiet_checks = 0
         self._lag: int | None = None  # the delay of the last check's peak, if it was high
+        self._echo_lag: int | None = None  # the lag of the last echo found
+        self._lag_margin = 50 * rate // 1000
         self._lag_tolerance = 2 * rate // 1000
         self.present = True
         self.correlation: float | None = None
         """The last check's peak (None: the agent was not speaking)."""
+        self.gain: float | None = None
+        """The echo's amplitude relative to the agent's audio, when one was found."""
         self._n = 1 << int(np.ceil(np.log2(size + self.window)))
 
     def add(self, mic: np.ndarray, reference: np.ndarray) -> None:
@@ -100,39 +120,97 @@ class EchoPresence:
         self.correlation = None if found is None else found[0]
         if found is None:
             return
-        peak, lag = found
+        peak, lag, judged, gain = found
         if peak >= self.on:
             steady = self._lag is not None and abs(lag - self._lag) <= self._lag_tolerance
             self._lag, self._quiet_checks = lag, 0
             if steady:
-                self.present = True
+                self.present, self._echo_lag, self.gain = True, lag, gain
             return
         self._lag = None
-        if peak < self.off:
+        if peak >= self.off:
+            self._quiet_checks = 0
+        elif judged:  # (else the quiet may be the agent's own silence coming back)
             self._quiet_checks += 1
             if self._quiet_checks >= self.off_checks:
                 self.present = False
-        else:
-            self._quiet_checks = 0
 
-    def _peak(self, ref: np.ndarray, mic: np.ndarray) -> tuple[float, int] | None:
-        """The max over delays of |Σ mic·ref(delayed)| / √(Σ mic² · Σ ref(delayed)²), and where
-        it is (samples from the longest delay); None when the agent was quiet all along
-        (nothing to compare)."""
+    @property
+    def delay(self) -> int | None:
+        """The delay of the echo last found (samples), if one was."""
+        return None if self._echo_lag is None else self.max_delay - self._echo_lag
+
+    def _peak(self, ref: np.ndarray, mic: np.ndarray) -> tuple[float, int, bool, float] | None:
+        """The max over delays of |Σ mic·ref(delayed)| / √(Σ mic² · Σ ref(delayed)²), where it
+        is (samples from the longest delay), whether the agent was audible at every delay the
+        echo may have (only then does a low peak say "no echo") and the gain there
+        (|Σ mic·ref| / Σ ref²); None when the agent was quiet all along (nothing to compare)."""
         if float(np.mean(np.square(ref))) < _AUDIBLE**2:
             return None
-        mic_energy = float(np.dot(mic, mic))
-        if mic_energy < _AUDIBLE**2 * len(mic) / 100:  # silence on the line: no echo
-            return 0.0, 0
-        spectrum = np.fft.rfft(ref, self._n) * np.conj(np.fft.rfft(mic, self._n))
-        products = np.fft.irfft(spectrum, self._n)[: self.max_delay + 1]  # Σ mic[i]·ref[i+s]
         squares = np.concatenate([[0.0], np.cumsum(np.square(ref))])
         ref_energy = (
             squares[self.window : self.window + self.max_delay + 1] - squares[: self.max_delay + 1]
         )
+        lag = self.max_delay if self._echo_lag is None else self._echo_lag - self._lag_margin
+        delays = ref_energy[max(0, lag) :]  # (a lag counts from the longest delay)
+        judged = bool(np.min(delays) >= _AUDIBLE**2 * self.window)
+        mic_energy = float(np.dot(mic, mic))
+        if self.gain is not None and self._echo_lag is not None:  # the caller may drown it
+            echo_energy = self.gain**2 * float(ref_energy[self._echo_lag])
+            judged = judged and mic_energy <= _DROWNED * echo_energy
+        if mic_energy < _AUDIBLE**2 * len(mic) / 100:  # silence on the line: no echo
+            return 0.0, 0, judged, 0.0
+        spectrum = np.fft.rfft(ref, self._n) * np.conj(np.fft.rfft(mic, self._n))
+        products = np.fft.irfft(spectrum, self._n)[: self.max_delay + 1]  # Σ mic[i]·ref[i+s]
         rho = np.abs(products) / np.sqrt(mic_energy * np.maximum(ref_energy, 1.0))
         best = int(np.argmax(rho))
-        return float(rho[best]), best
+        gain = abs(float(products[best])) / max(float(ref_energy[best]), 1.0)
+        return float(rho[best]), best, judged, gain
+
+
+class ResidualEchoGate:
+    """Mutes what the echo alone explains: a double-talk decision by energy, after the canceller.
+
+    AEC3 leaves some echo when the echo path jumps (a stalled event loop on either side moves
+    the caller's audio against the reference by tens of ms) and it must re-converge; that
+    residue is speech to the VAD, which holds the agent on its own voice. This gate knows the
+    echo path from :class:`EchoPresence` (delay and gain) and keeps the energy of each 10 ms of
+    the reference; a frame of the caller whose energy (before the canceller) is at most
+    ``margin_db`` above the loudest the echo could be — the reference ``spread_ms`` either side
+    of the delay, times the gain — holds nothing but echo, and the canceller's output for it
+    is muted (by 40 dB). The caller speaking over the echo is louder than the echo alone (by more
+    than ``margin_db`` for speech at the level of the agent's echo at -12 dB), and passes.
+    """
+
+    MUTE = 0.01
+
+    def __init__(
+        self, rate: int, *, margin_db: float, spread_ms: int = 60, max_delay_ms: int = 600
+    ) -> None:
+        if not margin_db >= 0:
+            raise ConfigError(f"the residual echo gate's margin must be >= 0 dB, not {margin_db}")
+        self.frame = rate // 100
+        self.margin = 10 ** (margin_db / 10)
+        self.spread = spread_ms * rate // 1000
+        self._energies = np.zeros((max_delay_ms * rate // 1000 + self.spread) // self.frame + 2)
+        self.muted = 0
+        """Frames muted so far."""
+
+    def reference(self, frame: np.ndarray) -> None:
+        """The next 10 ms of the agent's reference (the one that goes with the next caller's
+        frame)."""
+        self._energies = np.roll(self._energies, -1)
+        self._energies[-1] = float(np.mean(np.square(frame.astype(np.float64))))
+
+    def echo_only(self, mic: np.ndarray, delay: int, gain: float) -> bool:
+        """Whether this 10 ms of the caller (int16, before the canceller) is no louder than the
+        echo ``delay`` samples behind the latest reference frame, ``gain`` times it, could be."""
+        newest = len(self._energies) - 1
+        lo = max(0, newest - (delay + self.spread) // self.frame)
+        hi = max(lo + 1, newest + 1 - max(0, delay - self.spread) // self.frame)
+        loudest = gain * gain * float(np.max(self._energies[lo:hi]))
+        energy = float(np.mean(np.square(mic.astype(np.float64))))
+        return energy <= loudest * self.margin
 
 
 class EchoCanceller:
@@ -153,6 +231,7 @@ class EchoCanceller:
         *,
         max_far_ms: int = 2000,
         drift_ms: int = 40,
+        suppress_margin_db: float | None = None,
         session_id: str = "-",
     ) -> None:
         if rate not in RATES:
@@ -163,6 +242,11 @@ class EchoCanceller:
         self.frame = rate // 100
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         self.presence = EchoPresence(rate)
+        self.gate = (
+            None
+            if suppress_margin_db is None
+            else ResidualEchoGate(rate, margin_db=suppress_margin_db)
+        )
         self._line = np.zeros(max_far_ms * rate // 1000 + 4 * self.frame, dtype=np.int16)
         self._written = 0  # absolute sample index one past the agent's audio on the line
         self._read: int | None = None  # absolute sample index of the next reference frame
@@ -220,6 +304,8 @@ class EchoCanceller:
 
     def _process(self, frame: np.ndarray, at: float) -> np.ndarray:
         reference = self._reference(at)
+        if self.gate is not None:
+            self.gate.reference(reference)
         was = self.presence.present
         self.presence.add(frame.astype(np.float64), reference.astype(np.float64))
         if self.presence.present != was:
@@ -234,13 +320,25 @@ class EchoCanceller:
             self._apm.process_stream(near)  # (always: it stays converged for when it is needed)
             if not self.presence.present:
                 return frame
-            return np.frombuffer(bytes(near.data), dtype=np.int16).copy()
+            out = np.frombuffer(bytes(near.data), dtype=np.int16).copy()
+            return self._mute(out) if self._echo_only(frame) else out
         except Exception as exc:  # the native module's own errors: fail open, once
             self.failed = True
             self.log.warning(
                 "echo cancellation failed (%s: %s); off for this call", type(exc).__name__, exc
             )
             return frame
+
+    def _echo_only(self, frame: np.ndarray) -> bool:
+        gate, delay, gain = self.gate, self.presence.delay, self.presence.gain
+        if gate is None:
+            return False
+        return delay is not None and gain is not None and gate.echo_only(frame, delay, gain)
+
+    def _mute(self, out: np.ndarray) -> np.ndarray:
+        assert self.gate is not None
+        self.gate.muted += 1
+        return np.rint(out * self.gate.MUTE).astype(np.int16)
 
     def _frame(self, samples: np.ndarray) -> rtc.AudioFrame:
         return rtc.AudioFrame(samples.tobytes(), self.rate, 1, self.frame)

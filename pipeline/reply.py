@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,6 +67,9 @@ class ReplySettings:
     """Start the first piece at its first audible sample (less 10 ms), not at the TTS's
     leading near-silence."""
     tts_timeout: float = 30.0
+    tts_margin: float = 0.5
+    """A later clause is due this long before the audio ahead of it runs out (a first clause
+    is due when the reply began): the synthesizer serves other callers' first clauses first."""
     clause_queue: int = 4
     audio_queue: int = 2
 
@@ -92,7 +95,6 @@ class Reply:
         self._llm = llm
         self._tts = tts
         self._messages = messages
-        self._generation = generation
         self._settings = settings
         self._clock = clock
         self._rate = output_rate
@@ -101,6 +103,7 @@ class Reply:
         self.marks = marks
         self._gate: asyncio.Event | None = asyncio.Event() if gated else None
         self._speech = speech or Speech()
+        self._generation = replace(generation, spoken=self._speech.audio)
         self._on_call = on_call
         self._held_calls: list[ToolCallDelta] = []  # not told yet (see _flush_calls)
         self._played = False  # every synthesized piece has been handed to the playout
@@ -228,12 +231,18 @@ class Reply:
         self, clauses: asyncio.Queue[str | None], segments: asyncio.Queue[Segment | None]
     ) -> None:
         first = True
+        began = self._clock.now()
+        runs_out = began  # when the audio made so far has played, at the soonest (played as made)
         while (clause := await clauses.get()) is not None:
             self.marks.set_once("tts_start", self._clock.now())
+            due = began if first else runs_out - self._settings.tts_margin
             try:
                 async with timeout(self._clock, self._settings.tts_timeout):
                     audio = await self._tts.synthesize(
-                        speakable(clause), speed=self._speech.speed, voice=self._speech.voice
+                        speakable(clause),
+                        speed=self._speech.speed,
+                        voice=self._speech.voice,
+                        due=due,
                     )
             except TimeoutError:
                 raise EngineTimeout(
@@ -246,6 +255,7 @@ class Reply:
             first = False
             self.marks.set_once("tts_first_audio", self._clock.now())
             audio = resample(audio, self._tts.sample_rate, self._rate)
+            runs_out = max(runs_out, self._clock.now()) + len(audio) / self._rate
             await segments.put(Segment(clause, audio))
         await segments.put(None)
 

@@ -81,7 +81,15 @@ class ClauseSplitter:
             if len(text[: match.end()].strip()) >= limit:
                 return match.end()
         if self._emitted == 0 and self.first_clause_words > 0:
-            return self._word_cut(text, self.first_clause_words)
+            return self._word_cut(text, self.first_clause_words) or self._long_word_cut(text)
+        return None
+
+    def _long_word_cut(self, text: str) -> int | None:
+        """A first piece past ``min_clause_chars`` whose next word has not ended ("A spider has
+        1000000…", a word that may run on for seconds): the words before it go now."""
+        spans = [m.end() for m in _WORD.finditer(text)]
+        if len(text.strip()) >= self.min_clause_chars and len(spans) > 1:
+            return spans[-2]
         return None
 
     @staticmethod

@@ -121,12 +121,15 @@ class ToneTts:
         self.texts: list[str] = []
         self.requests: list[tuple[str, str | None, float]] = []
         """(text, voice, speed) of each synthesis."""
+        self.dues: list[float | None] = []
+        """When each synthesis said its audio was needed."""
 
     async def synthesize(
-        self, text: str, *, speed: float = 1.0, voice: str | None = None
+        self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None
     ) -> np.ndarray:
         self.texts.append(text)
         self.requests.append((text, voice, speed))
+        self.dues.append(due)
         return tone(len(text.split()) * self.ms_per_word / 1000 / speed, self.sample_rate)
 
 

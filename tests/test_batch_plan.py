@@ -194,7 +194,6 @@ def another_reply(plan: Planner, now: float) -> Job:
 
 def test_a_tail_is_paced_and_the_wait_says_when_it_may_go_on() -> None:
     plan = Planner(slots=3, head=2, pace=4.0)  # after 2 tokens, 4 tokens a second
-    another_reply(plan, now=9.0)  # another caller is being answered
     job = Job([1, 2], budget=50)
     plan.add(job)
     plan.assign()
@@ -202,24 +201,25 @@ def test_a_tail_is_paced_and_the_wait_says_when_it_may_go_on() -> None:
     entries = plan.step(now=0.0)
     plan.evaluated(entries)
     plan.sampled(job, 7, now=10.0)  # its first token at t = 10 s
-    for t in (10.0, 10.01):  # the head: at once
+    for t in (10.0, 10.01, 10.1):  # the head at once; the 3rd (due at 10.25) within 1 / pace
         entries = plan.step(now=t)
         assert len(entries) == 1
         plan.evaluated(entries)
         plan.sampled(job, 7, now=t)
-    assert job.generated == 3
-    assert plan.step(now=10.1) == []  # 3rd token: due at 10 + (3 - 2) / 4
-    assert plan.wait(now=10.1) == pytest.approx(0.15)
-    entries = plan.step(now=10.25)
+    assert job.generated == 4
+    assert plan.step(now=10.2) == []  # the 4th: due at 10 + (4 - 2) / 4
+    assert plan.wait(now=10.2) == pytest.approx(0.3)
+    entries = plan.step(now=10.5)
     assert len(entries) == 1
     plan.evaluated(entries)
-    plan.sampled(job, 7, now=10.25)  # the 4th: due at 10.5
-    # a new caller's prompt is not held back by the paced tail
+    plan.sampled(job, 7, now=10.5)  # the 5th: due at 10.75
+    # a new caller's prompt is not held back by the paced tail (whose 5th token, due within
+    # one token's time, shares the step)
     other = Job([5, 6], budget=5)
     plan.add(other)
-    assert plan.wait(now=10.3) == 0.0
+    assert plan.wait(now=10.55) == 0.0
     plan.assign()
-    assert [e.job for e in plan.step(now=10.3)] == [other, other]
+    assert [e.job for e in plan.step(now=10.55)] == [job, other, other]
 
 
 def test_without_a_pace_every_reply_steps_at_once() -> None:
@@ -248,24 +248,37 @@ def paced_tail(plan: Planner, job: Job, now: float) -> list[Entry]:
     return plan.step(now=now + 0.01)
 
 
-def test_a_lone_callers_reply_is_never_held_back() -> None:
+def test_a_lone_reply_read_aloud_is_paced_too() -> None:
+    """Pacing does not wait for another reply to be in progress: another caller whose words
+    are still being recognized has no job yet, and needs the cores as much."""
     plan = Planner(slots=2, head=2, pace=4.0)
     job = Job([1, 2], budget=50)
-    assert [e.job for e in paced_tail(plan, job, now=10.0)] == [job]
-    assert plan.wait(now=10.01) == 0.0
+    assert paced_tail(plan, job, now=10.0) == []  # its 4th token: due at 10.5
+    assert plan.wait(now=10.01) == pytest.approx(0.49)
 
 
-def test_pacing_ends_when_the_other_reply_ends() -> None:
-    plan = Planner(slots=2, head=2, pace=4.0)
-    other = another_reply(plan, now=0.0)
-    job = Job([1, 2], budget=50)
-    assert job not in [e.job for e in paced_tail(plan, job, now=5.0)]  # paced
-    plan.finish(other)
-    assert [e.job for e in plan.step(now=5.02)] == [job]  # alone again: at once
-
-
-def test_a_tool_calls_arguments_are_never_paced() -> None:
+def test_a_text_reply_or_a_tool_calls_arguments_are_never_paced() -> None:
     plan = Planner(slots=2, head=2, pace=4.0)
     another_reply(plan, now=10.0)
     job = Job([1, 2], budget=50, paced=False)
-    assert [e.job for e in paced_tail(plan, job, now=10.0)] == [job]
+    assert job in [e.job for e in paced_tail(plan, job, now=10.0)]
+    assert plan.wait(now=10.01) == 0.0
+
+
+def test_paced_tails_due_soon_share_a_step() -> None:
+    """The step that evaluates one paced tail's token takes along the tails due within one
+    token's time, so eight paced replies do not wake the context eight times as often."""
+    plan = Planner(slots=3, head=2, pace=4.0)
+    a, b, c = Job([1], budget=50), Job([2], budget=50), Job([3], budget=50)
+    for job, at in ((a, 0.0), (b, 0.1), (c, 0.3)):  # first tokens: 4th due at .5, .6, .8
+        plan.add(job)
+        plan.assign()
+        plan.evaluated(plan.step(now=at))
+        for _ in range(4):
+            plan.sampled(job, 7, now=at)
+            plan.evaluated([e for e in plan.step(now=at) if e.job is job])
+    for job in (a, b, c):
+        plan.sampled(job, 7, now=0.3)
+    assert plan.step(now=0.3) == []
+    assert plan.wait(now=0.3) == pytest.approx(0.5 + 0.25 - 0.3)  # a's 5th token
+    assert [e.job for e in plan.step(now=0.75)] == [a, b]  # b's is due at 0.85, c's at 1.05

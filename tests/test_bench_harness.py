@@ -658,6 +658,30 @@ async def test_twilio_caller_against_a_fake_agent() -> None:
     assert 30 <= b["latency_ms"] < 1000 and b["reply_v2v_ms"] is not None
 
 
+async def test_before_turn_runs_before_each_turn_and_the_turn_waits_for_it() -> None:
+    rate = 8000
+    turns = [
+        RenderedTurn(TurnScript(name, (Segment(name),)), [tone(0.3, rate)], rate=rate)
+        for name in ("one", "two")
+    ]
+    scenario = RenderedScenario(Scenario("fake", "none", tuple(t.script for t in turns)), turns)
+    timing = Timing(turn_timeout_s=5.0, settle_s=0.2, gap_s=0.3, quiet_s=0.5)
+    lines: list[dict[str, Any]] = []
+    seen: list[tuple[int, int]] = []
+
+    async def before_turn(k: int) -> None:
+        seen.append((k, len(lines)))  # turn k is asked only once every turn before it is over
+
+    async with serve(fake_twilio_agent, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        records, time_up = await run_conversation(
+            TWILIO, f"ws://127.0.0.1:{port}/", scenario, timing, time.perf_counter() + 30,
+            lines.append, {}, before_turn=before_turn,
+        )  # fmt: skip
+    assert not time_up and [r["missed"] for r in records] == [False, False]
+    assert seen == [(0, 0), (1, 1)]
+
+
 # ---------------------------------------------------------------- a real run
 
 

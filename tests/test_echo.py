@@ -22,7 +22,7 @@ import pytest
 
 from pipeline import messages as m
 from pipeline.clock import VirtualClock
-from pipeline.echo import EchoCanceller, EchoPresence
+from pipeline.echo import EchoCanceller, EchoPresence, ResidualEchoGate
 from pipeline.engines import Engines
 from pipeline.engines.vad_silero import SileroOptions, SileroVad
 from pipeline.errors import ConfigError
@@ -75,7 +75,7 @@ class SpokenTts:
     sample_rate = 16_000
 
     async def synthesize(
-        self, text: str, *, speed: float = 1.0, voice: str | None = None
+        self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None
     ) -> np.ndarray:
         return espeak(text, self.sample_rate, AGENT_VOICE)
 
@@ -311,6 +311,98 @@ def test_echo_presence_from_the_correlation() -> None:
     assert idle.present and idle.correlation is None
 
 
+def test_the_agent_falling_silent_is_no_evidence_against_the_echo() -> None:
+    """Between two replies the caller's line goes quiet while the agent's last words are still
+    in the reference window: that quiet is the agent's own silence coming back, not a line
+    without echo. (Taken for one, it let each next reply's first ~200 ms of echo through.)"""
+    agent = espeak(STORY, RATE, AGENT_VOICE)[: 3 * RATE].astype(np.float64)
+    line = np.concatenate([agent, np.zeros(2 * RATE), agent])  # two replies, 2 s apart
+    echo = np.concatenate([np.zeros(1600), line])[: len(line)] * 10 ** (-12 / 20)
+    presence = EchoPresence(RATE)
+    states = []
+    for k in range(0, len(line), 80):
+        presence.add(echo[k : k + 80], line[k : k + 80])
+        states.append(presence.present)
+    assert all(states)
+    assert presence.correlation is not None and presence.correlation > 0.8
+
+
+def test_the_caller_talking_over_the_echo_is_no_evidence_against_it() -> None:
+    """Speech over the agent drowns the correlation (the peak falls below ``off``): once an
+    echo was found, that is no proof that it went away."""
+    agent = espeak(STORY, RATE, AGENT_VOICE)[: 6 * RATE].astype(np.float64)
+    caller = espeak(STORY, RATE, CALLER_VOICE)[: 3 * RATE].astype(np.float64)
+    mic = np.concatenate([np.zeros(1600), agent])[: len(agent)] * 10 ** (-12 / 20)
+    mic[2 * RATE : 5 * RATE] += caller * 2  # 3 s of the caller, loud, over the echo
+    presence = EchoPresence(RATE)
+    states, peaks = [], []
+    for k in range(0, len(agent), 80):
+        presence.add(mic[k : k + 80], agent[k : k + 80])
+        states.append(presence.present)
+        peaks.append(presence.correlation)
+    assert min(p for p in peaks[3 * 100 : 5 * 100] if p is not None) < 0.15  # (drowned)
+    assert all(states)
+
+
+def test_the_next_reply_starts_cancelled() -> None:
+    agent = espeak(STORY, RATE, AGENT_VOICE)[: 3 * RATE]
+    line = np.concatenate([agent, np.zeros(2 * RATE, np.int16), agent])
+    echo = np.concatenate([np.zeros(1600), line * 10 ** (-12 / 20)])[: len(line)]
+    canceller = EchoCanceller(RATE)
+    out = []
+    for k in range(0, len(line) - CHUNK, CHUNK):
+        canceller.far_end(line[k : k + CHUNK], k / RATE)
+        out.append(canceller.near_end(echo[k : k + CHUNK].astype(np.int16), k / RATE + 0.02))
+    cleaned = np.concatenate(out)
+    second = slice(5 * RATE + 1600, 5 * RATE + 1600 + 4000)  # its echo's first 500 ms
+    assert _db(echo[second]) - _db(cleaned[second]) > 20
+
+
+def test_the_gate_mutes_what_the_echo_alone_explains() -> None:
+    """The residual echo gate's decision: 10 ms of the caller against the echo path (delay 200 ms,
+    gain 0.25) from the reference's energy around that delay."""
+    rng = np.random.default_rng(3)
+    gate = ResidualEchoGate(RATE, margin_db=6.0)
+    loud, quiet = rng.normal(0, 4000, 80), np.zeros(80)
+    for k in range(60):  # the agent: 400 ms loud, then 200 ms silent
+        gate.reference(loud if k < 40 else quiet)
+    # an echo 200 ms late is just ending: the loudest it could be is 0.25 * 4000 = 1000 RMS
+    assert gate.echo_only(rng.normal(0, 900, 80), 1600, 0.25)  # (echo-sized: muted)
+    assert not gate.echo_only(rng.normal(0, 3000, 80), 1600, 0.25)  # (louder: the caller)
+    assert not gate.echo_only(rng.normal(0, 900, 80), 800, 0.25)  # (100 ms: the agent was quiet)
+    assert gate.echo_only(rng.normal(0, 900, 80), 2400, 0.25)  # (300 ms: it was loud)
+
+
+def test_the_gate_mutes_a_leak_and_keeps_the_caller() -> None:
+    """The echo path jumps 60 ms (a stalled loop on the caller's side): AEC3 must re-converge and
+    leaks meanwhile; the gate mutes what the echo explains, the caller's speech still passes."""
+    agent = espeak(STORY, RATE, AGENT_VOICE)[: 6 * RATE]
+    caller = espeak(INTERRUPTION, RATE, CALLER_VOICE).astype(np.float64)
+    echo = np.zeros(len(agent))
+    echo[1600 : 3 * RATE] = agent[: 3 * RATE - 1600]  # 200 ms late, then 260 ms from 3 s on
+    echo[3 * RATE :] = agent[3 * RATE - 2080 : len(agent) - 2080]
+    echo *= 10 ** (-12 / 20)
+    talking = echo.copy()
+    talking[4 * RATE : 4 * RATE + len(caller)] += caller[: 2 * RATE]
+
+    def cancel(mic: np.ndarray, margin_db: float | None) -> tuple[np.ndarray, EchoCanceller]:
+        canceller = EchoCanceller(RATE, suppress_margin_db=margin_db)
+        out = []
+        for k in range(0, len(agent) - CHUNK, CHUNK):
+            canceller.far_end(agent[k : k + CHUNK], k / RATE)
+            out.append(canceller.near_end(mic[k : k + CHUNK].astype(np.int16), k / RATE + 0.02))
+        return np.concatenate(out), canceller
+
+    jump = slice(3 * RATE, 3 * RATE + 4000)  # the 500 ms after the jump
+    leaked, _ = cancel(echo, None)
+    gated, canceller = cancel(echo, 6.0)
+    assert canceller.gate is not None and canceller.gate.muted > 0
+    assert _db(gated[jump]) < _db(leaked[jump]) - 10
+    spoken = slice(4 * RATE, 5 * RATE + RATE // 2)  # the caller's first 1.5 s
+    kept, _ = cancel(talking, 6.0)
+    assert abs(_db(kept[spoken]) - _db(caller[: 3 * RATE // 2])) < 2
+
+
 def test_whole_frames_out_and_the_rest_kept() -> None:
     canceller = EchoCanceller(RATE)
     sizes = [len(canceller.near_end(np.full(100, 7, np.int16), k * 0.0125)) for k in range(5)]
@@ -320,3 +412,5 @@ def test_whole_frames_out_and_the_rest_kept() -> None:
 def test_unsupported_rate_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="22050 Hz"):
         EchoCanceller(22_050)
+    with pytest.raises(ConfigError, match="margin must be >= 0 dB"):
+        EchoCanceller(RATE, suppress_margin_db=-3.0)

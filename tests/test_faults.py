@@ -80,13 +80,13 @@ class PoisonedTts(ToneTts):
     """Tones, except for text with "boom" (raises) or "hang" (never answers)."""
 
     async def synthesize(
-        self, text: str, *, speed: float = 1.0, voice: str | None = None
+        self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None
     ) -> np.ndarray:
         if "boom" in text:
             raise EngineError("the synthesizer crashed", engine="tts")
         if "hang" in text:
             await _hang()
-        return await super().synthesize(text, speed=speed, voice=voice)
+        return await super().synthesize(text, speed=speed, voice=voice, due=due)
 
 
 class EchoLlm:

@@ -196,3 +196,49 @@ async def test_speech_over_the_echo_still_interrupts(silero: SileroVad) -> None:
     assert outcome.done is not None
     assert (outcome.done.status, outcome.done.reason) == ("cancelled", "turn_detected")
     assert outcome.speech_started >= 1
+
+
+FIRST = "Paris is the capital of France. It is known for its museums and its cafes."
+SECOND = "A spider has eight legs. Insects have six, which is how to tell them apart."
+
+
+async def test_echo_between_replies_neither_holds_nor_interrupts(silero: SileroVad) -> None:
+    """Two replies 1.5 s apart on a speakerphone: the quiet between them is the agent's own
+    silence coming back, not a line without echo, so the second reply starts cancelled too
+    (it once went out uncancelled for ~200 ms, and the agent held itself on its own voice)."""
+    clock = VirtualClock()
+    engines = Engines(
+        vad=InlineSilero(silero),
+        asr=ScriptedAsr([INTERRUPTION]),
+        llm=ScriptedLlm([FIRST, SECOND]),
+        tts=SpokenTts(),
+    )
+    session = Session(engines, SessionSettings(), reply_settings=ReplySettings(), clock=clock)
+    events: list[m.SessionEvent] = []
+    phone = Speakerphone(200, -12.0)
+    mic = rtp.Packetizer(0)
+    held = 0
+    up = _call_up(session, phone, clock, events, echo_cancellation=True)
+    async with up as (call, socket, played, heard):
+        replies = [session.create_response()]
+        next_at = None
+        for k in range(int(40 / 0.02)):  # two ~5 s replies; 40 s is a generous bound
+            socket.sendto(
+                mic.packet(phone.microphone(k * CHUNK, None)).encode(), (HOST, call.media.port)
+            )
+            await heard.reach(k + 1)
+            await clock.advance(0.02)
+            await played.received.reach(call.media.sent_packets)
+            held += session.reply_held()
+            done = {e.response_id for e in events if isinstance(e, m.ReplyDone)}
+            if replies[-1] not in done:
+                continue
+            if len(replies) == 2:
+                break
+            next_at = next_at or k + 75  # 1.5 s of quiet, then the next reply
+            if k >= next_at:
+                replies.append(session.create_response())
+    statuses = [e.status for e in events if isinstance(e, m.ReplyDone)]
+    assert statuses == ["completed", "completed"]
+    assert not any(isinstance(e, m.SpeechStarted) for e in events)
+    assert held == 0

@@ -29,6 +29,16 @@ def test_the_first_piece_can_be_cut_after_a_few_words() -> None:
     assert splitter.flush() == ["is Paris and it is lovely in spring, they say"]
 
 
+def test_a_first_piece_is_not_held_by_a_word_that_runs_on() -> None:
+    """A small model may write a 100-digit number: the words before it are said at once,
+    not after the number (which the LLM may pace) has ended."""
+    splitter = ClauseSplitter(first_clause_words=4, min_clause_chars=40)
+    assert splitter.feed("A spider has 1000") == []  # short yet: the number may end soon
+    assert splitter.feed("0" * 30) == ["A spider has"]
+    assert splitter.feed("0" * 30 + "1.") == []
+    assert splitter.flush() == ["1" + "0" * 63 + "1."]
+
+
 def test_abbreviations_and_decimals_do_not_end_a_sentence() -> None:
     pieces = feed_all(ClauseSplitter(), "Dr. Smith measured 3.5 litres. Then he left.")
     assert pieces == ["Dr. Smith measured 3.5 litres.", "Then he left."]

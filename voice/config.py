@@ -197,9 +197,9 @@ class LlmConfig:
         1024,
     )
     tail_rate: float = doc(
-        "With `parallel` > 1: tokens a second a reply is paced at after its first 24 (speech is"
-        " 3-4) while another caller's reply is in progress, so the cores go to other callers'"
-        " first words; a lone caller and tool-call arguments are never paced; 0 = off.",
+        "With `parallel` > 1: tokens a second a reply read aloud is paced at after its first 24"
+        " (speech is 3-4), so the cores go to other callers' first words (and their speech"
+        " recognition); text replies and tool-call arguments are never paced; 0 = off.",
         8.0,
     )
     base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
@@ -237,6 +237,12 @@ class TtsConfig:
         0.0,
     )
     threads: int = doc("onnxruntime threads per synthesis.", 1)
+    workers: int = doc(
+        "Syntheses at once, every session's clauses in one queue, the clause needed soonest first"
+        " (a reply's first, then tails by when their audio runs out); with 2 or more, one worker"
+        " only takes clauses already due, so a first clause never waits behind a tail.",
+        2,
+    )
     timeout: float = doc("Seconds to wait for one clause's audio.", _REPLY.tts_timeout)
 
     def voice_paths(self) -> dict[str, str]:
@@ -597,6 +603,14 @@ class SipConfig:
         " echo canceller, the agent's outgoing RTP audio as the reference), so a caller on a"
         " speakerphone does not cut the agent off with its echo.",
         True,
+    )
+    echo_gate_db: float = doc(
+        "With `echo_cancellation`: 10 ms of the caller no more than this many dB louder than"
+        " the agent's echo could be (its delay and gain as found on the line) is muted, so the"
+        " echo the canceller leaves when the echo path jumps does not hold the agent; a caller"
+        " speaking over the echo is louder and passes (but its first, quieter syllables may"
+        " not: barge-in over echo took p95 955 ms with 6 dB, 158 ms without). 0 = off.",
+        0.0,
     )
     max_dialogs: int = doc("Calls (ringing or answered) at once; more get 486 Busy Here.", 64)
     registrar: str = doc(

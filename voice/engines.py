@@ -99,6 +99,8 @@ def load_engines(config: Config) -> LoadedEngines:
         more_voices=more_voices,
         length_scale=config.tts.length_scale or None,
         threads=config.tts.threads,
+        workers=config.tts.workers,
+        reserved=1 if config.tts.workers > 1 else 0,
     )
     tts = _timed(
         f"TTS piper {', '.join([config.tts.voice_name, *more_voices])}",

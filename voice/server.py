@@ -607,6 +607,7 @@ class VoiceServer:
             max_dialogs=c.max_dialogs,
             jitter_depth=c.jitter_packets,
             echo_cancellation=c.echo_cancellation,
+            echo_gate_db=c.echo_gate_db,
             registration=registration_settings(c),
             auth_users=auth_users(c.auth_users),
             auth_realm=c.auth_realm,

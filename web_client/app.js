@@ -4,7 +4,8 @@
 //     POST /v1/realtime/calls (SDP offer → answer); events travel on the data channel "oai-events".
 //   WebSocket: mic → mono → 24 kHz PCM16 → input_audio_buffer.append;
 //     response.output_audio.delta → WebAudio.
-// Both: AnalyserNodes follow the mic and the agent's voice (level meter, page-side latency), and
+// Both: an AudioWorklet follows the mic and the agent's voice (levels.js: level meter, page-side
+// latency, on the audio clock), and
 // MediaRecorder records the agent's voice (window.voiceClient.recording(), for tests).
 //
 // This module wires the others together: window.voiceClient, connect/disconnect, the server
@@ -24,12 +25,12 @@ import {
   ensureResponse, findResponse, markBubble, showItem, showResponseDone, showTranscriptDelta,
   showUserTranscript, showInterimTranscript, userBubble,
 } from "./transcript.js";
-import { closeCall, hangUp, newCall, sendOnCall, startCall } from "./transport-webrtc.js";
+import { closeCall, hangUp, newCall, receiverStats, sendOnCall, startCall } from "./transport-webrtc.js";
 import { closeSocket, openSocket, sendOnSocket, socketUrl } from "./transport-websocket.js";
 
 const MAX_EVENTS = 10000;
 
-Object.assign(client, { connect, disconnect, send, applySettings, recording });
+Object.assign(client, { connect, disconnect, send, applySettings, recording, receiverStats: () => receiverStats(rtc) });
 window.voiceClient = client;
 
 let ws = null;

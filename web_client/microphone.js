@@ -1,16 +1,18 @@
-// The microphone: the AudioContext, the mic stream, the analysers that follow the mic and the
-// agent's voice (level meter, voiceClient.levels), and, for the WebSocket transport, the PCM
-// capture (AudioWorklet, else ScriptProcessor) and the bus that playback goes through.
+// The microphone: the AudioContext, the mic stream, the levels of the mic and of the agent's
+// voice (level meter, voiceClient.levels: levels.js, on the audio thread), and, for the
+// WebSocket transport, the PCM capture (AudioWorklet, else ScriptProcessor) and the bus that
+// playback goes through.
 import { client } from "./client.js";
 import { $ } from "./dom.js";
+import { levelsNode } from "./levels.js";
 import { RATE, Resampler } from "./pcm.js";
 import { setInfo } from "./status.js";
 
 export const LOUD = 0.015; // a peak above this (≈ 500 in PCM16) is sound, not silence
 const CHUNK_MS = 20; // how much mic audio goes into one append event
-const POLL_MS = 10; // how often the analysers are read
-const LEVEL_STEP_MS = 50; // resolution of voiceClient.levels
-const MAX_LEVELS = 24000; // 20 minutes of levels
+const LEVEL_STEP_MS = 10; // resolution of voiceClient.levels (each step: its loudest quantum)
+const MAX_LEVELS = 120000; // 20 minutes of levels
+const METER_MS = 50; // how often the level meter is redrawn
 
 let level = 0;
 
@@ -20,9 +22,10 @@ export const micConstraints = () => ({
   autoGainControl: $("auto-gain").checked,
 });
 
-// → {ctx, stream, nodes[], micAnalyser, agentAnalyser, timer} and, with `onChunk` (called with
-// mono mic samples at the context's rate), also {agentBus, agentStream, resampler}.
-// `onPeaks(now, micPeak, agentPeak)` runs every POLL_MS.
+// → {ctx, stream, nodes[], agentTap, levels} and, with `onChunk` (called with mono mic samples at the
+// context's rate), also {agentBus, agentStream, resampler}. What reaches `agentTap` is the
+// agent's voice as played. `onPeaks(t, micPeak, agentPeak)` runs for each render quantum, in
+// order, `t` its time (performance.now() ms on the audio clock: levels.js).
 export async function startAudio(constraints, { onChunk = null, onPeaks }) {
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     throw new Error("microphone access needs HTTPS or localhost");
@@ -32,14 +35,20 @@ export async function startAudio(constraints, { onChunk = null, onPeaks }) {
   const mute = ctx.createGain(); // nodes must reach the destination to be pulled
   mute.gain.value = 0;
   mute.connect(ctx.destination);
-  const micAnalyser = analyser(ctx, mute);
-  const agentAnalyser = analyser(ctx, mute);
-  source.connect(micAnalyser);
-  const mic = { ctx, stream, nodes: [source, mute, micAnalyser, agentAnalyser], micAnalyser, agentAnalyser };
-  if (onChunk) await addCapture(mic, source, mute, onChunk);
   const t0 = performance.now();
-  client.levels = { t0, stepMs: LEVEL_STEP_MS, loud: LOUD, mic: [], agent: [] };
-  mic.timer = setInterval(() => pollLevels(mic, onPeaks), POLL_MS);
+  client.levels = { t0, stepMs: LEVEL_STEP_MS, loud: LOUD, clock: "audio", mic: [], agent: [] };
+  const meter = { peak: 0, drawn: t0 };
+  const levels = await levelsNode(ctx, (t, micPeak, agentPeak) => {
+    onPeaks(t, micPeak, agentPeak);
+    keepLevels(t, micPeak, agentPeak);
+    meterPeak(meter, t, micPeak);
+  });
+  const agentTap = ctx.createGain();
+  source.connect(levels, 0, 0);
+  agentTap.connect(levels, 0, 1);
+  levels.connect(mute);
+  const mic = { ctx, stream, nodes: [source, mute, levels, agentTap], agentTap, levels };
+  if (onChunk) await addCapture(mic, source, mute, onChunk);
   return mic;
 }
 
@@ -55,22 +64,15 @@ async function openMic(constraints) {
   }
 }
 
-function analyser(ctx, sink) {
-  const node = ctx.createAnalyser();
-  node.fftSize = 1024; // ~21 ms at 48 kHz: two polls overlap, so no sound slips between them
-  node.connect(sink);
-  return node;
-}
-
 async function addCapture(mic, source, mute, onChunk) {
   const ctx = mic.ctx;
   const chunk = Math.round((ctx.sampleRate * CHUNK_MS) / 1000);
   const node = ctx.audioWorklet ? await workletCapture(ctx, chunk, onChunk) : scriptCapture(ctx, onChunk);
   source.connect(node);
   node.connect(mute);
-  const bus = ctx.createGain(); // WebSocket playback: → speakers, analyser and recorder
+  const bus = ctx.createGain(); // WebSocket playback: → speakers, levels and recorder
   bus.connect(ctx.destination);
-  bus.connect(mic.agentAnalyser);
+  bus.connect(mic.agentTap);
   const tap = ctx.createMediaStreamDestination();
   bus.connect(tap);
   Object.assign(mic, { agentBus: bus, agentStream: tap.stream, resampler: new Resampler(ctx.sampleRate, RATE) });
@@ -81,7 +83,7 @@ async function addCapture(mic, source, mute, onChunk) {
 
 export function closeAudio(mic) {
   if (!mic) return;
-  clearInterval(mic.timer);
+  mic.levels.port.onmessage = null; // a batch still on its way is not this call's any more
   mic.stream.getTracks().forEach((t) => t.stop());
   mic.nodes.forEach((n) => n.disconnect());
   mic.ctx.close().catch(() => {});
@@ -129,44 +131,23 @@ function scriptCapture(ctx, onChunk) {
 
 // ------------------------------------------------------------------ levels
 
-function pollLevels(mic, onPeaks) {
-  const now = performance.now();
-  const buf = new Float32Array(mic.micAnalyser.fftSize);
-  mic.micAnalyser.getFloatTimeDomainData(buf);
-  const micPeak = peakOf(buf);
-  showLevel(rmsLevel(buf));
-  mic.agentAnalyser.getFloatTimeDomainData(buf);
-  const agentPeak = peakOf(buf);
-  onPeaks(now, micPeak, agentPeak);
-  keepLevels(now, micPeak, agentPeak);
+function meterPeak(meter, t, micPeak) {
+  meter.peak = Math.max(meter.peak, micPeak);
+  if (t - meter.drawn < METER_MS) return;
+  showLevel(Math.min(1, Math.max(0, (20 * Math.log10(meter.peak + 1e-6) + 60) / 60))); // -60…0 dBFS
+  Object.assign(meter, { peak: 0, drawn: t });
 }
 
 function keepLevels(now, micPeak, agentPeak) {
   const lv = client.levels;
   const i = Math.floor((now - lv.t0) / LEVEL_STEP_MS);
-  if (i >= MAX_LEVELS) return;
+  if (i < 0 || i >= MAX_LEVELS) return;
   while (lv.mic.length <= i) { lv.mic.push(0); lv.agent.push(0); }
   lv.mic[i] = Math.max(lv.mic[i], round3(micPeak));
   lv.agent[i] = Math.max(lv.agent[i], round3(agentPeak));
 }
 
 const round3 = (x) => Math.round(x * 1000) / 1000;
-
-function peakOf(samples) {
-  let peak = 0;
-  for (let i = 0; i < samples.length; i++) {
-    const a = Math.abs(samples[i]);
-    if (a > peak) peak = a;
-  }
-  return peak;
-}
-
-function rmsLevel(samples) {
-  let sum = 0;
-  for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
-  const db = 10 * Math.log10(sum / Math.max(1, samples.length) + 1e-10);
-  return Math.min(1, Math.max(0, (db + 60) / 60)); // -60 dBFS … 0 dBFS
-}
 
 // The level meter; 0 resets it.
 export function showLevel(value) {

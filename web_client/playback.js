@@ -60,7 +60,7 @@ export function playRemote(audio, stream) {
   if (!audio) return;
   // WebAudio reads a remote stream only while a media element plays it too (Chromium)
   const source = audio.ctx.createMediaStreamSource(stream);
-  source.connect(audio.agentAnalyser);
+  source.connect(audio.agentTap);
   audio.nodes.push(source);
   record(stream);
 }

@@ -99,6 +99,29 @@ function iceGathered(pc, waitMs) {
   });
 }
 
+// The agent's track as Chromium's receiver reports it (getStats, inbound-rtp audio): its jitter
+// buffer's mean delay, target and minimum (ms per emitted sample), and concealment; for the
+// benchmark, which reads it through voiceClient.receiverStats().
+export async function receiverStats(call) {
+  if (!call) return null;
+  const stats = await call.pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type !== "inbound-rtp" || s.kind !== "audio") continue;
+    const per = (total) => (s.jitterBufferEmittedCount ? (1000 * total) / s.jitterBufferEmittedCount : null);
+    return {
+      jitterBufferDelayMs: per(s.jitterBufferDelay),
+      jitterBufferTargetDelayMs: per(s.jitterBufferTargetDelay),
+      jitterBufferMinimumDelayMs: per(s.jitterBufferMinimumDelay),
+      jitterMs: s.jitter === undefined ? null : 1000 * s.jitter,
+      packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
+      concealedSamples: s.concealedSamples, totalSamplesReceived: s.totalSamplesReceived,
+      insertedSamplesForDeceleration: s.insertedSamplesForDeceleration,
+      removedSamplesForAcceleration: s.removedSamplesForAcceleration,
+    };
+  }
+  return null;
+}
+
 export function sendOnCall(call, text) {
   if (!call || !call.channel || call.channel.readyState !== "open") return false;
   call.channel.send(text);

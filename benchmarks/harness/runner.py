@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,9 +287,11 @@ async def run_conversation(
     report: TurnReport,
     context: dict[str, Any],
     opener: CallOpener = open_call,
+    before_turn: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """One scenario on one connection (made by ``opener``); returns its turn records and whether
-    time ran out."""
+    time ran out. ``before_turn(k)``, when given, is awaited before turn ``k`` starts (a
+    benchmark interleaving these turns with other work)."""
     records: list[dict[str, Any]] = []
     time_up = False
 
@@ -302,6 +304,8 @@ async def run_conversation(
         async with opener(protocol, url) as call:
             await asyncio.sleep(min(timing.settle_s, max(0.0, deadline - _now())))
             for turn in rendered.turns:
+                if before_turn is not None:
+                    await before_turn(len(records))
                 if _now() >= deadline:
                     time_up = True
                     break

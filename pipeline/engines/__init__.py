@@ -53,6 +53,9 @@ class GenerationOptions:
     tool_choice: str = "auto"
     """``auto`` (the model decides), ``none`` (text only), ``required`` (a call to one of
     ``tools``) or a tool's name (a call to that one)."""
+    spoken: bool = False
+    """The reply is read aloud: its tail only has to stay ahead of the speech, so an engine
+    serving several callers may pace it (``llm.tail_rate``) and give the cores to the others."""
 
 
 @dataclass(slots=True)
@@ -109,11 +112,14 @@ class SpeechSynthesizer(Protocol):
     sample_rate: int
 
     async def synthesize(
-        self, text: str, *, speed: float = 1.0, voice: str | None = None
+        self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None
     ) -> np.ndarray:
         """Speech for ``text`` (int16 mono at ``sample_rate``). ``speed``: the speaking rate,
         relative to the voice's own (1.5 is half as fast again, so about 1/1.5 as long).
-        ``voice``: one of the engine's voices by name; ``None``: its default. Cancel-safe."""
+        ``voice``: one of the engine's voices by name; ``None``: its default. ``due``: when
+        the audio is needed, on the session clock's scale (a reply's first clause: when the
+        reply began; a later one: when the audio before it runs out); an engine shared by
+        sessions serves the most urgent first, ``None``: at once. Cancel-safe."""
         ...
 
 

@@ -22,9 +22,13 @@ tokens of the jobs still evaluating their prompt, oldest first; a job waiting fo
 the first one free, and the first token of a reply comes out of the step that evaluates the end
 of its prompt. So a caller's first token waits for at most one step of others' work, never for
 the tail of another reply. A reply's tail only has to stay ahead of its speech: past its first
-``head`` tokens a reply is paced at ``pace`` tokens a second (faster than anyone speaks), so the
-cores it would have taken serve other callers' first words (their ASR, prompt and first
-clause) meanwhile; ``due()`` says when a paced reply may go on. ``pace`` 0: no pacing.
+``head`` tokens a reply read aloud is paced at ``pace`` tokens a second (faster than anyone
+speaks), so the cores it would have taken serve other callers' first words (their ASR, prompt
+and first clause) meanwhile — whether or not another reply is in progress now: a caller whose
+words are still being recognized has no job here yet. ``_due()`` says when a paced reply may go
+on; a step that runs anyway takes the paced replies due within one token's time
+(``1 / pace``) along, so paced tails share steps instead of each waking the context alone.
+``pace`` 0: no pacing.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class Job:
     first_at: float | None = None
     """When its first token was sampled."""
     paced: bool = True
-    """May be paced (a reply read aloud); a tool call's arguments never are."""
+    """May be paced: a reply read aloud (a text reply and a tool call's arguments never are)."""
 
     def __post_init__(self) -> None:
         if not self.prompt:
@@ -185,8 +189,9 @@ class Planner:
         """The next batch: each running reply's next token (unless it is ahead of its pace),
         then prompt tokens (oldest job first) up to ``chunk``."""
         entries: list[Entry] = []
+        along = now + (1.0 / self.pace if self.pace > 0 else 0.0)  # due soon: share this step
         for job in self._running:
-            if not job.prefilling and job.next_token is not None and self._due(job, now) <= now:
+            if not job.prefilling and job.next_token is not None and self._due(job) <= along:
                 pos = len(self._slots[_slot(job)].tokens)
                 entries.append(Entry(job, job.next_token, pos, True))
         room = self.chunk
@@ -223,27 +228,16 @@ class Planner:
             return 0.0
         if any(j.prefilling for j in self._running):
             return 0.0
-        due = [self._due(j, now) for j in self._running if j.next_token is not None]
+        due = [self._due(j) for j in self._running if j.next_token is not None]
         return max(0.0, min(due) - now) if due else None
 
-    def _due(self, job: Job, now: float) -> float:
+    def _due(self, job: Job) -> float:
         """When ``job`` may evaluate its next token: at once within its head, then at
-        ``pace`` tokens a second from its first token — but only while another caller's reply
-        is in progress (a lone caller's reply, or a tool call's arguments, are never held back:
-        pacing only hands the cores to other callers)."""
-        if (
-            self.pace <= 0
-            or not job.paced
-            or job.generated <= self.head
-            or job.first_at is None
-            or not self._others_replied(job)
-        ):
+        ``pace`` tokens a second from its first token (a reply not read aloud, or a tool
+        call's arguments, are never held back)."""
+        if self.pace <= 0 or not job.paced or job.generated <= self.head or job.first_at is None:
             return float("-inf")
         return job.first_at + (job.generated - self.head) / self.pace
-
-    def _others_replied(self, job: Job) -> bool:
-        """Another caller's reply is in progress (past its prompt)."""
-        return any(j is not job and j.budget > 0 and not j.prefilling for j in self._running)
 
     def finish(self, job: Job) -> None:
         """``job`` is done; its slot keeps what it evaluated."""

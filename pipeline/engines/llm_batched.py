@@ -8,8 +8,9 @@ progress together with the prompt tokens of the callers still waiting for their 
 (``_batch_plan.py`` decides which). On a CPU a step for eight replies costs about 1.5 times a
 step for one, and a new caller's prompt is evaluated in the next step, not after the others'
 tails. Steps of replies' tokens alone use ``threads``; steps with prompt tokens
-``batch_threads``. With ``tail_rate``, a reply past its first ``head_tokens`` is paced (it
-only has to stay ahead of its speech), leaving the cores to other callers' first words.
+``batch_threads``. With ``tail_rate``, a reply read aloud (``GenerationOptions.spoken``) past
+its first ``head_tokens`` is paced (it only has to stay ahead of its speech), leaving the cores
+to other callers' first words.
 
 Everything else is ``LlamaLlm``'s: the prompt rendering and fitting (``_fit``, to ``n_ctx``),
 the end-of-turn judge (a scoring job: the judged prompt is evaluated in a sequence, its logits
@@ -68,8 +69,8 @@ class BatchedOptions:
     head_tokens: int = 24
     """A reply's first tokens, generated as fast as possible (its first clauses)."""
     tail_rate: float = 0.0
-    """Tokens a second a reply's tail is paced at (speech is 3-4) while other callers are
-    replying too: the cores it leaves go to their first words. 0: as fast as possible."""
+    """Tokens a second the tail of a reply read aloud is paced at (speech is 3-4): the cores it
+    leaves go to other callers' first words. 0: as fast as possible."""
 
 
 @dataclass(slots=True, eq=False)
@@ -143,10 +144,11 @@ class BatchedLlm(LlamaLlm):
 
         def make() -> Iterator[LlmEvent]:
             _CANCEL.value = cancelled  # (the pool thread's; its completions are this stream's)
+            _CANCEL.spoken = options.spoken
             try:
                 yield from self._generate(messages, options)
             finally:
-                _CANCEL.value = None
+                _CANCEL.value, _CANCEL.spoken = None, False
 
         inner = cast(
             AsyncGenerator[LlmEvent, None],
@@ -198,7 +200,8 @@ class BatchedLlm(LlamaLlm):
 
 
 _CANCEL = threading.local()
-"""The cancel flag of the stream a pool thread is generating for (set by ``make``)."""
+"""The cancel flag of the stream a pool thread is generating for, and whether it is read aloud
+(``spoken``: its words may be paced), set by ``make``."""
 
 
 class _BatchedPieces:
@@ -218,7 +221,11 @@ class _BatchedPieces:
         self._worker = worker
         self._options = options
         self._request = _Request(
-            Job(list(prompt), budget=budget, paced=grammar is None),
+            Job(
+                list(prompt),
+                budget=budget,
+                paced=grammar is None and getattr(_CANCEL, "spoken", False),
+            ),
             temperature=temperature,
             grammar=None if grammar is None else str(grammar._grammar),
             stream=getattr(_CANCEL, "value", None),

@@ -21,7 +21,7 @@ import onnxruntime
 
 from ..audio import Resampler
 from ..errors import ConfigError, EngineError
-from ._threads import EngineThreads
+from ._urgent import UrgentThreads
 
 log = logging.getLogger("voice.tts")
 
@@ -38,7 +38,13 @@ class PiperOptions:
     length_scale: float | None = None
     """Speaking rate at speed 1.0: < 1 is faster. None keeps each voice's own setting."""
     threads: int = 1
-    workers: int = 1
+    workers: int = 2
+    """Syntheses at once (Piper's phonemizer is locked; the ONNX sessions run concurrently)."""
+    reserved: int = 1
+    """Of ``workers``, those that only start a clause once it is due: a caller's first clause,
+    or a tail about to run dry, never waits behind a tail that could have waited."""
+    max_pending: int = 64
+    """Syntheses waiting at once (every session's), past which a request fails."""
     use_cuda: bool = False
 
 
@@ -58,7 +64,9 @@ class PiperTts:
         for name, path in options.more_voices.items():
             self._voices[name] = _load(path, None, options)
         self.sample_rate = default.sample_rate
-        self._threads = EngineThreads("tts", options.workers)
+        self._threads = UrgentThreads(
+            "tts", options.workers, reserved=options.reserved, max_pending=options.max_pending
+        )
 
     @property
     def voices(self) -> list[str]:
@@ -90,10 +98,12 @@ class PiperTts:
         return audio
 
     async def synthesize(
-        self, text: str, *, speed: float = 1.0, voice: str | None = None
+        self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None
     ) -> np.ndarray:
+        """See :class:`~pipeline.engines.SpeechSynthesizer`: the syntheses of every session
+        wait in one queue, due soonest first (``_urgent.py``). Cancel-safe."""
         return await self._threads.run(
-            functools.partial(self.synthesize_blocking, text, speed=speed, voice=voice)
+            due, functools.partial(self.synthesize_blocking, text, speed=speed, voice=voice)
         )
 
     def warm_up(self) -> None:

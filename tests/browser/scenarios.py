@@ -112,6 +112,7 @@ async def _one_turn(
         # the page's own latency: set as soon as the first reply sound was heard
         await wait_for(page, "() => voiceClient.turns.some((t) => t.pageLatencyMs !== null)", 10)
         run.result["page"] = await page_state(page)
+        run.result["receiver"] = await page.evaluate("voiceClient.receiverStats()")
         audio = await agent_recording(page)
         speech = trim_to_sound(audio)
         run.result["recorded_s"] = round(len(audio) / 16_000, 2)
@@ -247,7 +248,7 @@ def analyse_barge_in(
         agent_heard_ms=agent_on * step,
         cut_in_ms=cut_in * step,
         agent_spoke_before_cut_in_ms=int(agent[agent_on:cut_in].sum()) * step,
-        agent_speaking_at_cut_in=bool(agent[max(agent_on, cut_in - 20) : cut_in].any()),
+        agent_speaking_at_cut_in=bool(agent[max(agent_on, cut_in - 1000 // step) : cut_in].any()),
         agent_stopped_ms=stop * step,
         stop_after_cut_in_ms=(stop - cut_in) * step,
         cleared_after_cut_in_ms=round(cleared["t"] - t0 - cut_in * step),

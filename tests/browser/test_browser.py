@@ -9,8 +9,10 @@ import math
 import shutil
 from typing import Any
 
+import numpy as np
 import pytest
 
+from benchmarks.webrtc_latency import utterance_onsets
 from tests import netns
 from tests.browser.page import CHROMIUM
 
@@ -79,6 +81,11 @@ def test_one_spoken_turn_over_webrtc(results: dict[str, Any]) -> None:
     # heard after the server sent it (it crossed the network and a jitter buffer)
     assert metrics["first_audio_sent"] - 500 < reply["pageLatencyMs"] < 15_000
     assert f"page {reply['pageLatencyMs']} ms" in page["agentMeta"][0]
+    # Chromium's receiver statistics for the agent's track (the benchmark reports its jitter
+    # buffer): packets came in and were played out through the jitter buffer
+    receiver = turn["receiver"]
+    assert receiver["packetsReceived"] > 50 and receiver["totalSamplesReceived"] > 0, receiver
+    assert receiver["jitterBufferDelayMs"] is not None and receiver["jitterBufferDelayMs"] > 0
     shown = math.floor(metrics["first_audio_sent"] + 0.5)  # JavaScript's Math.round, not Python's
     assert f"{shown} ms" in page["latencyPanel"]
 
@@ -110,6 +117,20 @@ def test_barge_in_over_webrtc(results: dict[str, Any]) -> None:
     assert len(page["user"]) >= 2, page["user"]
     assert {"stop", "wait", "moment"} & set(page["user"][-1].lower().replace(",", " ").split())
     assert page["turns"][-1]["status"] in ("completed", "incomplete")  # (the token limit)
+
+
+def test_the_page_times_its_levels_on_the_audio_clock(results: dict[str, Any]) -> None:
+    """The levels are read per render quantum on the audio thread (``web_client/levels.js``) and
+    kept on 10 ms steps: the page sees the caller's two utterances as far apart as they are in
+    the fake mic's file (a main-thread poll, a dropped batch or a wrong clock would not)."""
+    barge = _scenario(results, "barge_in")
+    lv, mic = barge["levels"], barge["mic"]
+    assert (lv["stepMs"], lv["clock"]) == (10, "audio")
+    onsets = utterance_onsets(np.asarray(lv["mic"]) > lv["loud"], lv["stepMs"])
+    assert len(onsets) == 2, onsets  # the story asked for, the cut-in
+    in_file = (mic["speech_s"][1] - mic["speech_s"][0]) * 1000
+    on_page = (onsets[1] - onsets[0]) * lv["stepMs"]
+    assert abs(on_page - in_file) <= 100, (on_page, in_file)  # (steps, capture on 2 busy cores)
 
 
 def test_the_websocket_transport_still_works(results: dict[str, Any]) -> None:

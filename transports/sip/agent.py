@@ -69,6 +69,9 @@ class SipOptions:
     jitter_depth: int = 3
     echo_cancellation: bool = False
     """Take the agent's own voice out of the caller's audio (a speakerphone's echo)."""
+    echo_gate_db: float = 0.0
+    """With it, mute what the echo alone explains (:class:`~pipeline.echo.ResidualEchoGate`'s
+    margin); 0: no gate."""
     timers: Timers = field(default_factory=Timers)
     registration: RegistrationSettings | None = None
     """Register (and stay registered) with a registrar; None: no REGISTER."""

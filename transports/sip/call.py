@@ -16,7 +16,7 @@ sends BYE).
 Speakerphone echo: with an :class:`~pipeline.echo.EchoCanceller` (``sip.echo_cancellation``),
 each 20 ms of the agent's audio is its reference the moment its RTP packet leaves, and the
 caller's decoded audio goes through it before the session hears it, so the agent's own voice
-coming back does not cut it off.
+coming back does not cut it off; ``sip.echo_gate_db`` mutes what the canceller leaves of it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class SipCall:
         *,
         peer: str,
         echo_cancellation: bool = False,
+        echo_gate_db: float = 0.0,
     ) -> None:
         session.settings.output_rate = media.rate
         session.settings.wire_format = media.media.format.wire_format
@@ -72,7 +73,8 @@ class SipCall:
         self.log = logging.LoggerAdapter(log, {"session": session.id})
         media.on_audio, media.on_dtmf, media.on_sent = self.audio, self.digit, self.sent
         media.clock = session.clock  # (the RTP pacing and the echo canceller's time line)
-        self.echo = EchoCanceller(media.rate, session_id=session.id) if echo_cancellation else None
+        self._echo_gate_db = echo_gate_db
+        self.echo = self._canceller(media.rate) if echo_cancellation else None
         if self.echo is not None:
             media.on_frame = self.played
         session.send_digits = self._press_keys
@@ -87,7 +89,7 @@ class SipCall:
         rate = self.media.rate
         if self.echo is not None:  # (then the frame is not what the caller said)
             if self.echo.rate != rate:  # (a re-INVITE changed the codec's rate)
-                self.echo = EchoCanceller(rate, session_id=self.session.id)
+                self.echo = self._canceller(rate)
             frame = self.echo.near_end(frame, self.session.clock.now())
         fmt = self.media.media.format.wire_format
         if not fmt or fmt != self.session.settings.wire_format:
@@ -96,6 +98,10 @@ class SipCall:
             self.session.append_audio(frame, rate, wire=wire)
         except LimitExceeded:
             self.dropped_audio += 1
+
+    def _canceller(self, rate: int) -> EchoCanceller:
+        margin = self._echo_gate_db or None
+        return EchoCanceller(rate, suppress_margin_db=margin, session_id=self.session.id)
 
     def digit(self, digit: str) -> None:
         self.dtmf.append(digit)

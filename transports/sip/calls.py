@@ -263,6 +263,7 @@ class Calls:
             media,
             peer=inbound.source[0],
             echo_cancellation=self.options.echo_cancellation,
+            echo_gate_db=self.options.echo_gate_db,
         )
         inbound.call = call
         session.transfer = self._transfer_tool(inbound)

@@ -114,7 +114,12 @@ async def place_call(
         dialog.fire("bye")
         return Outcome("failed", 503, dialog.call_id, f"no session: {exc}"), None
     record.call = SipCall(
-        dialog, session, media, peer=target, echo_cancellation=options.echo_cancellation
+        dialog,
+        session,
+        media,
+        peer=target,
+        echo_cancellation=options.echo_cancellation,
+        echo_gate_db=options.echo_gate_db,
     )
     agent.adopt(record)
     return Outcome("answered", response.status, dialog.call_id), record

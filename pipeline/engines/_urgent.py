@@ -1,0 +1,169 @@
+"""Worker threads that serve the most urgent job first (speech synthesis across sessions).
+
+A FIFO pool makes a caller's first clause wait behind other callers' later clauses, which
+only have to be ready before their reply's audio runs out. Here each job carries a ``due``
+time — when its audio is needed: a reply's first clause is due when the reply began (its
+caller is already waiting), a later clause when the audio before it will have been played —
+and the workers start the pending job due soonest (*earliest deadline first*; ties: the older
+job). The queue (:class:`UrgentQueue`) is plain data and never reads a clock: ``due`` values
+only have to be on one scale (the event loop's clock); ``None`` is before every time, so a
+caller that says nothing keeps its place in arrival order ahead of scheduled work.
+:class:`UrgentThreads` runs it; of its workers, ``reserved`` only start a job once it is due
+(by ``now()``, the clock the dues are on), so a first clause never waits behind the synthesis
+of a tail that could have waited, however many tails are ahead of their playout.
+
+Bounded: ``max_pending`` jobs may wait (not yet started); past it ``submit`` raises
+:class:`~pipeline.errors.EngineError`. Cancelling a job's future before it starts takes it out
+of the queue; a started job finishes in its thread and its result is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ..errors import EngineError
+from ._fair import _Job, _settle
+
+T = TypeVar("T")
+J = TypeVar("J")
+
+
+class UrgentQueue(Generic[J]):
+    """Pending jobs, popped due soonest first. Not thread-safe: the caller holds a lock."""
+
+    def __init__(self, max_pending: int, engine: str = "tts") -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        self.max_pending = max_pending
+        self.engine = engine
+        self._heap: list[tuple[float, int, J]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, due: float | None, job: J) -> None:
+        """Queue ``job``, needed at ``due`` (``None``: at once, before any time); raises
+        :class:`EngineError` when ``max_pending`` jobs are already waiting."""
+        if len(self._heap) >= self.max_pending:
+            raise EngineError(
+                f"{self.engine} queue is full: {self.max_pending} jobs are waiting",
+                engine=self.engine,
+                retryable=True,
+            )
+        self._seq += 1
+        heapq.heappush(self._heap, (float("-inf") if due is None else due, self._seq, job))
+
+    def next_due(self) -> float | None:
+        """The due time of the job :meth:`pop` would return; ``None`` when nothing waits."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self) -> J | None:
+        """The next job to start, or ``None`` when nothing waits."""
+        return heapq.heappop(self._heap)[2] if self._heap else None
+
+    def remove(self, job: J) -> bool:
+        """Take a job that has not started out of the queue; False when it is not there."""
+        for i, entry in enumerate(self._heap):
+            if entry[2] is job:
+                self._heap[i] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
+                return True
+        return False
+
+
+class UrgentThreads:
+    """``workers`` threads serving an :class:`UrgentQueue`; the last ``reserved`` of them only
+    take a job that is due by ``now()`` (default ``time.monotonic``: the event loop's clock,
+    asyncio's and uvloop's alike)."""
+
+    def __init__(
+        self,
+        name: str,
+        workers: int = 1,
+        *,
+        reserved: int = 0,
+        max_pending: int = 64,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= reserved < max(1, workers):
+            raise ValueError(f"reserved must leave a worker for any job: {reserved} of {workers}")
+        self.name = name
+        self._queue: UrgentQueue[_Job] = UrgentQueue(max_pending, engine=name)
+        self._lock = threading.Condition()
+        self._closed = False
+        self._now = now
+        count = max(1, workers)
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(i >= count - reserved,), name=f"{name}-{i}", daemon=True
+            )
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def waiting(self) -> int:
+        """Jobs waiting to start."""
+        with self._lock:
+            return len(self._queue)
+
+    def submit(self, due: float | None, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)``, needed at ``due``; its result arrives in the returned future.
+        Cancelling the future before the job starts removes the job. Raises
+        :class:`EngineError` when the queue is full or the pool is shut down."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(self.name, lambda: fn(*args), loop, future)
+        with self._lock:
+            if self._closed:
+                raise EngineError(f"{self.name} is shut down", engine=self.name)
+            self._queue.push(due, job)
+            self._lock.notify_all()  # a reserved worker may not take it
+        future.add_done_callback(lambda f: self._withdraw(job) if f.cancelled() else None)
+        return future
+
+    async def run(self, due: float | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` once no job due sooner waits. Cancel-safe: a job that has not started
+        is dropped; a started one finishes in its thread and its result is dropped."""
+        return await self.submit(due, fn, *args)
+
+    def shutdown(self) -> None:
+        """Stop the workers after their current job; waiting jobs fail with EngineError."""
+        with self._lock:
+            self._closed = True
+            dropped = []
+            while (job := self._queue.pop()) is not None:
+                dropped.append(job)
+            self._lock.notify_all()
+        for job in dropped:
+            _settle(job, None, EngineError(f"{self.name} is shut down", engine=self.name))
+
+    def _withdraw(self, job: _Job) -> None:
+        with self._lock:
+            self._queue.remove(job)
+
+    def _work(self, reserved: bool) -> None:
+        while (job := self._next(reserved)) is not None:
+            try:
+                result, error = job.fn(), None
+            except Exception as exc:  # delivered to the awaiting coroutine
+                result, error = None, exc
+            _settle(job, result, error)
+
+    def _next(self, reserved: bool) -> _Job | None:
+        """The job this worker starts next; ``None`` once the pool is shut down."""
+        with self._lock:
+            while not self._closed:
+                due = self._queue.next_due()
+                wait = None if due is None else (due - self._now() if reserved else 0.0)
+                if wait is not None and wait <= 0:
+                    return self._queue.pop()
+                self._lock.wait(timeout=wait)  # until a job comes, or the first one is due
+            return None
