@@ -156,12 +156,9 @@ class FairThreads:
         """Stop the workers after their current job; waiting jobs fail with EngineError."""
         with self._lock:
             self._closed = True
-            dropped = []
-            while (job := self._queue.pop()) is not None:
-                dropped.append(job)
+            dropped = list(iter(self._queue.pop, None))
             self._lock.notify_all()
-        for job in dropped:
-            _settle(job, None, EngineError(f"{self.name} is shut down", engine=self.name))
+        _fail_all(dropped, self.name)
 
     def _withdraw(self, job: _Job) -> None:
         with self._lock:
@@ -182,6 +179,12 @@ class FairThreads:
             except Exception as exc:  # delivered to the awaiting coroutine
                 result, error = None, exc
             _settle(job, result, error)
+
+
+def _fail_all(jobs: list[_Job], name: str) -> None:
+    """Jobs that never started, when their pool shuts down: each fails with EngineError."""
+    for job in jobs:
+        _settle(job, None, EngineError(f"{name} is shut down", engine=name))
 
 
 def _settle(job: _Job, result: Any, error: Exception | None) -> None:

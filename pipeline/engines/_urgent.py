@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..errors import EngineError
-from ._fair import _Job, _settle
+from ._fair import _fail_all, _Job, _settle
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -138,12 +138,9 @@ class UrgentThreads:
         """Stop the workers after their current job; waiting jobs fail with EngineError."""
         with self._lock:
             self._closed = True
-            dropped = []
-            while (job := self._queue.pop()) is not None:
-                dropped.append(job)
+            dropped = list(iter(self._queue.pop, None))
             self._lock.notify_all()
-        for job in dropped:
-            _settle(job, None, EngineError(f"{self.name} is shut down", engine=self.name))
+        _fail_all(dropped, self.name)
 
     def _withdraw(self, job: _Job) -> None:
         with self._lock:
