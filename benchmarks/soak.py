@@ -275,7 +275,7 @@ class SoakOptions:
 
 async def soak(opts: SoakOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     from voice.config import load
-    from voice.engines import load_engines, warm_up
+    from voice.engines import close_engines, load_engines, warm_up
     from voice.server import VoiceServer
 
     with tempfile.TemporaryDirectory(prefix="voice-soak-") as data:
@@ -290,6 +290,7 @@ async def soak(opts: SoakOptions, say: Callable[[str], None] = print) -> dict[st
             return await _drive(server, f"ws://127.0.0.1:{port}/v1/realtime", opts, say)
         finally:
             await server.stop()
+            close_engines(loaded.engines)
 
 
 async def _drive(

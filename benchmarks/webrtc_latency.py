@@ -385,7 +385,7 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
     from tests.conftest import espeak
     from tests.netns import SERVER_IP
     from voice.config import load
-    from voice.engines import load_engines, warm_up
+    from voice.engines import close_engines, load_engines, warm_up
     from voice.server import VoiceServer
 
     # the address exists only inside the benchmark's own network namespace
@@ -447,6 +447,7 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
             }
     finally:
         await server.stop()
+        close_engines(loaded.engines)
     return report
 
 

@@ -223,7 +223,7 @@ def summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
 async def inside(count: int) -> dict[str, Any]:
     from tests.netns import SERVER_IP
     from voice.config import load
-    from voice.engines import load_engines, warm_up
+    from voice.engines import close_engines, load_engines, warm_up
     from voice.server import VoiceServer
 
     overrides = {"server.port": "0", "server.allow_unauthenticated": "true", "sip.enabled": "false"}
@@ -241,6 +241,7 @@ async def inside(count: int) -> dict[str, Any]:
             report[mode] = {"summary": summary(turns), "turns": turns}
     finally:
         await server.stop()
+        close_engines(loaded.engines)
     return report
 
 

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import pytest
 from pipeline.audio import resample
 from pipeline.engines import Engines
 from voice.config import Config, load
-from voice.engines import load_engines, warm_up
+from voice.engines import close_engines, load_engines, warm_up
 from voice.server import VoiceServer
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -59,11 +59,12 @@ def test_config() -> Config:
 
 
 @pytest.fixture(scope="session")
-def engines() -> Engines:
+def engines() -> Iterator[Engines]:
     config = test_config()
     loaded = load_engines(config)
     warm_up(loaded.engines)
-    return loaded.engines
+    yield loaded.engines
+    close_engines(loaded.engines)
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,21 @@ async def test_shutdown_fails_the_waiting_jobs() -> None:
         threads.submit("A", gate.quick("A2"))
 
 
+async def test_shutdown_waits_a_bounded_time_for_the_job_in_progress(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    threads = FairThreads("test", 1, max_pending=8)
+    gate = Gate()
+    first = threads.submit("A", gate.blocking("A1"))
+    await gate.wait_started()
+    threads.shutdown(wait_s=0.05)  # the job is still running: shutdown returns, and says so
+    assert "test: workers still busy" in caplog.text
+    gate.released.set()
+    threads.shutdown(wait_s=60)
+    assert not any(thread.is_alive() for thread in threads._threads)
+    assert await first == "A1"
+
+
 # ------------------------------------------------------------------ cutting long audio
 
 

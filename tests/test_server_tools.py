@@ -325,9 +325,27 @@ async def test_get_current_time_in_a_known_zone() -> None:
     assert utc["utc_offset"] == "+00:00" and utc["timezone"] == "UTC"
 
 
+async def test_get_current_time_understands_how_people_name_a_zone() -> None:
+    registry = _registry(ex.get_current_time)
+    said = {
+        "america/new york": "America/New_York",
+        "New York": "America/New_York",
+        "Paris": "Europe/Paris",
+        "PST": "America/Los_Angeles",
+        " utc ": "UTC",
+        "GMT": "UTC",
+        "Asia/Tokyo": "Asia/Tokyo",
+    }
+    for zone, name in said.items():
+        out = json.loads(
+            await registry.run("get_current_time", json.dumps({"timezone": zone}), CONTEXT)
+        )
+        assert out["timezone"] == name, zone
+
+
 async def test_get_current_time_in_an_unknown_zone() -> None:
     registry = _registry(ex.get_current_time)
-    for zone in ("Mars/Olympus_Mons", "../../etc/passwd", ""):
+    for zone in ("Mars/Olympus_Mons", "../../etc/passwd", "", "localtime", "my time zone"):
         message = await _error(registry, "get_current_time", json.dumps({"timezone": zone}))
         assert message.startswith(f"unknown time zone {zone!r}")
 

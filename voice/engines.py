@@ -46,6 +46,21 @@ class LoadedEngines:
     """How long each engine (``vad``, ``asr``, ``llm``, ``tts``) took to load."""
 
 
+def close_engines(engines: Engines) -> None:
+    """Stop every engine's workers, each waiting a bounded time for the inference in progress:
+    called once the sessions are gone, before the process exits (blocking)."""
+    seen: list[object] = []
+    for engine in (engines.vad, engines.asr, engines.llm, engines.judge, engines.tts):
+        close = getattr(engine, "close", None)
+        if engine is None or any(engine is s for s in seen) or not callable(close):
+            continue
+        seen.append(engine)
+        try:
+            close()
+        except Exception:  # one engine failing to close must not keep the others open
+            log.exception("closing %s failed", type(engine).__name__)
+
+
 def _timed(
     what: str, source: object, device: str, load: Callable[[], T], times: dict[str, float]
 ) -> T:

@@ -49,7 +49,7 @@ from .auth import Gate, Principal, exposure_refusal, principal_of
 from .call_control import CallControl
 from .config import Config
 from .drain import ShutdownSignals, drain
-from .engines import load_engines, warm_up
+from .engines import close_engines, load_engines, warm_up
 from .health import Admission, refusal, unready
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .sip_calls import SipCalls, auth_users, place_call_route, registration_settings
@@ -679,4 +679,5 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
     finally:
         signals.remove()
         await server.stop()
+        await asyncio.to_thread(close_engines, loaded.engines)
     log.info("stopped")

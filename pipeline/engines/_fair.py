@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,13 +153,15 @@ class FairThreads:
         started is dropped; a started one finishes in its thread and its result is dropped."""
         return await self.submit(owner, fn, *args)
 
-    def shutdown(self) -> None:
-        """Stop the workers after their current job; waiting jobs fail with EngineError."""
+    def shutdown(self, wait_s: float = 0.0) -> None:
+        """Stop the workers after their current job, waiting up to ``wait_s`` for them; waiting
+        jobs fail with EngineError."""
         with self._lock:
             self._closed = True
             dropped = list(iter(self._queue.pop, None))
             self._lock.notify_all()
         _fail_all(dropped, self.name)
+        _join(self._threads, wait_s, self.name)
 
     def _withdraw(self, job: _Job) -> None:
         with self._lock:
@@ -179,6 +182,16 @@ class FairThreads:
             except Exception as exc:  # delivered to the awaiting coroutine
                 result, error = None, exc
             _settle(job, result, error)
+
+
+def _join(threads: list[threading.Thread], wait_s: float, name: str) -> None:
+    """Wait up to ``wait_s`` in all for ``threads`` to finish their job in progress (a worker
+    still inside a model when the interpreter exits can crash it), logging any that do not."""
+    deadline = time.monotonic() + wait_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) if wait_s > 0 else 0)
+    if wait_s > 0 and (busy := [t.name for t in threads if t.is_alive()]):
+        log.warning("%s: workers still busy after %.1f s: %s", name, wait_s, ", ".join(busy))
 
 
 def _fail_all(jobs: list[_Job], name: str) -> None:

@@ -10,6 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+CLOSE_WAIT_S = 10.0
+"""How long closing an engine waits for the inference in progress (a worker still inside a
+model when the interpreter exits can crash it at exit)."""
 
 
 class EngineThreads:

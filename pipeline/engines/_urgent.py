@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ..errors import EngineError
-from ._fair import _fail_all, _Job, _settle
+from ._fair import _fail_all, _Job, _join, _settle
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -134,13 +134,15 @@ class UrgentThreads:
         is dropped; a started one finishes in its thread and its result is dropped."""
         return await self.submit(due, fn, *args)
 
-    def shutdown(self) -> None:
-        """Stop the workers after their current job; waiting jobs fail with EngineError."""
+    def shutdown(self, wait_s: float = 0.0) -> None:
+        """Stop the workers after their current job, waiting up to ``wait_s`` for them; waiting
+        jobs fail with EngineError."""
         with self._lock:
             self._closed = True
             dropped = list(iter(self._queue.pop, None))
             self._lock.notify_all()
         _fail_all(dropped, self.name)
+        _join(self._threads, wait_s, self.name)
 
     def _withdraw(self, job: _Job) -> None:
         with self._lock:

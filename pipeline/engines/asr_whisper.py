@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError, EngineError
 from ._fair import FairThreads
+from ._threads import CLOSE_WAIT_S
 
 log = logging.getLogger("voice.asr")
 
@@ -254,6 +255,10 @@ class WhisperAsr:
     def waiting(self) -> int:
         """Transcription pieces waiting for a worker, all sessions together."""
         return self._threads.waiting()
+
+    def close(self) -> None:
+        """Stop the workers, waiting a bounded time for the transcriptions in progress."""
+        self._threads.shutdown(wait_s=CLOSE_WAIT_S)
 
     def warm_up(self) -> None:
         rng = np.random.default_rng(0)

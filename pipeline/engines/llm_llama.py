@@ -325,6 +325,10 @@ class LlamaLlm:
             next_timeout=self.options.next_token_timeout,
         )
 
+    def close(self) -> None:
+        """Stop the worker after the reply in progress (waiting ones are dropped)."""
+        self._threads.shutdown()
+
     def warm_up(self) -> None:
         for _ in self._generate([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
             pass

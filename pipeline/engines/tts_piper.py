@@ -21,6 +21,7 @@ import onnxruntime
 
 from ..audio import Resampler
 from ..errors import ConfigError, EngineError
+from ._threads import CLOSE_WAIT_S
 from ._urgent import UrgentThreads
 
 log = logging.getLogger("voice.tts")
@@ -105,6 +106,10 @@ class PiperTts:
         return await self._threads.run(
             due, functools.partial(self.synthesize_blocking, text, speed=speed, voice=voice)
         )
+
+    def close(self) -> None:
+        """Stop the workers, waiting a bounded time for the syntheses in progress."""
+        self._threads.shutdown(wait_s=CLOSE_WAIT_S)
 
     def warm_up(self) -> None:
         for name in self._voices:

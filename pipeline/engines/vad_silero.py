@@ -53,6 +53,10 @@ class SileroVad:
     def stream(self) -> SileroStream:
         return SileroStream(self)
 
+    def close(self) -> None:
+        """Stop the worker after the windows in progress (waiting ones are dropped)."""
+        self._threads.shutdown()
+
     def run_windows(
         self, windows: np.ndarray, state: np.ndarray, context: np.ndarray
     ) -> tuple[list[float], np.ndarray, np.ndarray]:

@@ -5,8 +5,9 @@ transfer a SIP call and press keys on a SIP call's keypad (an automated menu's o
 from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
+from functools import cache
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, available_timezones
 
 from ..errors import ToolError
 from .registry import ToolContext, tool
@@ -17,9 +18,10 @@ async def get_current_time(
     timezone: Annotated[str, "An IANA time zone such as Europe/Paris"] = "UTC",
 ) -> dict[str, Any]:
     """Tell the current date and time in a time zone."""
-    now = datetime.now(_zone(timezone))
+    name, zone = _zone(timezone)
+    now = datetime.now(zone)
     return {
-        "timezone": timezone,
+        "timezone": name,
         "date": now.strftime("%Y-%m-%d"),
         "weekday": now.strftime("%A"),
         "time": now.strftime("%H:%M"),
@@ -58,13 +60,49 @@ async def press_keys(
     return f"Pressed {' '.join(keys.replace(' ', ''))} on the keypad."
 
 
-def _zone(name: str) -> tzinfo:
-    if name.upper() in ("UTC", "Z"):
-        return UTC  # needs no time zone database
-    try:
-        return ZoneInfo(name)
-    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a bad path a ValueError
+_ABBREVIATIONS = {
+    **dict.fromkeys(("EST", "EDT", "ET"), "America/New_York"),
+    **dict.fromkeys(("CST", "CDT", "CT"), "America/Chicago"),
+    **dict.fromkeys(("MST", "MDT", "MT"), "America/Denver"),
+    **dict.fromkeys(("PST", "PDT", "PT"), "America/Los_Angeles"),
+    **dict.fromkeys(("CET", "CEST"), "Europe/Paris"),
+    "BST": "Europe/London",
+    "IST": "Asia/Kolkata",
+    "JST": "Asia/Tokyo",
+    "AEST": "Australia/Sydney",
+}
+"""What people (and small models) say instead of an IANA name: the region's zone, with its
+daylight saving time (tzdata's own ``EST`` or ``MST`` is a fixed offset)."""
+
+
+def _zone(name: str) -> tuple[str, tzinfo]:
+    """The IANA name and zone ``name`` means: an IANA name in any case or with spaces
+    (``america/new york``), a common abbreviation (``PST``) or a zone's city (``Paris``)."""
+    key = "_".join(name.split()).casefold()
+    if key in ("utc", "z", "gmt", "utc+0", "gmt+0"):
+        return "UTC", UTC  # needs no time zone database
+    names = _names()
+    found = names.get(key) or _ABBREVIATIONS.get(key.upper()) or _cities().get(key)
+    if found is None:
         raise ToolError(
             f"unknown time zone {name!r}; use an IANA name such as Europe/Paris",
             tool="get_current_time",
-        ) from None
+        )
+    return found, ZoneInfo(found)
+
+
+@cache
+def _names() -> dict[str, str]:
+    """Every zone of the time zone database, by its name in lower case."""
+    zones = available_timezones() - {"localtime", "Factory"}
+    return {zone.casefold(): zone for zone in zones}
+
+
+@cache
+def _cities() -> dict[str, str]:
+    """The zones named after one city (``paris`` → ``Europe/Paris``), when only one is."""
+    by_city: dict[str, list[str]] = {}
+    for zone in _names().values():
+        if "/" in zone:
+            by_city.setdefault(zone.rsplit("/", 1)[1].casefold(), []).append(zone)
+    return {city: zones[0] for city, zones in by_city.items() if len(zones) == 1}

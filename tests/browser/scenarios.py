@@ -35,7 +35,7 @@ from tests.browser.page import (
 )
 from tests.conftest import ARTIFACTS, espeak, test_config
 from tests.netns import SERVER_IP
-from voice.engines import load_engines, warm_up
+from voice.engines import close_engines, load_engines, warm_up
 from voice.server import VoiceServer
 
 log = logging.getLogger("tests.browser")
@@ -286,6 +286,7 @@ async def main(names: list[str]) -> dict[str, Any]:
                     results[name]["took_s"] = round(time.perf_counter() - began, 1)
     finally:
         await server.stop()
+        close_engines(loaded.engines)
     return results
 
 

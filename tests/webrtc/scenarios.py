@@ -25,7 +25,7 @@ from tests.conftest import espeak, test_config
 from tests.netns import SERVER_IP
 from tests.webrtc.peer import RtcCaller
 from transports.webrtc import ReplyTrack
-from voice.engines import load_engines, warm_up
+from voice.engines import close_engines, load_engines, warm_up
 from voice.server import VoiceServer
 
 QUESTION = "Who painted the Mona Lisa?"
@@ -214,6 +214,7 @@ async def main() -> dict[str, Any]:
                 results[name] = await scenario(server, base)
     finally:
         await server.stop()
+        close_engines(engines)
     return results
 
 
