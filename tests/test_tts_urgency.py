@@ -211,16 +211,18 @@ async def test_a_reserved_worker_takes_only_what_is_due_so_a_first_clause_never_
     now = 100.0
     pool = UrgentThreads("tts", 2, reserved=1, now=lambda: now)
     started: list[str] = []
-    gate = threading.Event()
+    gate, busy = threading.Event(), threading.Event()
 
     def job(name: str, block: bool = False) -> str:
         started.append(name)
         if block:
+            busy.set()
             gate.wait(timeout=60)
         return name
 
     try:
         tail1 = pool.submit(200.0, job, "tail1", True)
+        assert await asyncio.to_thread(busy.wait, 30)  # (else the first clause may go first)
         tail2 = pool.submit(200.0, job, "tail2")
         first = pool.submit(100.0, job, "first")
         assert await asyncio.wait_for(first, timeout=30) == "first"
