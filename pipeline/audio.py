@@ -44,6 +44,13 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return 20.0 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")
 
 
+def levels_dbfs(rows: np.ndarray) -> list[float]:
+    """:func:`rms_dbfs` of each row of ``rows`` (shape ``(n, samples)``)."""
+    power = np.mean(np.square(rows.astype(np.float64)), axis=1)
+    with np.errstate(divide="ignore"):
+        return (10.0 * np.log10(power / 32768.0**2)).tolist()
+
+
 class Resampler:
     """A streaming resampler for one direction of one session (it keeps filter state).
 

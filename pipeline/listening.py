@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .audio import PIPELINE_RATE, Resampler
+from .audio import PIPELINE_RATE, Resampler, levels_dbfs
 from .backchannel import Overlap, classify, words_of
 from .clock import Clock, timeout
 from .context import ChatMessage, new_id
@@ -289,15 +289,17 @@ class Listener:
             self._pending_samples = len(data) - usable
             windows = data[:usable].reshape(-1, window)
             probabilities = await self._vad.probabilities(windows)
-            for probability in probabilities:
+            levels = levels_dbfs(windows)
+            for probability, level in zip(probabilities, levels, strict=True):
                 self._scored += window
-                self._on_window(probability, self._scored)
+                self._on_window(probability, self._scored, level)
 
-    def _on_window(self, probability: float, end: int) -> None:
+    def _on_window(self, probability: float, end: int, level_db: float | None = None) -> None:
         td = self.settings.turn_detection
         if td is None:
             return
-        for event in self._detector.feed(probability, end / PIPELINE_RATE, 512 / PIPELINE_RATE):
+        duration = self._vad.window / PIPELINE_RATE
+        for event in self._detector.feed(probability, end / PIPELINE_RATE, duration, level_db):
             self._on_turn_event(event, td)
         turn = self._turn  # (speech only: not while a pause's words are being transcribed)
         if turn is not None and turn.overlap and turn.early is None and self._too_long(turn, end):
@@ -553,7 +555,10 @@ class Listener:
         )
 
     def _new_detector(self) -> TurnDetector:
-        return TurnDetector(self.settings.turn_detection or TurnSettings())
+        return TurnDetector(
+            self.settings.turn_detection or TurnSettings(),
+            early_pause_db=self.tuning.early_pause_db,
+        )
 
     # ---------------------------------------------------------------- an idle caller
 

@@ -11,11 +11,20 @@ returns the turn events that window caused::
 
 ``INTERRUPT`` fires once per utterance when speech has lasted ``interrupt_min_speech_ms``; the
 session uses it for barge-in (so a cough does not interrupt the agent).
+
+The VAD's speech probability stays high for 50-150 ms after the last sound (Silero's own
+tail), so a pause found from it alone is found that much late. With ``early_pause_db`` the
+loudness of each window helps: windows ``early_pause_db`` below the loudest of the utterance
+count as quiet, and ``tentative_silence_ms`` of them send ``PAUSED`` while the VAD still says
+speech (``RESUMED`` when the sound comes back before the VAD agrees). Only the tentative pause
+moves: the turn still ends after the VAD's silence, so a quiet stretch inside a word costs at
+most an early transcription that is dropped.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 EAGERNESS_NAMES = ("low", "medium", "high", "auto")
@@ -95,12 +104,20 @@ class _State(enum.Enum):
 class TurnDetector:
     """One caller's turn-taking state. Not thread-safe; one per session."""
 
-    def __init__(self, settings: TurnSettings) -> None:
+    def __init__(self, settings: TurnSettings, *, early_pause_db: float = 0.0) -> None:
         settings.validate()
+        if early_pause_db < 0:
+            raise ValueError("early_pause_db must be >= 0")
         self.settings = settings
+        self.early_pause_db = early_pause_db
+        """Windows this far below the utterance's loudest count as quiet (0: the VAD alone)."""
+        self._peak_db = -math.inf
+        self._quiet_since: float | None = None
+        self._early = False  # PAUSED sent from the loudness while the VAD still says speech
         self._state = _State.QUIET
         self._onset = 0.0
         self._silence_start = 0.0
+        self._speech_end = 0.0
         self._paused_sent = False
         self._interrupt_sent = False
         self._silence_target: float | None = None
@@ -110,6 +127,9 @@ class TurnDetector:
         """For the current pause only: end the turn after this much silence instead of
         ``silence_duration_ms`` (a semantic end-of-turn signal); reset when speech resumes.
         Returns ``TURN_ENDED`` at once when the silence so far is already enough."""
+        if self._early and self._state is _State.SPEAKING:  # (kept until the VAD's pause)
+            self._silence_target = float(milliseconds)
+            return []
         if self._state is not _State.PAUSE:
             return []
         self._silence_target = float(milliseconds)
@@ -130,9 +150,15 @@ class TurnDetector:
         self._paused_sent = False
         self._interrupt_sent = False
         self._silence_target = None
+        self._peak_db = -math.inf
+        self._quiet_since = None
+        self._early = False
 
-    def feed(self, probability: float, end: float, duration: float) -> list[TurnEvent]:
-        """Account for one VAD window ending at ``end`` (s) lasting ``duration`` (s)."""
+    def feed(
+        self, probability: float, end: float, duration: float, level_db: float | None = None
+    ) -> list[TurnEvent]:
+        """Account for one VAD window ending at ``end`` (s) lasting ``duration`` (s), its
+        loudness ``level_db`` (dBFS; None: unknown, the VAD alone decides)."""
         s = self.settings
         self._last_end = end
         start = end - duration
@@ -140,29 +166,57 @@ class TurnDetector:
             if probability >= s.threshold:
                 self._onset = start
                 self._state = _State.ONSET
+                self._peak_db, self._quiet_since = _level(level_db), None
                 return [TurnEvent(TurnEventKind.ONSET, start), *self._after_onset_window(end)]
             return []
         if self._state is _State.ONSET:
             if probability >= s.threshold - s.hysteresis:
+                self._peak_db = max(self._peak_db, _level(level_db))
                 return self._after_onset_window(end)
             self._state = _State.QUIET
             return [TurnEvent(TurnEventKind.NOISE, end)]
         if self._state is _State.SPEAKING:
             if probability >= s.threshold - s.hysteresis:
-                return self._interrupt_due(end)
+                return self._loudness(start, end, level_db) + self._interrupt_due(end)
             self._silence_start = start
+            # the speech ended where the loudness said, if its pause stood (the silence that
+            # ends the turn still counts from the VAD's)
+            self._speech_end = self._quiet_since if self._early and self._quiet_since else start
             self._state = _State.PAUSE
+            self._early, self._quiet_since = False, None  # (PAUSED, if sent, stands)
             return self._pause_progress(end)
         # PAUSE
         if probability >= s.threshold:
             self._state = _State.SPEAKING
             self._silence_target = None
+            self._peak_db = max(self._peak_db, _level(level_db))
             events = []
             if self._paused_sent:
                 events.append(TurnEvent(TurnEventKind.RESUMED, end))
             self._paused_sent = False
             return events + self._interrupt_due(end)
         return self._pause_progress(end)
+
+    def _loudness(self, start: float, end: float, level_db: float | None) -> list[TurnEvent]:
+        """While the VAD says speech: a quiet stretch of ``tentative_silence_ms`` is a pause
+        (``PAUSED`` from its first quiet window); sound again takes it back (``RESUMED``)."""
+        if self.early_pause_db <= 0 or level_db is None:
+            return []
+        if level_db >= self._peak_db - self.early_pause_db:
+            self._peak_db = max(self._peak_db, level_db)
+            self._quiet_since = None
+            if not self._early:
+                return []
+            self._early = self._paused_sent = False
+            self._silence_target = None
+            return [TurnEvent(TurnEventKind.RESUMED, end)]
+        if self._quiet_since is None:
+            self._quiet_since = start
+        quiet_ms = (end - self._quiet_since) * 1000.0 + 1e-6
+        if self._paused_sent or quiet_ms < self.settings.tentative_silence_ms:
+            return []
+        self._paused_sent = self._early = True
+        return [TurnEvent(TurnEventKind.PAUSED, self._quiet_since)]
 
     def _after_onset_window(self, end: float) -> list[TurnEvent]:
         if (end - self._onset) * 1000.0 + 1e-6 < self.settings.min_speech_ms:
@@ -185,8 +239,12 @@ class TurnDetector:
         target = self._silence_target
         if silence_ms >= (self.settings.silence_duration_ms if target is None else target):
             self.reset()
-            return [TurnEvent(TurnEventKind.TURN_ENDED, self._silence_start)]
+            return [TurnEvent(TurnEventKind.TURN_ENDED, self._speech_end)]
         if not self._paused_sent and silence_ms >= self.settings.tentative_silence_ms:
             self._paused_sent = True
-            return [TurnEvent(TurnEventKind.PAUSED, self._silence_start)]
+            return [TurnEvent(TurnEventKind.PAUSED, self._speech_end)]
         return []
+
+
+def _level(level_db: float | None) -> float:
+    return -math.inf if level_db is None else level_db

@@ -105,3 +105,74 @@ def test_a_semantic_silence_target_can_end_the_turn_at_once_or_hold_it() -> None
     assert ended.kind is K.TURN_ENDED and abs(ended.at - 16 * W) < 1e-9
     assert not d.speaking
     assert d.set_silence_target(250) == []  # outside a pause it does nothing
+
+
+def run_loud(
+    detector: TurnDetector, pattern: list[tuple[float, float, int]]
+) -> list[tuple[K, float, float]]:
+    """Feed (probability, level dBFS, windows) runs; return (kind, window end, event time)."""
+    events: list[tuple[K, float, float]] = []
+    t = 0.0
+    for probability, level, n in pattern:
+        for _ in range(n):
+            t = round(t + W, 6)
+            events += [(e.kind, t, round(e.at, 6)) for e in detector.feed(probability, t, W, level)]
+    return [e for e in events if e[0] not in (K.ONSET, K.NOISE, K.INTERRUPT)]
+
+
+def test_the_loudness_finds_a_pause_before_the_vad_does_and_the_turn_still_ends_on_the_vad() -> (
+    None
+):
+    """Speech to 30 W, then quiet; the VAD's probability stays up for 3 more windows (its own
+    tail). With early_pause_db the pause is sent after 3 quiet windows (96 ms) from the first
+    quiet one; the turn ends 500 ms after the VAD's silence began."""
+    speech, tail, quiet = (0.9, -20.0, 30), (0.8, -80.0, 3), (0.0, -80.0, 20)
+    vad_only = run_loud(TurnDetector(TurnSettings()), [speech, tail, quiet])
+    loud = run_loud(TurnDetector(TurnSettings(), early_pause_db=35), [speech, tail, quiet])
+    assert [k for k, *_ in vad_only] == [K.SPEECH_STARTED, K.PAUSED, K.TURN_ENDED]
+    assert [k for k, *_ in loud] == [K.SPEECH_STARTED, K.PAUSED, K.TURN_ENDED]
+    assert vad_only[1][1:] == (round(36 * W, 6), round(33 * W, 6))  # sent at 36 W, speech end 33 W
+    assert loud[1][1:] == (round(33 * W, 6), round(30 * W, 6))  # 3 windows sooner, end 30 W
+    # the turn ends when it did (500 ms of the VAD's silence), its speech end where the pause began
+    assert vad_only[2][1:] == (round(49 * W, 6), round(33 * W, 6))
+    assert loud[2][1:] == (round(49 * W, 6), round(30 * W, 6))
+
+
+def test_sound_again_takes_the_early_pause_back() -> None:
+    d = TurnDetector(TurnSettings(), early_pause_db=35)
+    events = run_loud(d, [(0.9, -20.0, 20), (0.9, -70.0, 4), (0.9, -25.0, 10), (0.0, -90.0, 20)])
+    assert [k for k, *_ in events] == [
+        K.SPEECH_STARTED,
+        K.PAUSED,  # 96 ms quiet inside the speech (the VAD never paused)
+        K.RESUMED,  # the sound is back
+        K.PAUSED,  # the real end
+        K.TURN_ENDED,
+    ]
+    assert events[2][1] == round(25 * W, 6)
+
+
+def test_a_quieter_stretch_within_the_drop_is_speech_and_no_level_means_the_vad_alone() -> None:
+    d = TurnDetector(TurnSettings(), early_pause_db=35)
+    assert K.PAUSED not in [k for k, *_ in run_loud(d, [(0.9, -20.0, 20), (0.9, -50.0, 10)])]
+    d = TurnDetector(TurnSettings(), early_pause_db=35)
+    events = []
+    t = 0.0
+    for p, n in [(0.9, 20), (0.8, 3), (0.0, 3)]:
+        for _ in range(n):
+            t = round(t + W, 6)
+            events += [e.kind for e in d.feed(p, t, W)]  # no level given
+    assert events.count(K.PAUSED) == 1 and d.speaking
+
+
+def test_a_silence_target_set_during_the_early_pause_holds_for_the_vads_pause() -> None:
+    """The words are judged during the early pause; the target they set ends the turn once the
+    VAD's silence reaches it."""
+    d = TurnDetector(TurnSettings(silence_duration_ms=2000), early_pause_db=35)
+    events = run_loud(d, [(0.9, -20.0, 20), (0.8, -80.0, 3)])
+    assert [k for k, *_ in events] == [K.SPEECH_STARTED, K.PAUSED]
+    assert d.set_silence_target(250) == []  # the VAD still says speech: nothing ends yet
+    t, ended = 23 * W, []
+    for _ in range(10):
+        t = round(t + W, 6)
+        ended += [(e.kind, t) for e in d.feed(0.0, t, W, -80.0)]
+    assert ended == [(K.TURN_ENDED, round(31 * W, 6))]  # 256 ms after the VAD's silence at 23 W

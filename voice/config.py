@@ -285,6 +285,13 @@ class VadConfig:
     interrupt_min_speech_ms: int = doc(
         "Speech needed to interrupt the agent (barge-in).", _TURNS.interrupt_min_speech_ms
     )
+    early_pause_db: float = doc(
+        "The tentative pause from the loudness too: after `tentative_silence_ms` of windows this"
+        " many dB below the utterance's loudest, ASR starts while the VAD's probability is still"
+        " falling (50-150 ms after the last sound); the turn still ends on the VAD's silence."
+        " 0 = the VAD alone.",
+        _TUNING.early_pause_db,
+    )
     pause_on_onset: bool = doc(
         "Hold the agent's audio from the caller's first speech window (resumed if it was not"
         " speech); the reply is cancelled only after `interrupt_min_speech_ms`.",

@@ -223,6 +223,7 @@ class VoiceServer:
                 speculative_reply=p.speculative_reply and p.early_asr,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
                 pause_on_onset=v.pause_on_onset,
+                early_pause_db=max(0.0, v.early_pause_db),
                 backchannel=v.backchannel_settings(),
                 interim_asr_ms=max(0, p.interim_asr_ms),
                 endpoint=EndpointSettings(
