@@ -12,6 +12,7 @@ import websockets
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack
 
+from voice.health import refusal
 from voice.server import VoiceServer
 
 from .conftest import test_config as base_config
@@ -84,6 +85,23 @@ async def test_offers_that_never_connect_do_not_take_sessions(light_server: Voic
         await call.close("test hangs up")
         assert len(light_server.calls) == 2
         assert (await post_offer(http, port, offer))[0] == 201  # a connecting slot is free again
+
+
+async def test_a_closing_session_no_longer_takes_a_place(light_server: VoiceServer) -> None:
+    port = light_server.port
+    async with (
+        websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as first,
+        websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as second,
+    ):
+        for ws in (first, second):
+            assert '"session.created"' in str(await ws.recv())
+        assert refusal(light_server.admission()) is not None  # at max_sessions (2)
+        closing = next(iter(light_server.sessions.values()))
+        closing.close("the caller hung up")  # (still listed until its tasks have ended)
+        assert closing.id in light_server.sessions
+        assert refusal(light_server.admission()) is None
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as third:
+            assert '"session.created"' in str(await third.recv())
 
 
 async def test_a_call_becomes_a_session_when_it_connects_unless_none_is_free(

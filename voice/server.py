@@ -376,9 +376,11 @@ class VoiceServer:
                 log.error("cannot write the transcript of %s: %s", session.id, exc)
 
     def admission(self) -> Admission:
-        return Admission(
-            self.warm, self.draining, len(self.sessions), self.config.server.max_sessions
-        )
+        """What decides whether a new session is taken. A session that is closing (its caller
+        hung up, its tasks still winding down) no longer counts: a caller who hangs up and
+        calls straight back is not refused for their own last call."""
+        live = sum(1 for s in self.sessions.values() if s.closed_reason is None)
+        return Admission(self.warm, self.draining, live, self.config.server.max_sessions)
 
     def _check_capacity(self) -> None:
         """Refuse a new session (HTTP 503) while the server is not ready (``health.py``)."""
