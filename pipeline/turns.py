@@ -181,7 +181,8 @@ class TurnDetector:
             self._silence_start = start
             # the speech ended where the loudness said, if its pause stood (the silence that
             # ends the turn still counts from the VAD's)
-            self._speech_end = self._quiet_since if self._early and self._quiet_since else start
+            early = self._quiet_since if self._early else None
+            self._speech_end = start if early is None else early
             self._state = _State.PAUSE
             self._early, self._quiet_since = False, None  # (PAUSED, if sent, stands)
             return self._pause_progress(end)
