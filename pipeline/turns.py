@@ -44,7 +44,7 @@ class TurnSettings:
     """Audio kept before the detected onset, so the first syllable reaches ASR."""
     silence_duration_ms: int = 500
     """Silence that ends the turn."""
-    tentative_silence_ms: int = 96
+    tentative_silence_ms: int = 64
     """Silence after which the turn is *probably* over: ASR starts early on ``PAUSED``."""
     interrupt_min_speech_ms: int = 192
     """Speech needed to interrupt the agent (barge-in)."""

@@ -127,8 +127,9 @@ def test_the_loudness_finds_a_pause_before_the_vad_does_and_the_turn_still_ends_
     tail). With early_pause_db the pause is sent after 3 quiet windows (96 ms) from the first
     quiet one; the turn ends 500 ms after the VAD's silence began."""
     speech, tail, quiet = (0.9, -20.0, 30), (0.8, -80.0, 3), (0.0, -80.0, 20)
-    vad_only = run_loud(TurnDetector(TurnSettings()), [speech, tail, quiet])
-    loud = run_loud(TurnDetector(TurnSettings(), early_pause_db=35), [speech, tail, quiet])
+    settings = TurnSettings(tentative_silence_ms=96, silence_duration_ms=500)
+    vad_only = run_loud(TurnDetector(settings), [speech, tail, quiet])
+    loud = run_loud(TurnDetector(settings, early_pause_db=35), [speech, tail, quiet])
     assert [k for k, *_ in vad_only] == [K.SPEECH_STARTED, K.PAUSED, K.TURN_ENDED]
     assert [k for k, *_ in loud] == [K.SPEECH_STARTED, K.PAUSED, K.TURN_ENDED]
     assert vad_only[1][1:] == (round(36 * W, 6), round(33 * W, 6))  # sent at 36 W, speech end 33 W
@@ -139,7 +140,7 @@ def test_the_loudness_finds_a_pause_before_the_vad_does_and_the_turn_still_ends_
 
 
 def test_sound_again_takes_the_early_pause_back() -> None:
-    d = TurnDetector(TurnSettings(), early_pause_db=35)
+    d = TurnDetector(TurnSettings(tentative_silence_ms=96), early_pause_db=35)
     events = run_loud(d, [(0.9, -20.0, 20), (0.9, -70.0, 4), (0.9, -25.0, 10), (0.0, -90.0, 20)])
     assert [k for k, *_ in events] == [
         K.SPEECH_STARTED,
@@ -167,7 +168,9 @@ def test_a_quieter_stretch_within_the_drop_is_speech_and_no_level_means_the_vad_
 def test_a_silence_target_set_during_the_early_pause_holds_for_the_vads_pause() -> None:
     """The words are judged during the early pause; the target they set ends the turn once the
     VAD's silence reaches it."""
-    d = TurnDetector(TurnSettings(silence_duration_ms=2000), early_pause_db=35)
+    d = TurnDetector(
+        TurnSettings(silence_duration_ms=2000, tentative_silence_ms=96), early_pause_db=35
+    )
     events = run_loud(d, [(0.9, -20.0, 20), (0.8, -80.0, 3)])
     assert [k for k, *_ in events] == [K.SPEECH_STARTED, K.PAUSED]
     assert d.set_silence_target(250) == []  # the VAD still says speech: nothing ends yet
