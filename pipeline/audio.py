@@ -36,16 +36,9 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-def rms_dbfs(samples: np.ndarray) -> float:
-    """Root-mean-square level in dB relative to full scale (-inf dB for digital silence)."""
-    if samples.size == 0:
-        return float("-inf")
-    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64)))))
-    return 20.0 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")
-
-
 def levels_dbfs(rows: np.ndarray) -> list[float]:
-    """:func:`rms_dbfs` of each row of ``rows`` (shape ``(n, samples)``)."""
+    """The root-mean-square level of each row of ``rows`` (shape ``(n, samples)``), in dB
+    relative to full scale (-inf for a row of digital silence)."""
     power = np.mean(np.square(rows.astype(np.float64)), axis=1)
     with np.errstate(divide="ignore"):
         return (10.0 * np.log10(power / 32768.0**2)).tolist()

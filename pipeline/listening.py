@@ -289,8 +289,10 @@ class Listener:
             self._pending_samples = len(data) - usable
             windows = data[:usable].reshape(-1, window)
             probabilities = await self._vad.probabilities(windows)
-            levels = levels_dbfs(windows)
-            for probability, level in zip(probabilities, levels, strict=True):
+            # the loudness only matters to the early pause (``turns.py``): skipped when it is off
+            levels = levels_dbfs(windows) if self._detector.early_pause_db > 0 else None
+            for i, probability in enumerate(probabilities):
+                level = None if levels is None else levels[i]
                 self._scored += window
                 self._on_window(probability, self._scored, level)
 
