@@ -15,8 +15,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_script_parses() -> None:
-    assert subprocess.run(["bash", "-n", str(SCRIPT)], check=False).returncode == 0
+def test_the_scripts_parse() -> None:
+    for script in (SCRIPT, SCRIPT.with_name("gpu_kit.sh"), SCRIPT.with_name("gpu_kit_run.sh")):
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0, script
 
 
 def test_a_dry_run_with_llama_cpp_checks_its_settings_and_runs_nothing() -> None:

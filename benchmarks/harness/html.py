@@ -437,7 +437,8 @@ def _head(report: Mapping[str, Any]) -> list[str]:
         f"{escape(str(report.get('started_utc', '')))}</h1>",
         f"<p class='muted'>{escape(str(m.get('cpu', '')))}, {m.get('usable_cores')}/"
         f"{m.get('cores')} cores usable, {m.get('memory_gb')} GB, "
-        f"{escape(str(m.get('platform', '')))}, Python {escape(str(m.get('python', '')))}; "
+        f"{escape(str(m.get('platform', '')))}, Python {escape(str(m.get('python', '')))}"
+        f"{''.join('; GPU ' + escape(str(g)) for g in m.get('gpus') or [])}; "
         f"wall time {report.get('wall_s')} s.</p>",
     ]
 

@@ -1,11 +1,13 @@
 """The machine a benchmark ran on, for its report: CPU model, cores (all and usable), memory,
-platform and Python."""
+its NVIDIA GPUs (when ``nvidia-smi`` answers), platform and Python."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def gpus() -> list[str]:
+    """``name, memory, driver`` of each NVIDIA GPU ``nvidia-smi`` lists; none without it."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = "--query-gpu=name,memory.total,driver_version"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
 def machine_info() -> dict[str, Any]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -29,6 +49,7 @@ def machine_info() -> dict[str, Any]:
         "usable_cores": usable,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
+        "gpus": gpus(),
     }
 
 

@@ -60,6 +60,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, "
         f"{m['platform']}, Python {m['python']}",
     ]
+    if m.get("gpus"):
+        lines.append("GPU: " + "; ".join(m["gpus"]))
     for c in report["configs"]:
         default = f"the server at {report['url']}" if report.get("url") else "server defaults"
         settings = ",".join(f"{k}={v}" for k, v in c["settings"].items()) or default
