@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 
 import jiwer
@@ -17,6 +18,7 @@ import pytest
 
 from pipeline.audio import resample
 from pipeline.context import ChatMessage
+from pipeline.endpointing import EndpointSettings
 from pipeline.engines import Engines, GenerationOptions, StreamEnd
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
 from pipeline.engines.llm_llama import LlamaLlm
@@ -108,6 +110,31 @@ async def test_embedded_llm_judges_whether_the_caller_has_finished(engines: Engi
     reply = "".join([t async for t in stream if isinstance(t, str)])
     assert len(reply.split()) >= 3, reply
     assert await judge.end_of_turn([system]) is None  # no caller words: no judgement
+
+
+async def test_the_judge_reads_a_period_as_any_full_stop(engines: Engines) -> None:
+    """Whisper writes a question asked with a falling voice with a period; the judge takes it
+    for any full stop (``vad.eot_llm_any_stop``), so the turn ends like a question's. A statement
+    that may go on stays below the threshold, and the setting off scores the period alone."""
+    judge = engines.judge
+    assert isinstance(judge, LlamaLlm) and judge.options.any_stop
+    system = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")
+    complete = EndpointSettings().likely_complete
+
+    async def p(llm: LlamaLlm, text: str) -> float:
+        value = await llm.end_of_turn([system, ChatMessage("user", text)])
+        assert value is not None and 0.0 <= value <= 1.0
+        return value
+
+    questions = ("What is the capital of France.", "How many legs does a spider have.")
+    assert [await p(judge, q) for q in questions] >= [complete] * 2
+    assert await p(judge, "I'm planning a trip to Italy.") < complete
+    assert await p(judge, "Can you tell me.") < EndpointSettings().unlikely_complete
+    heard = LlamaLlm(replace(judge.options, any_stop=False))
+    try:
+        assert max([await p(heard, q) for q in questions]) < complete
+    finally:
+        heard.close()
 
 
 SYSTEM = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")

@@ -85,9 +85,17 @@ async def test_the_judge_scores_beside_a_reply_in_progress(llm: BatchedLlm) -> N
     async with aclosing(llm.stream(DRAGON, long)) as stream:  # type: ignore[type-var]
         first = await anext(stream)
         assert isinstance(first, str)
-        finished = [await p(t) for t in ("Why is the sky blue?", "Tell me how to make green tea.")]
+        finished = [
+            await p(t)
+            for t in (
+                "Why is the sky blue?",
+                "Tell me how to make green tea.",
+                "What is the capital of France.",  # a period read as any full stop
+            )
+        ]
         unfinished = [await p(t) for t in ("Can you tell me?", "I would like to book a table for")]
     assert min(finished) > 4 * max(unfinished), (finished, unfinished)
+    assert finished[2] >= 0.2, finished  # (vad.eot_llm_complete)
     assert await llm.end_of_turn([SYSTEM]) is None
 
 

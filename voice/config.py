@@ -352,6 +352,12 @@ class VadConfig:
     eot_llm_unfinished: float = doc(
         "Probability below which a question is taken as unfinished.", _EOT.unlikely_complete
     )
+    eot_llm_any_stop: bool = doc(
+        "The judge reads a period as any full stop (. ? !): a question asked with a falling"
+        ' voice, which Whisper writes with a period ("which planet is closest to the sun."),'
+        " ends like a question.",
+        True,
+    )
 
     def backchannel_settings(self) -> BackchannelSettings:
         """The `backchannel*` keys as the listener's settings; raises :class:`ConfigError`."""

@@ -143,6 +143,7 @@ def _load_llm(config: Config, times: dict[str, float]) -> LanguageModel:
             reply_tokens=c.max_tokens,
             first_token_timeout=c.first_token_timeout,
             next_token_timeout=c.next_token_timeout,
+            any_stop=config.vad.eot_llm_any_stop,
         )
         where = "gpu" if c.gpu_layers else "cpu"
         if c.parallel > 1:

@@ -51,7 +51,7 @@ from . import FinishReason, GenerationOptions, LlmEvent
 from ._batch_plan import Copy, Entry, Job, Op, Planner, Remove
 from ._bridge import stream_from_thread
 from ._threads import EngineThreads
-from .llm_llama import Judged, LlamaLlm, LlamaOptions, Pieces
+from .llm_llama import Judged, LlamaLlm, LlamaOptions, Pieces, token_probability
 
 log = logging.getLogger("voice.llm")
 _TOP_K, _TOP_P, _MIN_P = 40, 0.95, 0.05
@@ -80,8 +80,8 @@ class _Request:
     job: Job
     temperature: float = 0.0
     grammar: str | None = None
-    scores: dict[int, int] = field(default_factory=dict)
-    """Scoring: position → the token whose probability is multiplied in."""
+    scores: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """Scoring: position → the tokens whose probability (summed) is multiplied in."""
     out: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     """This completion was closed, or timed out."""
@@ -480,11 +480,9 @@ class _Worker:
             self._plan.finish(job)
             self._end(request)
 
-    def _probability(self, index: int, token: int) -> float:
+    def _probability(self, index: int, tokens: tuple[int, ...]) -> float:
         pointer = self._lib.llama_get_logits_ith(self._ctx, index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
-        logits -= logits.max()
-        return float(np.exp(logits[token]) / np.exp(logits).sum())
+        return token_probability(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)), tokens)
 
     def _piece(self, token: int) -> bytes:
         buffer = ctypes.create_string_buffer(64)

@@ -11,7 +11,9 @@ message ends exactly where the caller stopped, that is that the words are follow
 punctuation Whisper heard and then by the chat template's end-of-message token. Small chat
 models learn that a question or a request is a whole message and that "Can you tell me" is not,
 which punctuation alone cannot tell. It costs one prompt evaluation of the caller's words, which
-the reply that follows re-uses from the cache.
+the reply that follows re-uses from the cache. With ``any_stop``, a period counts as any full
+stop (``.``, ``?`` or ``!``): Whisper writes a question asked with a falling voice ("which
+planet is closest to the sun.") with a period, which the model finds unlikely after a question.
 
 Every prompt is fitted into ``n_ctx`` less the reply's ``max_tokens`` (``context_fit.py``),
 counted with the model's tokenizer on the rendered chat template: the system prompt and the
@@ -79,6 +81,8 @@ class LlamaOptions:
     """Texts whose token count is remembered."""
     first_token_timeout: float = 20.0
     next_token_timeout: float = 10.0
+    any_stop: bool = True
+    """The judge takes a period the caller's words end with for any full stop (. ? !)."""
 
 
 class LlamaLlm:
@@ -269,7 +273,15 @@ class LlamaLlm:
         after = self._tokens(prompt[at + len(text) :])
         if not after or said[: len(words)] != words:
             return None
-        return Judged(said, len(words), [*said[len(words) :], after[0]])
+        scored: list[tuple[int, ...]] = [(t,) for t in [*said[len(words) :], after[0]]]
+        if self.options.any_stop and text[len(bare) :] == "." and len(said) == len(words) + 1:
+            stops = {said[-1]}
+            for mark in "?!":  # the same words ended otherwise, where that is one token too
+                other = self._tokens(prompt[: at + len(bare)] + mark)
+                if len(other) == len(said) and other[: len(words)] == words:
+                    stops.add(other[-1])
+            scored[0] = (said[-1], *sorted(stops - {said[-1]}))
+        return Judged(said, len(words), scored)
 
     def _end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         judged = self._judged(messages)
@@ -277,10 +289,10 @@ class LlamaLlm:
             return None
         probability = 1.0
         self._eval_cached(judged.said[: judged.words])
-        for i, token in enumerate(judged.scored):
-            probability *= self._next_token_probability(token)
+        for i, tokens in enumerate(judged.scored):
+            probability *= self._next_token_probability(tokens)
             if judged.words + i < len(judged.said):
-                self._llama.eval([token])
+                self._llama.eval([judged.said[judged.words + i]])
         return probability
 
     def _eval_cached(self, tokens: list[int]) -> None:
@@ -295,13 +307,11 @@ class LlamaLlm:
         llama.n_tokens = cached
         llama.eval(tokens[cached:])
 
-    def _next_token_probability(self, token: int) -> float:
+    def _next_token_probability(self, tokens: tuple[int, ...]) -> float:
+        """The probability that the next token is one of ``tokens``."""
         llama = self._llama
-        logits = np.ctypeslib.as_array(_last_logits(llama.ctx), shape=(llama.n_vocab(),)).astype(
-            np.float64
-        )
-        logits -= logits.max()
-        return float(np.exp(logits[token]) / np.exp(logits).sum())
+        logits = np.ctypeslib.as_array(_last_logits(llama.ctx), shape=(llama.n_vocab(),))
+        return token_probability(logits, tokens)
 
     async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         """The probability that the last (user) message is complete; ``None`` if unknown, or
@@ -334,20 +344,29 @@ class LlamaLlm:
             pass
 
 
+def token_probability(logits: np.ndarray, tokens: tuple[int, ...]) -> float:
+    """Softmax of ``logits``, summed over ``tokens``."""
+    values = logits.astype(np.float64)
+    values -= values.max()
+    weights = np.exp(values)
+    return float(weights[list(tokens)].sum() / weights.sum())
+
+
 @dataclass(slots=True)
 class Judged:
     """The end-of-turn judge's question: after the prompt's first ``words`` tokens (up to the
-    caller's last word), the probability of each token of ``scored`` in turn: the caller's
-    final punctuation (the rest of ``said``), then the template's end of message.
+    caller's last word), the probability of each entry of ``scored`` in turn (one of its
+    tokens): the caller's final punctuation (the rest of ``said``; a period: any full stop
+    with ``any_stop``), then the template's end of message.
     P(punctuation | words) * P(end of message | words and punctuation)."""
 
     said: list[int]
     words: int
-    scored: list[int]
+    scored: list[tuple[int, ...]]
 
-    def positions(self) -> dict[int, int]:
-        """Each position of ``said`` whose logits are needed → the token scored there."""
-        return {self.words - 1 + i: token for i, token in enumerate(self.scored)}
+    def positions(self) -> dict[int, tuple[int, ...]]:
+        """Each position of ``said`` whose logits are needed → the tokens scored there."""
+        return {self.words - 1 + i: tokens for i, tokens in enumerate(self.scored)}
 
 
 class Pieces(Protocol):
