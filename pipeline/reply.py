@@ -62,7 +62,7 @@ class ReplySettings:
     lead_ms: int = 60
     first_clause_chars: int = 16
     min_clause_chars: int = 40
-    first_clause_words: int = 4
+    first_clause_words: int = 3
     trim_leading_silence: bool = True
     """Start the first piece at its first audible sample (less 10 ms), not at the TTS's
     leading near-silence."""
