@@ -49,7 +49,7 @@ mkdir -p "$DIR" "$WORK/blob/whl" "$WORK/blob/site" "$WORK/blob/speech"
 rm -f "$DIR"/part_*
 
 # ---------------------------------------------------------------- wheels, pinned to .venv's
-"$PY" -m pip freeze 2>/dev/null >"$WORK/freeze"
+"$PY" -m pip list --format=freeze 2>/dev/null >"$WORK/freeze"
 : >"$WORK/want"
 for name in $RUNTIME; do
   n=$(echo "$name" | norm)
