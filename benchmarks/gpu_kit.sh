@@ -30,16 +30,13 @@ VENV=$ROOT/.venv
 PY=$VENV/bin/python
 [ -x "$PY" ] || { echo "gpu_kit.sh: no .venv here (make test makes it)" >&2; exit 1; }
 command -v espeak-ng >/dev/null || { echo "gpu_kit.sh: espeak-ng is missing" >&2; exit 1; }
-# What the server, the engines and the harness import, with their own needs (not the tests').
+# What the server, the engines and the harness import, with their own needs (not the tests'),
+# less what an NVIDIA CUDA image with PyTorch has already (numpy, onnxruntime, torch, aiohttp, ...).
 RUNTIME="aioice aiortc annotated-types av cffi cryptography ctranslate2 diskcache distro dnspython
 faster-whisper G722 google-crc32c httpcore2 httpx2 ifaddr jiter jiwer livekit openai pathvalidate
 piper-tts pycparser pydantic pydantic_core pyee pylibsrtp pyOpenSSL RapidFuzz silero-vad sniffio
 soxr truststore types-protobuf typing-inspection tzdata websockets"
-# The image this was made for (an NVIDIA CUDA image with PyTorch) has these already.
-HAVE_DEFAULT="aiohttp aiosignal anyio attrs certifi frozenlist h11 httpcore httpx huggingface-hub
-idna jinja2 multidict numpy onnxruntime packaging prometheus-client propcache protobuf psutil
-pyyaml tokenizers torch torchaudio tqdm typing-extensions uvloop yarl"
-have=$HAVE_DEFAULT
+have=""
 [ -n "${HAVE:-}" ] && have=$(tr ',' ' ' <"$HAVE")
 norm() { tr 'A-Z_.' 'a-z--'; }
 
