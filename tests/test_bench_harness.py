@@ -80,6 +80,7 @@ from benchmarks.harness.timeline import (
     false_interruptions,
     first_loud_audio,
     realtime_barge_in,
+    reply_stalls,
     twilio_barge_in,
     wer,
 )
@@ -303,6 +304,22 @@ def test_realtime_barge_in_is_measured_to_the_last_audio_of_the_interrupted_repl
     # completed on its own although it was still playing: not a barge-in
     finished = realtime_barge_in([*events[:-2], Ev(1.8, DONE, "r1", status="completed")], 1.5)
     assert finished.playing and finished.interrupted is False and finished.latency_ms(1.5) is None
+
+
+def test_reply_stalls_are_pieces_that_came_after_the_audio_before_them_ran_out() -> None:
+    def piece(t: float, response: str = "r1") -> Ev:
+        return Ev(t, AUDIO, response, True, seconds=0.1)
+
+    steady = [piece(1.0 + i * 0.1) for i in range(10)]  # plays 1.0 .. 2.0, each in time
+    assert reply_stalls(steady, "r1", until=9.0) == []
+    jitter = [piece(1.0), piece(1.15), piece(1.2)]  # 50 ms late: within what a player absorbs
+    assert reply_stalls(jitter, "r1", until=9.0) == []
+    late = [piece(1.0), piece(1.1), piece(1.5), piece(1.6), piece(2.0)]  # ran out at 1.2 and 1.7
+    assert reply_stalls(late, "r1", until=9.0) == pytest.approx([0.3, 0.3])
+    assert reply_stalls(late, "r1", until=1.9) == pytest.approx([0.3])  # the caller spoke at 1.9
+    assert reply_stalls([*late, piece(5.0, "r2")], "r2", until=9.0) == []  # per reply
+    unknown = [Ev(1.0, AUDIO, "r1", True), Ev(3.0, AUDIO, "r1", True)]  # (WebRTC: no lengths)
+    assert reply_stalls(unknown, "r1", until=9.0) == []
 
 
 def test_twilio_barge_in_uses_clear_or_a_gap() -> None:

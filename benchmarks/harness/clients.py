@@ -343,7 +343,15 @@ class RealtimeCall(Call):
         kind = message.get("type")
         if kind in ("response.output_audio.delta", "response.audio.delta"):
             samples = np.frombuffer(base64.b64decode(message.get("delta") or ""), dtype="<i2")
-            self.add(Ev(now, AUDIO, message.get("response_id"), is_loud(samples)))
+            self.add(
+                Ev(
+                    now,
+                    AUDIO,
+                    message.get("response_id"),
+                    is_loud(samples),
+                    seconds=len(samples) / self.rate,
+                )
+            )
         elif kind == "response.created":
             self.add(Ev(now, CREATED, _response_id(message)))
         elif kind == "response.done":

@@ -42,6 +42,8 @@ def format_turn(rec: Mapping[str, Any]) -> str:
         else:
             parts.append(f"barge-in {fmt(barge['latency_ms'])} ms {state}".rstrip())
         parts.append(f"reply after it {fmt(barge['reply_v2v_ms'])} ms")
+    if gaps := rec.get("stalls_ms"):
+        parts.append(f"gaps in the reply {len(gaps)} ({sum(gaps):.0f} ms)")
     if rec.get("wer") is not None:
         parts.append(f"WER {rec['wer']:.2f}")
     stages = {k: v for k, v in (rec.get("stages_ms") or {}).items() if k != "speech_end"}

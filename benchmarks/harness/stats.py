@@ -89,6 +89,11 @@ def summarize(turns: Sequence[Mapping[str, Any]], protocol: str) -> dict[str, An
         "wer": None,
         "stages_ms": {},
         "transport_ms": describe(t.get("transport_ms") for t in answered),
+        "stalls": {
+            "replies": sum(1 for t in answered if t.get("stalls_ms")),
+            "gap_ms": describe(g for t in answered for g in t.get("stalls_ms") or []),
+            "total_ms": round(sum(g for t in answered for g in t.get("stalls_ms") or []), 1),
+        },
         "overhead_ms": describe(t.get("overhead_ms") for t in answered),
     }
     if protocol in ("realtime", "webrtc"):  # the Realtime events, over WebSocket or WebRTC

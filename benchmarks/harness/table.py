@@ -56,6 +56,8 @@ def summary_rows(configs: list[Mapping[str, Any]]) -> list[tuple[str, Getter, st
         if name != "speech_end":
             rows.append((f"server {name} p50 (ms)", _get("stages_ms", name, "p50"), "ms"))
     rows.append(("transport p50 (ms)", _get("transport_ms", "p50"), "ms"))
+    rows.append(("replies with a gap (count)", _get("stalls", "replies"), "rate"))
+    rows.append(("gaps in replies, total (ms)", _get("stalls", "total_ms"), "ms"))
     if any(_get("overhead_ms", "p50")(c.get("summary", {})) is not None for c in configs):
         rows.append(("framework overhead p50 (ms)", _get("overhead_ms", "p50"), "ms"))
     rows.append(("server RSS peak (MB)", _get("server_rss_mb", "peak"), "mb"))

@@ -53,6 +53,8 @@ class Ev:
     status: str | None = None
     reason: str | None = None
     metrics: dict[str, float] | None = None
+    seconds: float = 0.0
+    """Agent audio: how long it plays."""
 
 
 @dataclass(slots=True)
@@ -91,6 +93,35 @@ def talking_over(events: Iterable[Ev], before: float) -> frozenset[str | None]:
         for ev in events
         if ev.kind == AUDIO and ev.loud and ev.t <= before and ev.response is not None
     )
+
+
+STALL_ALLOWANCE_S = 0.06
+"""The jitter a caller's player absorbs before a late piece of a reply is heard as a gap."""
+
+
+def reply_stalls(
+    events: Iterable[Ev], response: str | None, until: float, allowance_s: float = STALL_ALLOWANCE_S
+) -> list[float]:
+    """The gaps (seconds) a caller hears inside one reply: a player starts the reply at its
+    first audio and plays the pieces back to back; a piece that arrives more than
+    ``allowance_s`` after the audio before it ran out leaves a gap of that lateness (and the
+    player goes on from it). Pieces received from ``until`` on (the caller speaking over the
+    reply, which the server may hold) are not counted. No gaps are measured where the audio's
+    length is unknown (a WebRTC caller records only when audio was audible)."""
+    gaps: list[float] = []
+    ends: float | None = None  # when the audio received so far will have been played
+    for ev in events:
+        if ev.kind != AUDIO or ev.response != response or ev.t >= until:
+            continue
+        if ev.seconds <= 0:
+            return []
+        if ends is None:
+            ends = ev.t
+        elif ev.t > ends + allowance_s:
+            gaps.append(ev.t - ends)
+            ends = ev.t
+        ends += ev.seconds
+    return gaps
 
 
 def false_interruptions(events: Sequence[Ev], segments: Sequence[Spoken]) -> list[bool]:
@@ -248,6 +279,7 @@ def blank_record() -> dict[str, Any]:
         "stages_ms": {},
         "overhead_ms": None,
         "transport_ms": None,
+        "stalls_ms": [],
         "user_transcript": "",
         "wer": None,
         "reply_transcript": "",
@@ -304,6 +336,7 @@ def analyze_turn(
         sent = marks.get("first_audio_sent")
         if sent is not None:
             rec["transport_ms"] = round(v2v - sent, 1)
+        rec["stalls_ms"] = [ms(g) for g in reply_stalls(events, reply.response, main_until)]
     if barge is not None and barge.onset is not None:
         rec["barge_in"] = _barge_in_record(
             events, barge, barge_in_text or "", protocol, gap_s, now, timeout_s
