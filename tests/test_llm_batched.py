@@ -7,11 +7,13 @@ import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import aclosing
+from typing import Any
 
 import pytest
 
 from pipeline.context import ChatMessage
 from pipeline.engines import GenerationOptions, StreamEnd, ToolCallDelta
+from pipeline.engines._cpu import CpuJobs
 from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
 from pipeline.engines.llm_llama import LlamaOptions
 from pipeline.engines.tools import ToolSpec
@@ -137,3 +139,36 @@ def test_closing_the_words_of_a_reply_does_not_cancel_its_call(llm: BatchedLlm) 
         assert text and call.count == 5 and call.finish == "length"
     finally:
         llm_batched._CANCEL.value = None
+
+
+async def test_a_prompt_gets_both_threads_only_while_nothing_else_is_on_the_cpu() -> None:
+    """Another engine's job on the CPU (a caller's ASR or TTS, counted in the shared
+    ``CpuJobs``) makes a prompt step use the generation threads (1) instead of the batch
+    threads (2); the reply is the same either way."""
+    cpu = CpuJobs()
+    engine = BatchedLlm(options(), BatchedOptions(parallel=2, cpu=cpu))
+    worker = engine._worker
+    calls: list[tuple[int, int]] = []
+
+    class Recording:  # llama_cpp, with llama_set_n_threads recorded
+        def __getattr__(self, name: str) -> Any:
+            return getattr(llama_cpp, name)
+
+        def llama_set_n_threads(self, ctx: Any, threads: int, batch: int) -> None:
+            calls.append((threads, batch))
+            llama_cpp.llama_set_n_threads(ctx, threads, batch)
+
+    import llama_cpp
+
+    worker._lib = Recording()
+    try:
+        alone, _ = await reply(engine, SKY)
+        assert calls[0] == (1, 2) and all(batch == 1 for _, batch in calls[1:])
+        calls.clear()
+        with cpu.job():  # (another caller's speech being recognized)
+            beside, _ = await reply(engine, [SYSTEM, ChatMessage("user", "Hi! " + SKY[1].content)])
+        assert calls and all(batch == 1 for _, batch in calls)
+        assert "blue" in alone.lower() and "blue" in beside.lower(), (alone, beside)
+        assert cpu.alone()
+    finally:
+        engine.close()

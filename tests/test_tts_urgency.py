@@ -6,7 +6,10 @@ synthesizer on virtual time, and the real Piper engine."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -235,6 +238,32 @@ async def test_a_reserved_worker_takes_only_what_is_due_so_a_first_clause_never_
         pool.shutdown()
     with pytest.raises(ValueError, match="reserved must leave a worker"):
         UrgentThreads("tts", 1, reserved=1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_work_ahead_of_its_time_runs_at_a_lower_priority_and_leaves_due_work() -> None:
+    """With ``ahead_nice``, the worker that may start a clause before it is needed runs that
+    many nice levels lower; a clause already due goes to the reserved worker (the server's
+    priority) whenever that one is free."""
+    now = 100.0
+    pool = UrgentThreads("tts", 2, reserved=1, ahead_nice=5, now=lambda: now)
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice()
+    try:
+        assert await asyncio.wait_for(pool.run(200.0, nice), 30) == min(base + 5, 19)
+        deadline = time.monotonic() + 30
+        while pool._free_reserved == 0:  # (the reserved worker has not reached its wait yet)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        # both workers are free: the due clause is the reserved one's
+        assert await asyncio.wait_for(pool.run(100.0, nice), 30) == base
+    finally:
+        pool.shutdown()
+    with pytest.raises(ValueError, match="ahead_nice"):
+        UrgentThreads("tts", 2, reserved=1, ahead_nice=20)
 
 
 # ------------------------------------------------------------------ the real engine

@@ -150,7 +150,11 @@ class AsrConfig:
     )
     language: str = doc("Language code for multilingual models; empty = detect.", "en")
     beam_size: int = doc("Beam size (1 = greedy, fastest).", 1)
-    threads: int = doc("CPU threads per transcription.", 2)
+    threads: int = doc(
+        "CPU threads per transcription (1: a short turn is as fast on one as on two, and never"
+        " waits at OpenMP's barriers for a core another caller's work holds).",
+        1,
+    )
     workers: int = doc(
         "Concurrent transcriptions; jobs wait in one queue served round-robin between sessions.", 1
     )
@@ -183,6 +187,12 @@ class LlmConfig:
         "llama.cpp threads for prompt evaluation (it runs once the transcript is known, when the"
         " ASR has released its cores).",
         2,
+    )
+    batch_threads_alone: bool = doc(
+        "With `parallel` > 1: a prompt gets `batch_threads` only while no other engine job (a"
+        " caller's speech recognition or synthesis) is on the CPU, else `threads`: threads that"
+        " meet at a barrier after every operation wait for a busy core at each one.",
+        True,
     )
     gpu_layers: int = doc("Layers offloaded to the GPU (llama.cpp built with CUDA).", 0)
     parallel: int = doc(
@@ -242,6 +252,12 @@ class TtsConfig:
         " (a reply's first, then tails by when their audio runs out); with 2 or more, one worker"
         " only takes clauses already due, so a first clause never waits behind a tail.",
         2,
+    )
+    ahead_nice: int = doc(
+        "With 2 or more workers: nice levels (0-19, Linux) the workers that synthesize a clause"
+        " before it is due run below the server, so that work only takes the cores other"
+        " callers' first words do not need; 0 = the server's priority.",
+        10,
     )
     timeout: float = doc("Seconds to wait for one clause's audio.", _REPLY.tts_timeout)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.engines import Engines, LanguageModel
+from pipeline.engines._cpu import CpuJobs
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
 from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
 from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
@@ -79,6 +80,7 @@ def load_engines(config: Config) -> LoadedEngines:
     times: dict[str, float] = {}
     vad_path = Path(config.vad.model_path) if config.vad.model_path else models.silero_onnx()
     vad = _timed("VAD silero", vad_path, "cpu", lambda: SileroVad(SileroOptions(vad_path)), times)
+    cpu = CpuJobs()  # what the engines run on the CPU now (a job alone may use more threads)
 
     device = config.asr.device
     if device == "auto":
@@ -95,12 +97,13 @@ def load_engines(config: Config) -> LoadedEngines:
         max_pending=config.asr.max_pending,
         fit_window=config.asr.fit_window,
         window_pad_s=config.asr.window_pad_s,
+        cpu=cpu if device == "cpu" else None,
     )
     asr = _timed(
         f"ASR whisper {config.asr.model}", asr_model, device, lambda: WhisperAsr(asr_options), times
     )
 
-    llm = _load_llm(config, times)
+    llm = _load_llm(config, cpu, times)
 
     voice_path = Path(config.tts.voice_path) if config.tts.voice_path else models.piper_joe()
     more_voices = {
@@ -108,6 +111,8 @@ def load_engines(config: Config) -> LoadedEngines:
         for name, path in config.tts.voice_paths().items()
         if name != config.tts.voice_name
     }
+    if not 0 <= config.tts.ahead_nice <= 19:
+        raise ConfigError(f"tts.ahead_nice must be 0 to 19, got {config.tts.ahead_nice}")
     tts_options = PiperOptions(
         model_path=voice_path,
         name=config.tts.voice_name,
@@ -116,6 +121,8 @@ def load_engines(config: Config) -> LoadedEngines:
         threads=config.tts.threads,
         workers=config.tts.workers,
         reserved=1 if config.tts.workers > 1 else 0,
+        ahead_nice=config.tts.ahead_nice,
+        cpu=cpu,
     )
     tts = _timed(
         f"TTS piper {', '.join([config.tts.voice_name, *more_voices])}",
@@ -129,7 +136,7 @@ def load_engines(config: Config) -> LoadedEngines:
     return LoadedEngines(engines, device, times)
 
 
-def _load_llm(config: Config, times: dict[str, float]) -> LanguageModel:
+def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> LanguageModel:
     """The embedded llama.cpp engine or a remote OpenAI-compatible one."""
     c = config.llm
     if c.engine == "llama":
@@ -147,7 +154,12 @@ def _load_llm(config: Config, times: dict[str, float]) -> LanguageModel:
         )
         where = "gpu" if c.gpu_layers else "cpu"
         if c.parallel > 1:
-            batched = BatchedOptions(parallel=c.parallel, tail_rate=c.tail_rate)
+            batched = BatchedOptions(
+                parallel=c.parallel,
+                tail_rate=c.tail_rate,
+                cpu=cpu,
+                batch_threads_alone=c.batch_threads_alone,
+            )
             each = replace(options, n_ctx=c.parallel_ctx)
             load: Callable[[], LlamaLlm] = lambda: BatchedLlm(each, batched)  # noqa: E731
             return _timed(f"LLM llama.cpp x{c.parallel}", gguf, where, load, times)

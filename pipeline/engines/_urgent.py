@@ -10,7 +10,10 @@ only have to be on one scale (the event loop's clock); ``None`` is before every 
 caller that says nothing keeps its place in arrival order ahead of scheduled work.
 :class:`UrgentThreads` runs it; of its workers, ``reserved`` only start a job once it is due
 (by ``now()``, the clock the dues are on), so a first clause never waits behind the synthesis
-of a tail that could have waited, however many tails are ahead of their playout.
+of a tail that could have waited, however many tails are ahead of their playout. The others
+leave a due job to a reserved worker that is free, and may run at a lower OS priority
+(``ahead_nice``, Linux: a thread's own nice value): work done ahead of its time then only takes
+the cores nobody's first words need — another caller's recognition, prompt or first clause.
 
 Bounded: ``max_pending`` jobs may wait (not yet started); past it ``submit`` raises
 :class:`~pipeline.errors.EngineError`. Cancelling a job's future before it starts takes it out
@@ -21,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +37,8 @@ from ._fair import _fail_all, _Job, _join, _settle
 
 T = TypeVar("T")
 J = TypeVar("J")
+
+log = logging.getLogger("voice.engines")
 
 
 class UrgentQueue(Generic[J]):
@@ -81,7 +89,8 @@ class UrgentQueue(Generic[J]):
 class UrgentThreads:
     """``workers`` threads serving an :class:`UrgentQueue`; the last ``reserved`` of them only
     take a job that is due by ``now()`` (default ``time.monotonic``: the event loop's clock,
-    asyncio's and uvloop's alike)."""
+    asyncio's and uvloop's alike); with reserved workers, the others run ``ahead_nice`` nice
+    levels lower (Linux only; 0: as the process)."""
 
     def __init__(
         self,
@@ -90,15 +99,20 @@ class UrgentThreads:
         *,
         reserved: int = 0,
         max_pending: int = 64,
+        ahead_nice: int = 0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= reserved < max(1, workers):
             raise ValueError(f"reserved must leave a worker for any job: {reserved} of {workers}")
+        if not 0 <= ahead_nice <= 19:
+            raise ValueError(f"ahead_nice must be 0 to 19, got {ahead_nice}")
         self.name = name
         self._queue: UrgentQueue[_Job] = UrgentQueue(max_pending, engine=name)
         self._lock = threading.Condition()
         self._closed = False
         self._now = now
+        self._ahead_nice = ahead_nice if reserved else 0
+        self._free_reserved = 0  # reserved workers waiting for a job that is due
         count = max(1, workers)
         self._threads = [
             threading.Thread(
@@ -149,6 +163,8 @@ class UrgentThreads:
             self._queue.remove(job)
 
     def _work(self, reserved: bool) -> None:
+        if not reserved and self._ahead_nice:
+            _lower_priority(self._ahead_nice, self.name)
         while (job := self._next(reserved)) is not None:
             try:
                 result, error = job.fn(), None
@@ -157,12 +173,40 @@ class UrgentThreads:
             _settle(job, result, error)
 
     def _next(self, reserved: bool) -> _Job | None:
-        """The job this worker starts next; ``None`` once the pool is shut down."""
+        """The job this worker starts next; ``None`` once the pool is shut down. A worker that
+        is not reserved leaves a job already due to a free reserved one."""
         with self._lock:
             while not self._closed:
                 due = self._queue.next_due()
-                wait = None if due is None else (due - self._now() if reserved else 0.0)
-                if wait is not None and wait <= 0:
-                    return self._queue.pop()
-                self._lock.wait(timeout=wait)  # until a job comes, or the first one is due
+                wait: float | None = None  # until a job comes (or a reserved worker took one)
+                if due is not None:
+                    ahead = due - self._now()
+                    mine = ahead <= 0 if reserved else ahead > 0 or not self._free_reserved
+                    if mine:
+                        job = self._queue.pop()
+                        if len(self._queue):
+                            self._lock.notify_all()  # the next one may be for another worker
+                        return job
+                    if reserved:
+                        wait = ahead  # until it is due
+                if reserved:
+                    self._free_reserved += 1
+                try:
+                    self._lock.wait(timeout=wait)
+                finally:
+                    if reserved:
+                        self._free_reserved -= 1
             return None
+
+
+def _lower_priority(nice: int, name: str) -> None:
+    """Lower the calling thread's OS priority by ``nice`` (Linux keeps a nice value per thread;
+    elsewhere it is the process's, so nothing is changed)."""
+    if not sys.platform.startswith("linux"):
+        log.debug("%s: thread priorities are per process here; ahead_nice ignored", name)
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:
+        log.warning("%s: cannot lower a worker's priority: %s", name, exc)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, EngineError
+from ._cpu import CpuJobs
 from ._fair import FairThreads
 from ._threads import CLOSE_WAIT_S
 
@@ -46,7 +47,7 @@ class WhisperOptions:
     """``default`` means int8 on the CPU and float16 on CUDA."""
     language: str | None = "en"
     beam_size: int = 1
-    cpu_threads: int = 2
+    cpu_threads: int = 1
     workers: int = 1
     """Concurrent transcriptions (each holds one CTranslate2 replica)."""
     initial_prompt: str | None = None
@@ -56,6 +57,8 @@ class WhisperOptions:
     """Silence after the utterance in a fitted window; less is faster and less accurate."""
     max_pending: int = 8
     """Pieces (of at most 30 s) one owner may have waiting; more fail with an EngineError."""
+    cpu: CpuJobs | None = None
+    """Shared with the other engines: a transcription counts as a job on the CPU."""
 
 
 _SAMPLE_RATE = 16_000
@@ -110,6 +113,7 @@ class WhisperAsr:
     def __init__(self, options: WhisperOptions) -> None:
         from faster_whisper import WhisperModel
 
+        self._cpu = options.cpu or CpuJobs()
         if options.fit_window and not 0.5 <= options.window_pad_s <= 20:
             raise ConfigError(f"asr.window_pad_s must be 0.5..20 s, got {options.window_pad_s}")
         compute = options.compute_type
@@ -154,6 +158,10 @@ class WhisperAsr:
             )
 
     def transcribe_blocking(self, audio: np.ndarray) -> str:
+        with self._cpu.job():
+            return self._transcribe(audio)
+
+    def _transcribe(self, audio: np.ndarray) -> str:
         samples = audio.astype(np.float32) / 32768.0
         if self._tokenizer is not None:
             pad = int(self.options.window_pad_s * _FRAMES_PER_S)

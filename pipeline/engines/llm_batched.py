@@ -50,6 +50,7 @@ from ..errors import ConfigError, EngineError, EngineTimeout
 from . import FinishReason, GenerationOptions, LlmEvent
 from ._batch_plan import Copy, Entry, Job, Op, Planner, Remove
 from ._bridge import stream_from_thread
+from ._cpu import CpuJobs
 from ._threads import EngineThreads
 from .llm_llama import Judged, LlamaLlm, LlamaOptions, Pieces, token_probability
 
@@ -71,6 +72,11 @@ class BatchedOptions:
     tail_rate: float = 0.0
     """Tokens a second the tail of a reply read aloud is paced at (speech is 3-4): the cores it
     leaves go to other callers' first words. 0: as fast as possible."""
+    cpu: CpuJobs | None = None
+    """Shared with the other engines: a step counts as a job on the CPU."""
+    batch_threads_alone: bool = True
+    """A prompt is evaluated on ``batch_threads`` only while nothing else is on the CPU, else
+    on ``threads`` (``_cpu.py``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -298,6 +304,8 @@ class _Worker:
         self._capacity = int(params.n_batch)
         self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
         self._options = options
+        self._cpu = batched.cpu or CpuJobs()
+        self._batched = batched
         self._plan = Planner(
             batched.parallel, batched.chunk, head=batched.head_tokens, pace=batched.tail_rate
         )
@@ -410,11 +418,17 @@ class _Worker:
 
     def _decode(self, entries: list[Entry]) -> None:
         # llama.cpp uses its batch threads for any step of more than one token: those are for
-        # prompts; replies' tokens alone use the generation threads, leaving the other cores
-        # to the ASR and TTS of other callers.
+        # prompts, and only while nothing else is on the CPU (_cpu.py: threads that wait for a
+        # busy core at every barrier are slower than one); replies' tokens alone use the
+        # generation threads, leaving the other cores to the ASR and TTS of other callers.
         prompt = any(e.job.prefilling for e in entries)
-        threads = self._options.batch_threads if prompt else self._options.threads
+        alone = prompt and (self._cpu.alone() or not self._batched.batch_threads_alone)
+        threads = self._options.batch_threads if alone else self._options.threads
         self._lib.llama_set_n_threads(self._ctx, self._options.threads, threads)
+        with self._cpu.job():
+            self._decode_step(entries)
+
+    def _decode_step(self, entries: list[Entry]) -> None:
         while entries:
             self._fill(entries)
             rc = self._lib.llama_decode(self._ctx, self._batch)

@@ -21,6 +21,7 @@ import onnxruntime
 
 from ..audio import Resampler
 from ..errors import ConfigError, EngineError
+from ._cpu import CpuJobs
 from ._threads import CLOSE_WAIT_S
 from ._urgent import UrgentThreads
 
@@ -44,9 +45,14 @@ class PiperOptions:
     reserved: int = 1
     """Of ``workers``, those that only start a clause once it is due: a caller's first clause,
     or a tail about to run dry, never waits behind a tail that could have waited."""
+    ahead_nice: int = 0
+    """With a reserved worker: nice levels the others run lower (Linux), so a clause made
+    before it is needed takes only the cores nobody's first words need."""
     max_pending: int = 64
     """Syntheses waiting at once (every session's), past which a request fails."""
     use_cuda: bool = False
+    cpu: CpuJobs | None = None
+    """Shared with the other engines: a synthesis counts as a job on the CPU."""
 
 
 @dataclass(slots=True)
@@ -65,8 +71,13 @@ class PiperTts:
         for name, path in options.more_voices.items():
             self._voices[name] = _load(path, None, options)
         self.sample_rate = default.sample_rate
+        self._cpu = options.cpu or CpuJobs()
         self._threads = UrgentThreads(
-            "tts", options.workers, reserved=options.reserved, max_pending=options.max_pending
+            "tts",
+            options.workers,
+            reserved=options.reserved,
+            max_pending=options.max_pending,
+            ahead_nice=options.ahead_nice,
         )
 
     @property
@@ -87,7 +98,8 @@ class PiperTts:
             speaker_id=self.options.speaker_id, length_scale=chosen.length_scale / speed
         )
         try:
-            chunks = [c.audio_int16_array for c in chosen.piper.synthesize(text, syn_config)]
+            with self._cpu.job():
+                chunks = [c.audio_int16_array for c in chosen.piper.synthesize(text, syn_config)]
         except Exception as exc:
             raise EngineError(f"speech synthesis failed: {exc}", engine="tts") from exc
         if not chunks:
