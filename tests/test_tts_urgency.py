@@ -240,30 +240,70 @@ async def test_a_reserved_worker_takes_only_what_is_due_so_a_first_clause_never_
         UrgentThreads("tts", 1, reserved=1)
 
 
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
-async def test_work_ahead_of_its_time_runs_at_a_lower_priority_and_leaves_due_work() -> None:
-    """With ``ahead_nice``, the worker that may start a clause before it is needed runs that
-    many nice levels lower; a clause already due goes to the reserved worker (the server's
-    priority) whenever that one is free."""
+async def test_work_ahead_of_its_time_runs_at_a_lower_priority_and_due_work_never_does() -> None:
+    """An ``ahead`` worker starts only clauses not needed yet, ``ahead_nice`` levels lower; a
+    clause already due waits for a worker at the server's priority even when that one is busy,
+    while the ahead worker goes on with later work."""
     now = 100.0
-    pool = UrgentThreads("tts", 2, reserved=1, ahead_nice=5, now=lambda: now)
+    pool = UrgentThreads("tts", 1, reserved=1, ahead=1, ahead_nice=5, now=lambda: now)
+    base = _nice()
+    gate, busy = threading.Event(), threading.Event()
 
-    def nice() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    def blocking() -> int:
+        busy.set()
+        gate.wait(timeout=60)
+        return _nice()
 
-    base = nice()
     try:
-        assert await asyncio.wait_for(pool.run(200.0, nice), 30) == min(base + 5, 19)
-        deadline = time.monotonic() + 30
-        while pool._free_reserved == 0:  # (the reserved worker has not reached its wait yet)
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.001)
-        # both workers are free: the due clause is the reserved one's
-        assert await asyncio.wait_for(pool.run(100.0, nice), 30) == base
+        assert await asyncio.wait_for(pool.run(200.0, _nice), 30) == min(base + 5, 19)
+        held = pool.submit(90.0, blocking)  # due: the reserved worker's
+        assert await asyncio.to_thread(busy.wait, 30)
+        due = pool.submit(100.0, _nice)  # due, the reserved worker busy: it waits
+        assert await asyncio.wait_for(pool.run(300.0, _nice), 30) == min(base + 5, 19)
+        assert not due.done()
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(held, due), 30) == [base, base]
     finally:
+        gate.set()
         pool.shutdown()
     with pytest.raises(ValueError, match="ahead_nice"):
-        UrgentThreads("tts", 2, reserved=1, ahead_nice=20)
+        UrgentThreads("tts", 1, reserved=1, ahead=1, ahead_nice=20)
+    with pytest.raises(ValueError, match="reserved must leave a worker"):
+        UrgentThreads("tts", 1, reserved=1)
+
+
+async def test_a_worker_for_any_job_leaves_a_due_one_to_a_free_reserved_worker() -> None:
+    now = 100.0
+    pool = UrgentThreads("tts", 2, reserved=1, now=lambda: now)
+    names: list[str] = []
+
+    def who() -> str:
+        names.append(threading.current_thread().name)
+        return names[-1]
+
+    try:
+        assert await asyncio.wait_for(pool.run(200.0, who), 30) == "tts-0"  # not due: tts-0's
+        deadline = time.monotonic() + 30
+        while pool._free_reserved == 0:  # (until the reserved worker waits for work)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.001)
+        assert await asyncio.wait_for(pool.run(100.0, who), 30) == "tts-1"  # due: the reserve's
+    finally:
+        pool.shutdown()
+
+
+def test_the_soonest_job_not_due_yet() -> None:
+    queue: UrgentQueue[str] = UrgentQueue(8)
+    for due, job in [(5.0, "e"), (1.0, "a"), (3.0, "c"), (None, "now"), (4.0, "d")]:
+        queue.push(due, job)
+    assert queue.pop_after(2.0) == "c" and queue.pop_after(4.5) == "e"
+    assert queue.pop_after(9.0) is None
+    assert [queue.pop() for _ in range(3)] == ["now", "a", "d"] and len(queue) == 0
 
 
 # ------------------------------------------------------------------ the real engine

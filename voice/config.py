@@ -248,15 +248,21 @@ class TtsConfig:
     )
     threads: int = doc("onnxruntime threads per synthesis.", 1)
     workers: int = doc(
-        "Syntheses at once, every session's clauses in one queue, the clause needed soonest first"
-        " (a reply's first, then tails by when their audio runs out); with 2 or more, one worker"
-        " only takes clauses already due, so a first clause never waits behind a tail.",
-        2,
+        "Syntheses at once at the server's priority, every session's clauses in one queue, the"
+        " clause needed soonest first (a reply's first, then tails by when their audio runs"
+        " out); with `ahead_workers`, these only make clauses already due; without, one of two"
+        " or more does, so a first clause never waits behind a tail.",
+        1,
+    )
+    ahead_workers: int = doc(
+        "Syntheses at once of clauses not needed yet (a reply's later clauses, made while the"
+        " earlier ones play), `ahead_nice` below the server's priority; 0 = `workers` make"
+        " them too.",
+        1,
     )
     ahead_nice: int = doc(
-        "With 2 or more workers: nice levels (0-19, Linux) the workers that synthesize a clause"
-        " before it is due run below the server, so that work only takes the cores other"
-        " callers' first words do not need; 0 = the server's priority.",
+        "Nice levels (0-19, Linux) the `ahead_workers` run below the server, so that work only"
+        " takes the cores other callers' first words do not need.",
         10,
     )
     timeout: float = doc("Seconds to wait for one clause's audio.", _REPLY.tts_timeout)

@@ -113,6 +113,9 @@ def load_engines(config: Config) -> LoadedEngines:
     }
     if not 0 <= config.tts.ahead_nice <= 19:
         raise ConfigError(f"tts.ahead_nice must be 0 to 19, got {config.tts.ahead_nice}")
+    if config.tts.workers < 1 or config.tts.ahead_workers < 0:
+        raise ConfigError("tts.workers must be at least 1 and tts.ahead_workers at least 0")
+    ahead = config.tts.ahead_workers
     tts_options = PiperOptions(
         model_path=voice_path,
         name=config.tts.voice_name,
@@ -120,7 +123,9 @@ def load_engines(config: Config) -> LoadedEngines:
         length_scale=config.tts.length_scale or None,
         threads=config.tts.threads,
         workers=config.tts.workers,
-        reserved=1 if config.tts.workers > 1 else 0,
+        # with workers for the clauses not due yet, these only make clauses already due
+        reserved=config.tts.workers if ahead else 1 if config.tts.workers > 1 else 0,
+        ahead=ahead,
         ahead_nice=config.tts.ahead_nice,
         cpu=cpu,
     )

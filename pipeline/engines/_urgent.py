@@ -10,10 +10,11 @@ only have to be on one scale (the event loop's clock); ``None`` is before every 
 caller that says nothing keeps its place in arrival order ahead of scheduled work.
 :class:`UrgentThreads` runs it; of its workers, ``reserved`` only start a job once it is due
 (by ``now()``, the clock the dues are on), so a first clause never waits behind the synthesis
-of a tail that could have waited, however many tails are ahead of their playout. The others
-leave a due job to a reserved worker that is free, and may run at a lower OS priority
-(``ahead_nice``, Linux: a thread's own nice value): work done ahead of its time then only takes
-the cores nobody's first words need — another caller's recognition, prompt or first clause.
+of a tail that could have waited, however many tails are ahead of their playout; the others
+leave a due job to a reserved worker that is free. ``ahead`` workers only start jobs not due
+yet, at a lower OS priority (``ahead_nice``, Linux: a thread's own nice value): work done ahead
+of its time then only takes the cores nobody's first words need — another caller's recognition,
+prompt or first clause — and a job already due never runs at that priority.
 
 Bounded: ``max_pending`` jobs may wait (not yet started); past it ``submit`` raises
 :class:`~pipeline.errors.EngineError`. Cancelling a job's future before it starts takes it out
@@ -75,6 +76,18 @@ class UrgentQueue(Generic[J]):
         """The next job to start, or ``None`` when nothing waits."""
         return heapq.heappop(self._heap)[2] if self._heap else None
 
+    def pop_after(self, time: float) -> J | None:
+        """The job due soonest of those due after ``time``, or ``None`` when none is."""
+        later = [i for i, entry in enumerate(self._heap) if entry[0] > time]
+        if not later:
+            return None
+        i = min(later, key=lambda i: self._heap[i][:2])
+        job = self._heap[i][2]
+        self._heap[i] = self._heap[-1]
+        self._heap.pop()
+        heapq.heapify(self._heap)
+        return job
+
     def remove(self, job: J) -> bool:
         """Take a job that has not started out of the queue; False when it is not there."""
         for i, entry in enumerate(self._heap):
@@ -86,11 +99,16 @@ class UrgentQueue(Generic[J]):
         return False
 
 
+_ANY, _DUE, _AHEAD = "any", "due", "ahead"
+"""A worker's role: it starts any job; only a job already due; only a job not due yet."""
+
+
 class UrgentThreads:
-    """``workers`` threads serving an :class:`UrgentQueue`; the last ``reserved`` of them only
-    take a job that is due by ``now()`` (default ``time.monotonic``: the event loop's clock,
-    asyncio's and uvloop's alike); with reserved workers, the others run ``ahead_nice`` nice
-    levels lower (Linux only; 0: as the process)."""
+    """Threads serving an :class:`UrgentQueue`, by the clock ``now()`` (default
+    ``time.monotonic``: the event loop's clock, asyncio's and uvloop's alike): ``workers``
+    threads at the process's priority, the last ``reserved`` of which only start a job already
+    due, and ``ahead`` more that only start a job not due yet, ``ahead_nice`` nice levels lower
+    (Linux only)."""
 
     def __init__(
         self,
@@ -98,11 +116,15 @@ class UrgentThreads:
         workers: int = 1,
         *,
         reserved: int = 0,
-        max_pending: int = 64,
+        ahead: int = 0,
         ahead_nice: int = 0,
+        max_pending: int = 64,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 <= reserved < max(1, workers):
+        workers = max(1, workers)
+        if not 0 <= reserved <= workers or ahead < 0:
+            raise ValueError(f"{reserved} reserved of {workers} workers, {ahead} ahead")
+        if reserved == workers and not ahead:
             raise ValueError(f"reserved must leave a worker for any job: {reserved} of {workers}")
         if not 0 <= ahead_nice <= 19:
             raise ValueError(f"ahead_nice must be 0 to 19, got {ahead_nice}")
@@ -111,14 +133,12 @@ class UrgentThreads:
         self._lock = threading.Condition()
         self._closed = False
         self._now = now
-        self._ahead_nice = ahead_nice if reserved else 0
+        self._ahead_nice = ahead_nice
         self._free_reserved = 0  # reserved workers waiting for a job that is due
-        count = max(1, workers)
+        roles = [_ANY] * (workers - reserved) + [_DUE] * reserved + [_AHEAD] * ahead
         self._threads = [
-            threading.Thread(
-                target=self._work, args=(i >= count - reserved,), name=f"{name}-{i}", daemon=True
-            )
-            for i in range(count)
+            threading.Thread(target=self._work, args=(role,), name=f"{name}-{i}", daemon=True)
+            for i, role in enumerate(roles)
         ]
         for thread in self._threads:
             thread.start()
@@ -162,39 +182,42 @@ class UrgentThreads:
         with self._lock:
             self._queue.remove(job)
 
-    def _work(self, reserved: bool) -> None:
-        if not reserved and self._ahead_nice:
+    def _work(self, role: str) -> None:
+        if role == _AHEAD and self._ahead_nice:
             _lower_priority(self._ahead_nice, self.name)
-        while (job := self._next(reserved)) is not None:
+        while (job := self._next(role)) is not None:
             try:
                 result, error = job.fn(), None
             except Exception as exc:  # delivered to the awaiting coroutine
                 result, error = None, exc
             _settle(job, result, error)
 
-    def _next(self, reserved: bool) -> _Job | None:
-        """The job this worker starts next; ``None`` once the pool is shut down. A worker that
-        is not reserved leaves a job already due to a free reserved one."""
+    def _next(self, role: str) -> _Job | None:
+        """The job this worker starts next; ``None`` once the pool is shut down. A worker for
+        any job leaves one already due to a free reserved worker."""
         with self._lock:
             while not self._closed:
                 due = self._queue.next_due()
-                wait: float | None = None  # until a job comes (or a reserved worker took one)
+                wait: float | None = None  # until a job comes (or another worker took one)
                 if due is not None:
-                    ahead = due - self._now()
-                    mine = ahead <= 0 if reserved else ahead > 0 or not self._free_reserved
-                    if mine:
+                    now = self._now()
+                    if role == _AHEAD:  # the soonest of the jobs not due yet, if any
+                        job = self._queue.pop_after(now)
+                        if job is not None:
+                            return job
+                    elif (due <= now) if role == _DUE else (due > now or not self._free_reserved):
                         job = self._queue.pop()
                         if len(self._queue):
                             self._lock.notify_all()  # the next one may be for another worker
                         return job
-                    if reserved:
-                        wait = ahead  # until it is due
-                if reserved:
+                    elif role == _DUE:
+                        wait = due - now  # until it is due
+                if role == _DUE:
                     self._free_reserved += 1
                 try:
                     self._lock.wait(timeout=wait)
                 finally:
-                    if reserved:
+                    if role == _DUE:
                         self._free_reserved -= 1
             return None
 

@@ -45,9 +45,10 @@ class PiperOptions:
     reserved: int = 1
     """Of ``workers``, those that only start a clause once it is due: a caller's first clause,
     or a tail about to run dry, never waits behind a tail that could have waited."""
+    ahead: int = 0
+    """More workers that only start a clause not needed yet, ``ahead_nice`` nice levels below
+    the process (Linux): that work only takes the cores nobody's first words need."""
     ahead_nice: int = 0
-    """With a reserved worker: nice levels the others run lower (Linux), so a clause made
-    before it is needed takes only the cores nobody's first words need."""
     max_pending: int = 64
     """Syntheses waiting at once (every session's), past which a request fails."""
     use_cuda: bool = False
@@ -76,8 +77,9 @@ class PiperTts:
             "tts",
             options.workers,
             reserved=options.reserved,
-            max_pending=options.max_pending,
+            ahead=options.ahead,
             ahead_nice=options.ahead_nice,
+            max_pending=options.max_pending,
         )
 
     @property
