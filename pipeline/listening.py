@@ -416,12 +416,22 @@ class Listener:
         marks.set_once("asr_done", self.clock.now())
         if turn.overlap and self._turn is turn and not self._overlap_decided(turn, text):
             return text  # a backchannel: the turn is gone, the agent goes on
-        completion = None
+        completion, judging = None, None
         if self._adaptive and self._turn is turn:
-            completion = await self._judge(text, marks)
+            judging = self._spawn(self._judge(text, marks))
+            together = self.tuning.reply_beside_judge
+            if not (together and getattr(self.engines.judge, "beside_replies", False)):
+                completion, judging = await judging, None  # the reply waits for its answer
+        if (
+            self._turn is turn
+            and not self.closed
+            and self.tuning.speculative_reply
+            and self.owner.may_answer(text)
+        ):
+            turn.speculation = self.owner.prepare_reply(text, marks)
+        if judging is not None:  # asked for together: the reply's prompt continues the judge's
+            completion = await judging
         if self._turn is turn and not self.closed:
-            if self.tuning.speculative_reply and self.owner.may_answer(text):
-                turn.speculation = self.owner.prepare_reply(text, marks)
             td = self.settings.turn_detection
             if self._adaptive and td is not None:
                 target = silence_needed(text, self._endpoint, completion)

@@ -93,6 +93,9 @@ class Tuning:
     """Transcribe at the tentative end of speech, before the turn is confirmed."""
     speculative_reply: bool = True
     """Start the LLM and TTS on that transcript; play only once the turn is confirmed."""
+    reply_beside_judge: bool = True
+    """With a judge that scores beside replies (``TurnJudge.beside_replies``), ask for the
+    speculative reply together with the end-of-turn judge, not after its answer."""
     eot_adaptive: bool = True
     """Let the words heard so far set the silence that ends the turn (``endpoint``) instead of
     the fixed ``silence_duration_ms``; needs ``early_asr``."""

@@ -94,8 +94,11 @@ def call(name: str, arguments: str, call_id: str = "call_1", index: int = 0) -> 
 class ScriptedJudge:
     """End-of-turn probabilities by transcript (``default`` for the rest); records what it saw."""
 
-    def __init__(self, scores: dict[str, float], default: float | None = None) -> None:
+    def __init__(
+        self, scores: dict[str, float], default: float | None = None, beside_replies: bool = False
+    ) -> None:
         self.scores, self.default = scores, default
+        self.beside_replies = beside_replies
         self.seen: list[list[ChatMessage]] = []
         self._clock: VirtualClock | None = None
         self._delay = 0.0

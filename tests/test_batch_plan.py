@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.engines._batch_plan import Copy, Entry, Job, Planner, Remove
+from pipeline.engines._batch_plan import FOLLOW, Copy, Entry, Job, Planner, Remove
 
 SYSTEM = [1, 2, 3, 4]
 
@@ -139,6 +139,29 @@ def test_the_idle_slot_with_the_longest_prefix_is_chosen_else_the_oldest() -> No
     plan.add(stranger)
     plan.assign()
     assert stranger.slot == 0  # nothing shared: the least recently used slot
+
+
+def test_a_reply_asked_for_with_its_judge_copies_the_judges_prompt_once_evaluated() -> None:
+    """The end-of-turn judge scores the caller's words; the reply to them, asked for at the same
+    time, continues that prompt: it waits one step and copies it, rather than evaluating the
+    same tokens beside it — and a few shared tokens are not worth the wait."""
+    words = [*SYSTEM, *range(10, 10 + FOLLOW)]
+    plan = Planner(slots=4, chunk=64)
+    judge = Job(words, wanted=frozenset({len(words) - 1}))
+    reply = Job([*words, 90, 91], budget=8)
+    plan.add(judge)
+    plan.add(reply)
+    assert plan.assign() == [Remove(0, 0)] and plan.waiting == 1  # the reply waits
+    assert {e.job for e in run_step(plan)} == {judge}
+    assert plan.assign() == [Remove(1, 0), Copy(0, 1, len(words))]  # (the judge still reads)
+    assert [e.token for e in run_step(plan)] == [90, 91] and reply.next_token is not None
+    # a reply sharing fewer than FOLLOW new tokens with the job in progress does not wait
+    other = Job([*SYSTEM, 50, 51], budget=8)
+    short = Job([*SYSTEM, 50, 51, 52], budget=8)
+    plan.add(other)
+    plan.add(short)
+    plan.assign()
+    assert other.slot is not None and short.slot is not None
 
 
 def test_jobs_wait_for_a_free_slot_in_arrival_order() -> None:

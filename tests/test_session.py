@@ -310,6 +310,27 @@ async def test_the_judges_time_counts_as_model_time_not_overhead() -> None:
         assert marks["overhead"] is not None and marks["overhead"] < 25
 
 
+@pytest.mark.parametrize(("completion", "ends_after_ms"), [(0.00002, 600), (0.5, 250)])
+async def test_a_judge_that_scores_beside_replies_is_asked_with_the_reply_not_before_it(
+    completion: float, ends_after_ms: int
+) -> None:
+    """The batched LLM evaluates the judge's prompt once for both: the speculative reply is
+    asked for at the same time, so its first token does not wait for the judge's answer, and
+    the judge still sets how long the pause must be."""
+    engines = fake_engines(["Can you tell me?"], ["Sure."])
+    engines.judge = judge = ScriptedJudge({"Can you tell me?": completion}, beside_replies=True)
+    async with Harness(engines) as h:
+        judge.delay(h.clock, 0.08)
+        engines.llm.delay(h.clock, 0.05)
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        stopped_at = h.timed(m.SpeechStopped)[0][0]
+        assert (stopped_at - 0.6) * 1000 == pytest.approx(ends_after_ms, abs=40 + 20)
+        marks = h.of(m.TurnMetrics)[0].marks
+        assert marks["llm_first_token"] - marks["asr_done"] == pytest.approx(50, abs=25)
+    assert engines.llm.seen[0] == judge.seen[0]
+
+
 async def test_a_failing_judge_leaves_the_words_to_decide() -> None:
     class BrokenJudge:
         async def end_of_turn(self, messages: list[object]) -> float | None:

@@ -425,6 +425,11 @@ class PipelineConfig:
         "Start the LLM and TTS on that early transcript; play only once the turn is confirmed.",
         _TUNING.speculative_reply,
     )
+    reply_beside_judge: bool = doc(
+        "With the batched LLM (`llm.parallel` > 1): ask for the speculative reply together with"
+        " the end-of-turn judge (their shared prompt evaluated once) instead of after its answer.",
+        _TUNING.reply_beside_judge,
+    )
     first_clause_words: int = doc(
         "Cut the first piece for TTS after this many words even without punctuation (0 = off).",
         _REPLY.first_clause_words,

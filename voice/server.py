@@ -221,6 +221,7 @@ class VoiceServer:
             tuning=Tuning(
                 early_asr=p.early_asr,
                 speculative_reply=p.speculative_reply and p.early_asr,
+                reply_beside_judge=p.reply_beside_judge,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
                 pause_on_onset=v.pause_on_onset,
                 early_pause_db=max(0.0, v.early_pause_db),

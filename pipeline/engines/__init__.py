@@ -102,6 +102,10 @@ class LanguageModel(Protocol):
 
 
 class TurnJudge(Protocol):
+    beside_replies: bool
+    """It scores while a reply to the same words is being prepared (the batched engine: the
+    reply's prompt continues the judge's, evaluated once); else the reply waits for it."""
+
     async def end_of_turn(self, messages: list[ChatMessage]) -> float | None:
         """The probability that the last message (the caller's words so far) is a finished
         turn, or ``None`` when it cannot tell now. Raises :class:`pipeline.errors.EngineError`."""

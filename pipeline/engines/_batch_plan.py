@@ -15,7 +15,10 @@ Re-use: a job goes to the idle slot whose cached tokens share the longest prefix
 prompt (ties: the least recently used); when another slot (even a busy one) shares a longer
 prefix, that prefix is copied (``Copy``). The cache past the shared prefix is removed
 (``Remove``). At least the tokens
-from the job's first wanted logits on are evaluated again, so their logits exist.
+from the job's first wanted logits on are evaluated again, so their logits exist. A job whose
+prompt continues another's still being evaluated (``FOLLOW`` tokens or more that no cache holds
+yet: the end-of-turn judge and the reply it precedes, asked for together) waits until they are
+evaluated and copies them, instead of evaluating them beside it.
 
 Urgency: one step decodes the next token of every running reply and up to ``chunk`` prompt
 tokens of the jobs still evaluating their prompt, oldest first; a job waiting for a slot takes
@@ -35,6 +38,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+
+FOLLOW = 16
+"""Prompt tokens another job is about to evaluate that are worth waiting a step for."""
 
 
 @dataclass(slots=True, eq=False)
@@ -156,15 +162,33 @@ class Planner:
         self._waiting.append(job)
 
     def assign(self) -> list[Op]:
-        """Waiting jobs into idle slots; the cache operations to run before the next step."""
+        """Waiting jobs into idle slots; the cache operations to run before the next step. A
+        job whose prompt continues one still being evaluated waits for it (``_follows``)."""
         ops: list[Op] = []
+        held: list[Job] = []
         while self._waiting:
             free = [i for i, s in enumerate(self._slots) if s.job is None]
             if not free:
                 break
             job = self._waiting.popleft()
+            if self._follows(job):
+                held.append(job)
+                continue
             ops += self._place(job, free)
+        self._waiting.extendleft(reversed(held))
         return ops
+
+    def _follows(self, job: Job) -> bool:
+        """Another job still evaluating its prompt will hold ``FOLLOW`` or more tokens of this
+        one's prompt that no cache holds yet (the end-of-turn judge's prompt and the reply's,
+        asked for together): this one is placed once they are evaluated, and copies them."""
+        limit = job.first_wanted
+        cached = max(min(_common(s.tokens, job.prompt), limit) for s in self._slots)
+        return any(
+            min(_common(other.prompt, job.prompt), limit) >= cached + FOLLOW
+            for other in self._running
+            if other.prefilling
+        )
 
     def _place(self, job: Job, free: list[int]) -> list[Op]:
         limit = job.first_wanted  # at least the first wanted position is evaluated again

@@ -100,6 +100,10 @@ class _Request:
 
 
 class BatchedLlm(LlamaLlm):
+    beside_replies = True
+    """The judge's prompt and the reply's are evaluated once, the reply's copying the judge's
+    (``_batch_plan.Planner._follows``)."""
+
     def __init__(self, options: LlamaOptions, batched: BatchedOptions | None = None) -> None:
         batched = batched or BatchedOptions()
         if batched.parallel < 1 or batched.chunk < 1:

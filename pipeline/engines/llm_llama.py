@@ -86,6 +86,9 @@ class LlamaOptions:
 
 
 class LlamaLlm:
+    beside_replies = False
+    """One context in turns: the judge answers only while no reply is being generated."""
+
     def __init__(self, options: LlamaOptions) -> None:
         if not Path(options.model_path).is_file():
             raise ConfigError(f"GGUF model not found: {options.model_path}")
