@@ -309,7 +309,7 @@ class _Worker:
         self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
         self._options = options
         self._cpu = batched.cpu or CpuJobs()
-        self._batched = batched
+        self._alone_only = batched.batch_threads_alone  # batch threads only while alone
         self._plan = Planner(
             batched.parallel, batched.chunk, head=batched.head_tokens, pace=batched.tail_rate
         )
@@ -426,7 +426,7 @@ class _Worker:
         # busy core at every barrier are slower than one); replies' tokens alone use the
         # generation threads, leaving the other cores to the ASR and TTS of other callers.
         prompt = any(e.job.prefilling for e in entries)
-        alone = prompt and (self._cpu.alone() or not self._batched.batch_threads_alone)
+        alone = prompt and (self._cpu.alone() or not self._alone_only)
         threads = self._options.batch_threads if alone else self._options.threads
         self._lib.llama_set_n_threads(self._ctx, self._options.threads, threads)
         with self._cpu.job():
