@@ -1,13 +1,13 @@
-"""The caller's audio reaches the VAD without waiting in the resampler: phone audio (8 kHz) is
-upsampled chunk by chunk (soxr's stream held ~100 ms of it), and the filter is good enough
-for the telephone band."""
+"""The caller's audio reaches the VAD without waiting in the resampler: phone audio (8 kHz),
+Realtime clients' (24 kHz) and Opus's (48 kHz) are resampled chunk by chunk (soxr's stream held
+~100 ms of the first and 20-37 ms of the others), and the filter is good enough for speech."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.audio import Resampler, Upsampler
+from pipeline.audio import Polyphase, Resampler
 
 CHUNK = 160  # 20 ms at 8 kHz
 
@@ -56,12 +56,69 @@ def test_telephone_band_passes_and_images_are_rejected(freq: float) -> None:
     assert image < -70  # zero-stuffing alone leaves the image at 0 dB
 
 
-def test_other_ratios_still_resample() -> None:
-    out = np.concatenate(_stream(Resampler(24_000, 16_000), _tone(440, 1.0, 24_000), 480))
-    assert abs(len(out) - 16_000) < 800  # soxr holds a little back until flush
+@pytest.mark.parametrize(("rate_in", "chunk"), [(48_000, 960), (24_000, 480)])
+def test_wide_band_audio_comes_out_chunk_by_chunk(rate_in: int, chunk: int) -> None:
+    resampler = Resampler(rate_in, 16_000)
+    out = _stream(resampler, np.zeros(chunk * 10, np.int16), chunk)
+    assert len(out[0]) >= 320 - 24  # all but the filter's half length (1.5 ms)
+    assert [len(o) for o in out[1:]] == [320] * 9
+    assert len(resampler.flush()) == 320 - len(out[0])
+
+
+@pytest.mark.parametrize("rate_in", [48_000, 24_000])
+def test_downsampling_is_delay_compensated_and_exact_in_length(rate_in: int) -> None:
+    audio = np.zeros(rate_in, np.int16)
+    audio[rate_in // 10] = 20_000
+    resampler = Resampler(rate_in, 16_000)
+    chunks = _stream(resampler, audio, rate_in // 50)
+    out = np.concatenate([*chunks, resampler.flush()])
+    assert len(out) == 16_000
+    assert int(np.argmax(np.abs(out))) == 1_600
+
+
+@pytest.mark.parametrize("rate_in", [48_000, 24_000])
+@pytest.mark.parametrize("freq", [300.0, 3000.0, 6000.0])
+def test_speech_band_passes_and_aliases_are_rejected(rate_in: int, freq: float) -> None:
+    tone = _tone(freq, 1.0, rate_in)
+    resampler = Resampler(rate_in, 16_000)
+    out = np.concatenate([*_stream(resampler, tone, rate_in // 50), resampler.flush()])
+    reference = _tone(freq, 1.0, 16_000)
+    gain = _level_db(out[2000:14000], freq, 16_000) - _level_db(reference[2000:14000], freq, 16_000)
+    assert abs(gain) < 0.3
+    # a tone above the new Nyquist frequency must not fold back into the band
+    high = rate_in // 2 - 2000 if rate_in == 24_000 else 12_000
+    folded = Resampler(rate_in, 16_000).process(_tone(high, 1.0, rate_in))[2000:14000]
+    assert np.sqrt(np.mean(folded.astype(float) ** 2)) < 10_000 * 10 ** (-70 / 20)
+
+
+def test_odd_ratios_and_long_chunks() -> None:
+    # 44.1 kHz is not a ratio of small numbers: soxr's (which holds a little back until flush)
+    resampler = Resampler(44_100, 16_000)
+    out = np.concatenate([*_stream(resampler, _tone(440, 1.0, 44_100), 882), resampler.flush()])
+    assert abs(len(out) - 16_000) <= 1
+    # a chunk of many seconds at once is computed in blocks, with the same result
+    tone = _tone(440, 3.0, 24_000)
+    whole = Resampler(24_000, 16_000).process(tone)
+    chunked = np.concatenate(_stream(Resampler(24_000, 16_000), tone, 480))
+    assert np.array_equal(whole, chunked)
     assert Resampler(16_000, 16_000).process(np.ones(5, np.int16)).tolist() == [1] * 5
 
 
-def test_factor_must_be_a_whole_number_above_one() -> None:
-    with pytest.raises(ValueError, match="upsampling factor"):
-        Upsampler(1)
+@pytest.mark.parametrize(("up", "down"), [(1, 1), (0, 3), (2, 4), (3, -1)])
+def test_factors_must_be_coprime_whole_numbers(up: int, down: int) -> None:
+    with pytest.raises(ValueError, match="coprime whole factors"):
+        Polyphase(up, down)
+
+
+def test_the_benchmark_compares_both_resamplers_on_speech() -> None:
+    from benchmarks.harness.audio import espeak_available
+    from benchmarks.resample_latency import run
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    ratios = run(seconds=2.0)
+    assert set(ratios) == {"24000->16000", "48000->16000", "8000->16000", "16000->24000"}
+    for row in ratios.values():
+        # what the new one holds is the filter's half length, never a block
+        assert row["polyphase"]["held_ms"]["max"] < 3.0 < row["soxr"]["held_ms"]["max"]
+        assert row["polyphase"]["snr_in_band_db"] > 60
