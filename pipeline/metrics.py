@@ -10,10 +10,12 @@ REPORTED = (
     "turn_end",
     "asr_done",
     "llm_first_token",
+    "first_clause",
     "tts_first_audio",
     "first_audio_sent",
 )
-"""The milestones every metrics event carries (None when a turn did not reach one)."""
+"""The milestones every metrics event carries (None when a turn did not reach one).
+``first_clause``: the reply's first piece of text is complete and goes to the synthesizer."""
 
 # Each pair: (a stage could start here, it did start here). The time between them belongs to the
 # framework (queues, threads, scheduling), not to a model and not to a turn-taking policy.

@@ -4,6 +4,7 @@ the agent's call ends with BYE. The desk is a hand-driven SIP peer on loopback."
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,3 +50,15 @@ async def test_baresip_follows_a_blind_transfer(phone_server: VoiceServer, tmp_p
         assert record["closed_reason"] == f"transferred to {target}"
         closed = await phone.wait_event("CALL_CLOSED", within=20)  # the agent's BYE, or the 486
         assert closed["param"]
+
+
+async def test_baresip_starts_again_when_its_port_was_taken(tmp_path: Path) -> None:
+    phone = Baresip(tmp_path, tone(1.0, 8000))
+    taken = phone.sip_port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", taken))  # (another process got there between the two)
+        async with phone:
+            assert phone.sip_port != taken
+            assert any("Address already in use" in line for line in phone.output)
+            await phone.command("reginfo")
+            await phone.wait_for(lambda: phone.responses, 10, "an answer on its control socket")

@@ -18,6 +18,7 @@ BAR_STAGES: tuple[tuple[str, str, str], ...] = (
     ("turn_end", "end of turn", "#9ecae1"),
     ("asr_done", "ASR", "#4292c6"),
     ("llm_first_token", "LLM first token", "#f4a259"),
+    ("first_clause", "LLM first clause", "#f6c89f"),
     ("tts_first_audio", "TTS first audio", "#8cb369"),
     ("first_audio_sent", "sent", "#bc4b51"),
     ("client", "transport (client v2v)", "#b8b8b8"),

@@ -27,6 +27,9 @@ import numpy as np
 MODULES = "/usr/lib/baresip/modules"
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+START_ATTEMPTS = 3
+"""baresip starts again on other ports when one it was given was taken in the meantime."""
+PORT_TAKEN = "Address already in use"
 MAX_DEVICE_CHARS = 127
 """baresip's ``ausrc`` command keeps at most this much of a device (a file path)."""
 
@@ -43,6 +46,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def free_udp_port() -> int:
     return free_port(socket.SOCK_DGRAM)
+
+
+def free_sip_port() -> int:
+    """A loopback port free for UDP and TCP both (baresip listens on both at ``sip_listen``)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise SoftphoneError("no loopback port is free for both UDP and TCP")
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int = 8000) -> None:
@@ -82,7 +100,7 @@ class Baresip:
         self.record = record
         self.codecs = codecs
         self.ctrl_port = free_port()
-        self.sip_port = free_udp_port()
+        self.sip_port = free_sip_port()
         self.events: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
@@ -94,9 +112,12 @@ class Baresip:
         self.output: list[str] = []
         write_wav(folder / "microphone.wav", microphone, rate)
         (folder / "recordings").mkdir(exist_ok=True)
-        (folder / "config").write_text(self._config())
-        (folder / "accounts").write_text(
-            f"<sip:caller@127.0.0.1:{self.sip_port}>;regint=0;audio_codecs={codecs}\n"
+        self._write_config()
+
+    def _write_config(self) -> None:
+        (self.folder / "config").write_text(self._config())
+        (self.folder / "accounts").write_text(
+            f"<sip:caller@127.0.0.1:{self.sip_port}>;regint=0;audio_codecs={self.codecs}\n"
         )
 
     def _config(self) -> str:
@@ -120,6 +141,25 @@ class Baresip:
         return "\n".join(lines)
 
     async def __aenter__(self) -> Baresip:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            first_line = len(self.output)
+            try:
+                await self._start()
+            except SoftphoneError:
+                taken = any(PORT_TAKEN in line for line in self.output[first_line:])
+                if not taken or attempt == START_ATTEMPTS:
+                    raise
+                self.ctrl_port, self.sip_port = free_port(), free_sip_port()
+                self._write_config()
+                continue
+            self._task = asyncio.create_task(self._read_ctrl())
+            return self
+        raise AssertionError("unreachable")
+
+    async def _start(self) -> None:
+        """Start the process and connect to its control socket; :class:`SoftphoneError` when
+        it does not come up (its log says why: a port it was given taken meanwhile, …)."""
+        first_line = len(self.output)
         self._process = await asyncio.create_subprocess_exec(
             "baresip",
             "-f",
@@ -133,15 +173,17 @@ class Baresip:
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await ready.wait()
+            if any(PORT_TAKEN in line for line in self.output[first_line:]):
+                raise OSError(PORT_TAKEN)
+            if self._process.returncode is not None or self._log.done():
+                raise OSError(f"baresip exited ({self._process.returncode})")
             self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self.ctrl_port)
         except BaseException as exc:
             await self.__aexit__()
             if isinstance(exc, TimeoutError | OSError):
-                tail = "".join(self.output)[-1000:]
+                tail = "".join(self.output[first_line:])[-1000:]
                 raise SoftphoneError(f"baresip did not start: {exc!r}; log tail {tail}") from exc
             raise
-        self._task = asyncio.create_task(self._read_ctrl())
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
@@ -175,6 +217,7 @@ class Baresip:
             self.output.append(text)
             if "baresip is ready" in text:
                 ready.set()
+        ready.set()  # (it exited before it was ready: no need to wait any longer)
 
     async def _read_ctrl(self) -> None:
         assert self._reader is not None
