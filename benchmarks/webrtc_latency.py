@@ -380,7 +380,9 @@ async def websocket_between(
     return records
 
 
-async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> dict[str, Any]:
+async def inside(
+    turns: int, pause_s: float, barge_ins: int, speakers: str, settings: list[str]
+) -> dict[str, Any]:
     from tests.browser.page import MIC_RATE
     from tests.conftest import espeak
     from tests.netns import SERVER_IP
@@ -392,6 +394,7 @@ async def inside(turns: int, pause_s: float, barge_ins: int, speakers: str) -> d
     overrides = {"server.port": "0", "server.allow_unauthenticated": "true"}
     if speakers == "no-aec":  # the server cancels the echo the page no longer does
         overrides["webrtc.echo_cancellation"] = "true"
+    overrides.update(setting.split("=", 1) for setting in settings)
     config = load(overrides=overrides)
     loaded = load_engines(config)
     warm_up(loaded.engines)
@@ -538,6 +541,7 @@ def host(args: argparse.Namespace) -> int:
         out = Path(tmp) / "inside.json"
         inner = ["--inside", "--turns", str(args.turns), "--pause", str(args.pause)]
         inner += ["--barge-ins", str(args.barge_ins), "--speakers", args.speakers]
+        inner += [f"--set={setting}" for setting in args.set]
         try:
             measured = netns.run_scenarios(f"benchmarks.{NAME}", out, *inner, timeout=budget)
         except AssertionError as exc:
@@ -552,6 +556,7 @@ def host(args: argparse.Namespace) -> int:
             "barge_ins": args.barge_ins,
             "barge_in_pause_s": BARGE_PAUSE_S,
             "speakers": args.speakers,
+            "server_settings": args.set,
             "lead_s": LEAD_S,
             "caller_voice": QUESTIONS_VOICE,
             "page_loud_threshold": LOUD,
@@ -591,8 +596,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " cancellation (aec) or without it and with the server's instead (no-aec:"
         " webrtc.echo_cancellation=true)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a server setting for the run (repeatable), e.g. vad.hold_threshold=0.15",
+    )
     parser.add_argument("--out", type=Path, help=f"the output folder (default {RESULTS})")
     args = parser.parse_args(argv)
+    if any("=" not in setting for setting in args.set):
+        parser.error("--set takes SECTION.KEY=VALUE")
     if args.turns < 1:
         parser.error("--turns must be at least 1")
     if not 0 <= args.barge_ins < len(CUT_INS):
@@ -606,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.inside:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        report = asyncio.run(inside(args.turns, args.pause, args.barge_ins, args.speakers))
+        report = asyncio.run(
+            inside(args.turns, args.pause, args.barge_ins, args.speakers, args.set)
+        )
         args.inside_out.write_text(json.dumps(report, indent=1))
         return 0
     return host(args)

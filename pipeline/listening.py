@@ -162,6 +162,7 @@ class Listener:
         self._turn: _Turn | None = None
         self._idle_from = 0  # absolute sample index since which the caller has been idle
         self._handlers: dict[TurnEventKind, Callable[[TurnEvent, TurnSettings], None]] = {
+            TurnEventKind.HINT: self._on_onset,
             TurnEventKind.ONSET: self._on_onset,
             TurnEventKind.SPEECH_STARTED: self._on_speech_started,
             TurnEventKind.INTERRUPT: self._on_interrupt,
@@ -570,6 +571,7 @@ class Listener:
         return TurnDetector(
             self.settings.turn_detection or TurnSettings(),
             early_pause_db=self.tuning.early_pause_db,
+            hold_threshold=self.tuning.hold_threshold,
         )
 
     # ---------------------------------------------------------------- an idle caller

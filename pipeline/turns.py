@@ -12,6 +12,12 @@ returns the turn events that window caused::
 ``INTERRUPT`` fires once per utterance when speech has lasted ``interrupt_min_speech_ms``; the
 session uses it for barge-in (so a cough does not interrupt the agent).
 
+Silero's probability takes 30-130 ms of a word to reach ``threshold`` (longest on an "s":
+"Stop" 128 ms). With ``hold_threshold`` a quiet window at or above it sends ``HINT`` — a first
+window that may be speech, for the session to hold the agent's voice already — and ``NOISE``
+when the probability falls back below it, or has not reached ``threshold`` within
+``hint_max_ms``; the turn itself still begins at ``threshold`` (``ONSET``).
+
 The VAD's speech probability stays high for 50-150 ms after the last sound (Silero's own
 tail), so a pause found from it alone is found that much late. With ``early_pause_db`` the
 loudness of each window helps: windows ``early_pause_db`` below the loudest of the utterance
@@ -75,10 +81,14 @@ class TurnSettings:
 
 
 class TurnEventKind(enum.Enum):
+    HINT = "hint"
+    """A quiet window at ``hold_threshold``: maybe the start of speech (the session may hold
+    its audio already)."""
     ONSET = "onset"
     """A first speech window: maybe speech, maybe a click (the session may hold its audio)."""
     NOISE = "noise"
-    """The onset did not last ``min_speech_ms``: it was not speech."""
+    """The onset did not last ``min_speech_ms`` (or a hint did not become an onset): it was not
+    speech."""
     SPEECH_STARTED = "speech_started"
     INTERRUPT = "interrupt"
     PAUSED = "paused"
@@ -104,13 +114,27 @@ class _State(enum.Enum):
 class TurnDetector:
     """One caller's turn-taking state. Not thread-safe; one per session."""
 
-    def __init__(self, settings: TurnSettings, *, early_pause_db: float = 0.0) -> None:
+    def __init__(
+        self,
+        settings: TurnSettings,
+        *,
+        early_pause_db: float = 0.0,
+        hold_threshold: float = 0.0,
+        hint_max_ms: int = 96,
+    ) -> None:
         settings.validate()
         if early_pause_db < 0:
             raise ValueError("early_pause_db must be >= 0")
+        if not 0.0 <= hold_threshold < 1.0 or hint_max_ms < 0:
+            raise ValueError("hold_threshold must be within [0, 1), hint_max_ms >= 0")
         self.settings = settings
         self.early_pause_db = early_pause_db
         """Windows this far below the utterance's loudest count as quiet (0: the VAD alone)."""
+        self.hold_threshold = hold_threshold
+        """A quiet window this probable sends ``HINT`` (0, or at ``threshold`` or above: never)."""
+        self.hint_max_ms = hint_max_ms
+        self._hint: float | None = None  # when the hint began (its window's start)
+        self._hint_spent = False  # (it timed out: no new one until the probability falls)
         self._peak_db = -math.inf
         self._quiet_since: float | None = None
         self._early = False  # PAUSED sent from the loudness while the VAD still says speech
@@ -147,6 +171,7 @@ class TurnDetector:
 
     def reset(self) -> None:
         self._state = _State.QUIET
+        self._hint, self._hint_spent = None, False
         self._paused_sent = False
         self._interrupt_sent = False
         self._silence_target = None
@@ -166,9 +191,10 @@ class TurnDetector:
             if probability >= s.threshold:
                 self._onset = start
                 self._state = _State.ONSET
+                self._hint, self._hint_spent = None, False
                 self._peak_db, self._quiet_since = _level(level_db), None
                 return [TurnEvent(TurnEventKind.ONSET, start), *self._after_onset_window(end)]
-            return []
+            return self._hinted(probability, start, end)
         if self._state is _State.ONSET:
             if probability >= s.threshold - s.hysteresis:
                 self._peak_db = max(self._peak_db, _level(level_db))
@@ -197,6 +223,27 @@ class TurnDetector:
             self._paused_sent = False
             return events + self._interrupt_due(end)
         return self._pause_progress(end)
+
+    def _hinted(self, probability: float, start: float, end: float) -> list[TurnEvent]:
+        """A quiet window below ``threshold``: ``HINT`` at ``hold_threshold``, ``NOISE`` once
+        a hint falls back below it or lasts ``hint_max_ms`` without reaching ``threshold``."""
+        if not 0.0 < self.hold_threshold < self.settings.threshold:
+            return []
+        if probability < self.hold_threshold:
+            self._hint_spent = False
+            if self._hint is None:
+                return []
+            self._hint = None
+            return [TurnEvent(TurnEventKind.NOISE, end)]
+        if self._hint is None:
+            if self._hint_spent:
+                return []
+            self._hint = start
+            return [TurnEvent(TurnEventKind.HINT, start)]
+        if (end - self._hint) * 1000.0 - 1e-6 <= self.hint_max_ms:
+            return []
+        self._hint, self._hint_spent = None, True
+        return [TurnEvent(TurnEventKind.NOISE, end)]
 
     def _loudness(self, start: float, end: float, level_db: float | None) -> list[TurnEvent]:
         """While the VAD says speech: a quiet stretch of ``tentative_silence_ms`` is a pause

@@ -27,7 +27,8 @@ def silence(seconds: float, rate: int = RATE) -> np.ndarray:
 
 
 class LoudnessVad:
-    """Speech probability 0.95 for a loud window, 0.02 otherwise."""
+    """Speech probability 0.95 for a loud window, 0.3 for a soft one (a word's first sound,
+    ``tone(amplitude=800)``), 0.02 otherwise."""
 
     window = 512
 
@@ -35,7 +36,11 @@ class LoudnessVad:
         return self
 
     async def probabilities(self, windows: np.ndarray) -> list[float]:
-        return [0.95 if np.abs(w).mean() > 1000 else 0.02 for w in windows]
+        return [_probability(float(np.abs(w).mean())) for w in windows]
+
+
+def _probability(level: float) -> float:
+    return 0.95 if level > 1000 else 0.3 if level > 300 else 0.02
 
 
 class ScriptedAsr:

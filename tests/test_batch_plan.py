@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.engines._batch_plan import FOLLOW, Copy, Entry, Job, Planner, Remove
+from pipeline.engines._batch_plan import FOLLOW, STALE, Copy, Entry, Job, Planner, Remove
 
 SYSTEM = [1, 2, 3, 4]
 
@@ -122,14 +122,21 @@ def test_a_prefix_cached_in_another_busy_slot_is_shared_not_evaluated() -> None:
     assert [e.token for e in plan.step() if e.job is second] == [20, 21]
 
 
-def test_the_idle_slot_with_the_longest_prefix_is_chosen_else_the_oldest() -> None:
+def finished(plan: Planner, tokens: list[int]) -> Job:
+    """A one-token reply to ``tokens``, run to its end: its slot keeps the prompt (the reply's
+    token is never evaluated)."""
+    job = Job(tokens, budget=1)
+    plan.add(job)
+    plan.assign()
+    run_step(plan)
+    plan.finish(job)
+    return job
+
+
+def test_the_idle_slot_with_the_longest_prefix_is_chosen_else_the_least_costly() -> None:
     plan = Planner(slots=3)
     for tokens in ([7, 7, 7], [*SYSTEM, 10], [8, 8]):
-        job = Job(tokens, budget=1)
-        plan.add(job)
-        plan.assign()
-        run_step(plan)
-        plan.finish(job)
+        finished(plan, tokens)
     back = Job([*SYSTEM, 10, 104, 40], budget=1)
     plan.add(back)
     plan.assign()
@@ -138,7 +145,52 @@ def test_the_idle_slot_with_the_longest_prefix_is_chosen_else_the_oldest() -> No
     stranger = Job([55, 56], budget=1)
     plan.add(stranger)
     plan.assign()
-    assert stranger.slot == 0  # nothing shared: the least recently used slot
+    assert stranger.slot == 2  # nothing shared, nothing free: the least cached is given up
+
+
+def test_a_new_conversation_copies_the_shared_system_prompt_into_a_free_slot() -> None:
+    """It shares the system prompt with every cached conversation: it must not take one of
+    their slots (that caller's next turn would evaluate its conversation again)."""
+    plan = Planner(slots=3)
+    finished(plan, [*SYSTEM, 10, 11])
+    other = Job([*SYSTEM, 20], budget=1)
+    plan.add(other)
+    assert plan.assign() == [Remove(1, 0), Copy(0, 1, 4)]
+    assert other.slot == 1 and plan.cached(0) == [*SYSTEM, 10, 11]
+    run_step(plan)
+    plan.finish(other)
+    back = Job([*SYSTEM, 10, 11, 12, 13], budget=1)  # the first caller's next turn
+    plan.add(back)
+    plan.assign()
+    assert back.slot == 0 and back.evaluated == 6
+
+
+def test_a_redundant_copy_is_given_up_before_a_conversations_only_cache() -> None:
+    plan = Planner(slots=3)
+    finished(plan, [*SYSTEM, 20])  # slot 0: a caller's conversation, the oldest
+    long = Job([*SYSTEM, 10], budget=9)  # another's reply in progress, in slot 1
+    plan.add(long)
+    plan.assign()
+    run_step(plan)
+    on = finished(plan, [*SYSTEM, 10, 55])  # its prefix copied from the busy slot 1
+    assert on.slot == 2
+    plan.drop(long)  # (cancelled) slot 1 keeps its prompt: a prefix of slot 2, nothing of its own
+    third = Job([*SYSTEM, 70], budget=1)
+    plan.add(third)
+    plan.assign()
+    assert third.slot == 1  # not slot 0, the least recently used: its caller's only cache
+    assert plan.cached(0) == [*SYSTEM, 20]
+
+
+def test_a_slot_left_unused_long_enough_is_given_up_first() -> None:
+    plan = Planner(slots=2)
+    finished(plan, [*SYSTEM, 10, 11, 12, 13])  # slot 0: a long conversation that has ended
+    for turn in range(STALE * 2):  # slot 1: another caller, turn after turn
+        finished(plan, [*SYSTEM, 20, *range(30, 30 + turn)])
+    newcomer = Job([60, 61], budget=1)
+    plan.add(newcomer)
+    plan.assign()
+    assert newcomer.slot == 0
 
 
 def test_a_reply_asked_for_with_its_judge_copies_the_judges_prompt_once_evaluated() -> None:
@@ -305,3 +357,14 @@ def test_paced_tails_due_soon_share_a_step() -> None:
     assert plan.step(now=0.3) == []
     assert plan.wait(now=0.3) == pytest.approx(0.5 + 0.25 - 0.3)  # a's 5th token
     assert [e.job for e in plan.step(now=0.75)] == [a, b]  # b's is due at 0.85, c's at 1.05
+
+
+def test_without_keeping_conversations_the_longest_prefix_wins() -> None:
+    """``llm.keep_conversations`` off (for A/Bs): the slot of the conversation sharing the
+    system prompt is taken, as the planner used to."""
+    plan = Planner(slots=3, keep=False)
+    finished(plan, [*SYSTEM, 10, 11])
+    other = Job([*SYSTEM, 20], budget=1)
+    plan.add(other)
+    assert plan.assign() == [Remove(0, 4)]
+    assert other.slot == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -404,6 +405,46 @@ async def test_a_cough_holds_the_agent_for_a_moment_and_changes_nothing() -> Non
         assert done.status == "completed"  # … then finished its sentence, losing nothing
         assert done.item.text == LONG_REPLY
         assert sum(len(e.audio) for e in h.of(m.ReplyAudio)) == 20 * 200 * 24
+
+
+async def _held_from(hold_threshold: float, cut_in: list[np.ndarray]) -> tuple[float, Harness]:
+    """The agent speaks; the caller says ``cut_in`` (parts fed in turn): seconds from its start
+    to the agent's last frame before it first fell silent, and the harness (still open)."""
+    engines = fake_engines(["tell me a story", "stop"], [LONG_REPLY])
+    h = Harness(engines, tuning=Tuning(hold_threshold=hold_threshold))
+    await h.__aenter__()
+    await h.feed(tone(0.8))
+    await h.feed_until(silence(0.02), m.ReplyAudio)
+    await h.feed(silence(1.0))
+    start = h.clock.now()
+    for part in cut_in:
+        await h.feed(part)
+    frames = [t for t, _ in h.timed(m.ReplyAudio)]
+    last = min(
+        a for a, b in itertools.pairwise([*frames, math.inf]) if b - a > 0.06 and a >= start - 0.1
+    )
+    return last - start, h
+
+
+async def test_a_word_s_soft_first_sound_holds_the_agent_with_a_hold_threshold() -> None:
+    soft_then_loud = [tone(0.1, amplitude=800), tone(0.5)]
+    at_threshold, h = await _held_from(0.0, soft_then_loud)
+    await h.__aexit__(None, None, None)
+    at_hint, h = await _held_from(0.15, soft_then_loud)
+    await h.__aexit__(None, None, None)
+    assert at_hint < 0.05 and at_threshold >= 0.09  # held at its first window, not after it
+
+
+async def test_a_soft_sound_that_is_not_speech_only_pauses_the_agent() -> None:
+    held, h = await _held_from(0.15, [tone(0.1, amplitude=800), silence(0.4)])
+    try:
+        assert held < 0.05  # held at once …
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        done = h.of(m.ReplyDone)[0]
+        assert done.status == "completed" and done.item.text == LONG_REPLY  # … then went on
+        assert len(h.of(m.SpeechStarted)) == 1  # (the first turn's): no turn began
+    finally:
+        await h.__aexit__(None, None, None)
 
 
 async def test_a_failing_recognizer_is_reported_once_and_the_session_goes_on() -> None:

@@ -179,3 +179,34 @@ def test_a_silence_target_set_during_the_early_pause_holds_for_the_vads_pause() 
         t = round(t + W, 6)
         ended += [(e.kind, t) for e in d.feed(0.0, t, W, -80.0)]
     assert ended == [(K.TURN_ENDED, round(31 * W, 6))]  # 256 ms after the VAD's silence at 23 W
+
+
+def test_a_hint_below_the_threshold_comes_a_window_or_more_before_the_onset() -> None:
+    """A word's first windows (an "s") score under the threshold: with ``hold_threshold`` the
+    first of them sends HINT, and the turn still begins at the threshold."""
+    d = TurnDetector(TurnSettings(threshold=0.5), hold_threshold=0.15)
+    events = run(d, [(0.0, 5 * W), (0.2, 2 * W), (0.4, W), (0.9, 10 * W)])
+    assert [k for k, _ in events][:3] == [K.HINT, K.ONSET, K.SPEECH_STARTED]
+    hint, onset = events[0][1], events[1][1]
+    assert hint == round(6 * W, 6) and onset == round(9 * W, 6)  # 96 ms sooner
+    assert K.NOISE not in [k for k, _ in events]
+
+
+def test_a_hint_that_falls_back_or_lingers_is_noise_and_does_not_repeat() -> None:
+    d = TurnDetector(TurnSettings(threshold=0.5), hold_threshold=0.15, hint_max_ms=96)
+    falls = run(d, [(0.0, 2 * W), (0.3, W), (0.0, 3 * W)])
+    assert [k for k, _ in falls] == [K.HINT, K.NOISE]
+    assert falls[1][1] - falls[0][1] == W  # at the next quiet window
+    d = TurnDetector(TurnSettings(threshold=0.5), hold_threshold=0.15, hint_max_ms=96)
+    lingers = run(d, [(0.0, 2 * W), (0.3, 20 * W)])  # a hum just under the threshold
+    assert [k for k, _ in lingers] == [K.HINT, K.NOISE]  # once, not again every window
+    assert round(lingers[1][1] - lingers[0][1], 6) == round(3 * W, 6)  # past 96 ms: no more
+    again = run(d, [(0.0, W), (0.3, W)])  # after it falls, a new hint may come
+    assert [k for k, _ in again] == [K.HINT]
+
+
+def test_no_hint_by_default_or_at_or_above_the_threshold() -> None:
+    for hold in (0.0, 0.5, 0.7):
+        d = TurnDetector(TurnSettings(threshold=0.5), hold_threshold=hold)
+        events = run(d, [(0.0, 2 * W), (0.3, 3 * W), (0.0, 3 * W), (0.9, 4 * W)])
+        assert K.HINT not in [k for k, _ in events]

@@ -206,6 +206,15 @@ class LlmConfig:
         " `parallel` x `parallel_ctx` x 23 KB for the bundled model.",
         1024,
     )
+    keep_conversations: bool = doc(
+        "With `parallel` > 1: a job takes the free slot where it destroys the least cache no"
+        " other slot holds (an empty one, a copy, its own conversation's, one unused for a"
+        " while), copying the system prompt it shares with the others, so callers keep their"
+        " conversations cached; off = the free slot sharing the longest prefix, else the least"
+        " recently used (another caller's conversation is then evaluated again at its next"
+        " turn).",
+        True,
+    )
     tail_rate: float = doc(
         "With `parallel` > 1: tokens a second a reply read aloud is paced at after its first 24"
         " (speech is 3-4), so the cores go to other callers' first words (and their speech"
@@ -318,6 +327,13 @@ class VadConfig:
         "Hold the agent's audio from the caller's first speech window (resumed if it was not"
         " speech); the reply is cancelled only after `interrupt_min_speech_ms`.",
         _TUNING.pause_on_onset,
+    )
+    hold_threshold: float = doc(
+        "With `pause_on_onset`: hold the agent's audio already at a window whose speech"
+        " probability reaches this, below `threshold` (Silero's probability needs 30-130 ms of a"
+        ' word to reach it, longest on an "s"); it goes on if `threshold` does not follow'
+        " within 96 ms. The turn still begins at `threshold`. 0 = at `threshold`.",
+        _TUNING.hold_threshold,
     )
     backchannel: bool = doc(
         "Speech over the agent holds it until its words are known: a backchannel (`mm-hmm`,"

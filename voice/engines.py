@@ -164,6 +164,7 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
                 tail_rate=c.tail_rate,
                 cpu=cpu,
                 batch_threads_alone=c.batch_threads_alone,
+                keep_conversations=c.keep_conversations,
             )
             each = replace(options, n_ctx=c.parallel_ctx)
             load: Callable[[], LlamaLlm] = lambda: BatchedLlm(each, batched)  # noqa: E731

@@ -224,6 +224,7 @@ class VoiceServer:
                 reply_beside_judge=p.reply_beside_judge,
                 eot_adaptive=v.eot_adaptive and p.early_asr,
                 pause_on_onset=v.pause_on_onset,
+                hold_threshold=min(max(0.0, v.hold_threshold), 0.99),
                 early_pause_db=max(0.0, v.early_pause_db),
                 backchannel=v.backchannel_settings(),
                 interim_asr_ms=max(0, p.interim_asr_ms),

@@ -11,10 +11,14 @@ behind for the next job to re-use::
                                          ▼
                                   prompt evaluated, then one token per step
 
-Re-use: a job goes to the idle slot whose cached tokens share the longest prefix with its
-prompt (ties: the least recently used); when another slot (even a busy one) shares a longer
-prefix, that prefix is copied (``Copy``). The cache past the shared prefix is removed
-(``Remove``). At least the tokens
+Re-use: a job goes to the idle slot where it destroys the least of what no other slot holds —
+an empty slot, a copy another slot holds too, its own conversation's previous turn, a slot
+nobody has used for ``STALE`` placements — then the one sharing the longest prefix with its
+prompt, then the least recently used; when another slot (even a busy one) shares a longer prefix,
+that prefix is copied (``Copy``). So callers do not take each other's cached conversations: a
+new one copies the system prompt they all share into a free slot instead of taking the slot of
+another caller, whose next turn would evaluate its whole conversation again. The cache past the
+shared prefix is removed (``Remove``). At least the tokens
 from the job's first wanted logits on are evaluated again, so their logits exist. A job whose
 prompt continues another's still being evaluated (``FOLLOW`` tokens or more that no cache holds
 yet: the end-of-turn judge and the reply it precedes, asked for together) waits until they are
@@ -41,6 +45,9 @@ from dataclasses import dataclass, field
 
 FOLLOW = 16
 """Prompt tokens another job is about to evaluate that are worth waiting a step for."""
+STALE = 6
+"""A slot not taken for this many placements per slot holds a conversation that has probably
+ended: re-using it costs nothing."""
 
 
 @dataclass(slots=True, eq=False)
@@ -126,6 +133,7 @@ class Planner:
         *,
         head: int = 0,
         pace: float = 0.0,
+        keep: bool = True,
     ) -> None:
         if slots < 1 or chunk < 1:
             raise ValueError(f"slots and chunk must be at least 1, got {slots}, {chunk}")
@@ -134,6 +142,8 @@ class Planner:
         self.chunk = chunk
         self.head = head
         self.pace = pace
+        self.keep = keep
+        """Choose slots by what they would lose (else: longest prefix, least recently used)."""
         self._slots = [_Slot() for _ in range(slots)]
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []  # in the order they started
@@ -193,7 +203,12 @@ class Planner:
     def _place(self, job: Job, free: list[int]) -> list[Op]:
         limit = job.first_wanted  # at least the first wanted position is evaluated again
         shared = [min(_common(s.tokens, job.prompt), limit) for s in self._slots]
-        slot = max(free, key=lambda i: (shared[i], -self._slots[i].used))
+        if self.keep:
+            slot = min(
+                free, key=lambda i: (self._loss(i, shared[i]), -shared[i], self._slots[i].used)
+            )
+        else:
+            slot = max(free, key=lambda i: (shared[i], -self._slots[i].used))
         source = max(range(len(self._slots)), key=lambda i: shared[i])
         target = self._slots[slot]
         ops: list[Op]
@@ -208,6 +223,18 @@ class Planner:
         job.slot, job.evaluated = slot, len(target.tokens)
         self._running.append(job)
         return ops
+
+    def _loss(self, index: int, kept: int) -> int:
+        """Cached tokens that a job keeping the first ``kept`` of slot ``index`` would destroy
+        and no other slot holds (0 for a slot left unused for ``STALE`` rounds)."""
+        slot = self._slots[index]
+        if self._clock - slot.used >= STALE * len(self._slots):
+            return 0
+        held = max(
+            (_common(slot.tokens, other.tokens) for other in self._slots if other is not slot),
+            default=0,
+        )
+        return max(0, len(slot.tokens) - max(kept, held))
 
     def step(self, now: float = 0.0) -> list[Entry]:
         """The next batch: each running reply's next token (unless it is ahead of its pace),

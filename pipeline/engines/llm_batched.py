@@ -77,6 +77,8 @@ class BatchedOptions:
     batch_threads_alone: bool = True
     """A prompt is evaluated on ``batch_threads`` only while nothing else is on the CPU, else
     on ``threads`` (``_cpu.py``)."""
+    keep_conversations: bool = True
+    """Slots chosen so that callers keep each other's conversations cached (``_batch_plan``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -311,7 +313,11 @@ class _Worker:
         self._cpu = batched.cpu or CpuJobs()
         self._alone_only = batched.batch_threads_alone  # batch threads only while alone
         self._plan = Planner(
-            batched.parallel, batched.chunk, head=batched.head_tokens, pace=batched.tail_rate
+            batched.parallel,
+            batched.chunk,
+            head=batched.head_tokens,
+            pace=batched.tail_rate,
+            keep=batched.keep_conversations,
         )
         self._requests: dict[int, _Request] = {}  # id(job) → request
         self._inbox: list[_Request] = []
