@@ -81,8 +81,23 @@ class ClauseSplitter:
             if len(text[: match.end()].strip()) >= limit:
                 return match.end()
         if self._emitted == 0 and self.first_clause_words > 0:
-            return self._word_cut(text, self.first_clause_words) or self._long_word_cut(text)
+            cut = self._word_cut(text, self.first_clause_words) or self._long_word_cut(text)
+            if cut is not None:
+                return cut
+        if self._emitted == 0:
+            return self._overlong_cut(text)
         return None
+
+    def _overlong_cut(self, text: str) -> int | None:
+        """A first piece with no boundary at all past ``2 * min_clause_chars`` (80 at the
+        least: a run of digits or symbols, a script written without spaces): cut at its last
+        space, else right there. (A reply read aloud is paced after its first tokens: a first
+        piece waiting for the end of such a run waited for the whole reply, 12 s.)"""
+        limit = max(80, 2 * self.min_clause_chars)
+        if len(text) < limit:
+            return None
+        space = text.rfind(" ", 0, limit)
+        return space if space > 0 and text[:space].strip() else limit
 
     def _long_word_cut(self, text: str) -> int | None:
         """A first piece past ``min_clause_chars`` whose next word has not ended ("A spider has

@@ -1,3 +1,5 @@
+import pytest
+
 from pipeline.text import ClauseSplitter, speakable
 
 
@@ -74,3 +76,17 @@ def test_leading_silence_is_trimmed_to_10_ms_before_the_first_sound() -> None:
     assert len(trimmed) == len(sound) + rate // 100
     assert np.array_equal(trimmed[-len(sound) :], sound)
     assert np.array_equal(trim_leading_silence(quiet, rate), quiet)  # nothing audible: unchanged
+
+
+@pytest.mark.parametrize("words", [0, 3])
+def test_a_first_piece_without_any_boundary_goes_out_after_twice_the_clause_length(
+    words: int,
+) -> None:
+    splitter = ClauseSplitter(min_clause_chars=40, first_clause_words=words)
+    assert splitter.feed("1" * 79) == []
+    (first,) = splitter.feed("1" * 30)  # one "word" of digits, no space, no punctuation
+    assert first == "1" * 80
+    splitter = ClauseSplitter(min_clause_chars=40, first_clause_words=words)
+    pieces = splitter.feed("Hi " + "数" * 90)  # a script written without spaces
+    assert pieces == ["Hi"]  # cut at its last space
+    assert splitter.flush() == ["数" * 90]
