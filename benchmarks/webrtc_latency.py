@@ -148,13 +148,19 @@ REACTION_MS = 300
 
 
 async def barge_in_session(
-    origin: str, cut_ins: list[np.ndarray], pause_s: float, work: Path, speakers: str
+    origin: str,
+    cut_ins: list[np.ndarray],
+    pause_s: float,
+    work: Path,
+    speakers: str,
+    raw_mic: bool = False,
 ) -> dict[str, Any]:
     """One page, one WebRTC call: a story asked for, then each cut-in spoken over the agent's
     story; the page's event log and its mic/agent level timelines, and each interruption's
     analysis (``tests.browser.scenarios.analyse_barge_in``). ``speakers``: ``muted`` (the page
     plays into a muted output, as in the tests), ``aec`` (played out, the page's echo
-    cancellation on: its default), ``no-aec`` (played out, the box unticked)."""
+    cancellation on: its default), ``no-aec`` (played out, the box unticked). ``raw_mic``: the
+    page's noise suppression and automatic gain unticked."""
     from playwright.async_api import async_playwright
 
     from tests.browser.page import (
@@ -177,10 +183,13 @@ async def barge_in_session(
         muted = speakers == "muted"
         context, page = await launch(pw, wav, origin, work / "profile-barge-in", muted=muted)
         try:
-            if speakers == "no-aec":
+            unticked = ["#echo-cancellation"] if speakers == "no-aec" else []
+            unticked += ["#noise-suppression", "#auto-gain"] if raw_mic else []
+            if unticked:
                 await page.goto(f"{origin}/")
-                await page.uncheck("#echo-cancellation")
-            await open_and_connect(page, f"{origin}/", reload=speakers != "no-aec")
+                for box in unticked:
+                    await page.uncheck(box)
+            await open_and_connect(page, f"{origin}/", reload=not unticked)
             await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
             await page.fill("#instructions", STORYTELLER)
             await page.click("#apply")
@@ -381,7 +390,12 @@ async def websocket_between(
 
 
 async def inside(
-    turns: int, pause_s: float, barge_ins: int, speakers: str, settings: list[str]
+    turns: int,
+    pause_s: float,
+    barge_ins: int,
+    speakers: str,
+    settings: list[str],
+    raw_mic: bool = False,
 ) -> dict[str, Any]:
     from tests.browser.page import MIC_RATE
     from tests.conftest import espeak
@@ -441,7 +455,12 @@ async def inside(
             said = [espeak(text, rate=MIC_RATE) for text in CUT_INS[: barge_ins + 1]]
             with tempfile.TemporaryDirectory(prefix="webrtc-barge-in-") as tmp:
                 cut = await barge_in_session(
-                    f"http://{SERVER_IP}:{port}", said, BARGE_PAUSE_S, Path(tmp), speakers
+                    f"http://{SERVER_IP}:{port}",
+                    said,
+                    BARGE_PAUSE_S,
+                    Path(tmp),
+                    speakers,
+                    raw_mic,
                 )
             report["barge_in"] = {
                 "took_s": round(time.perf_counter() - began, 1),
@@ -542,6 +561,7 @@ def host(args: argparse.Namespace) -> int:
         inner = ["--inside", "--turns", str(args.turns), "--pause", str(args.pause)]
         inner += ["--barge-ins", str(args.barge_ins), "--speakers", args.speakers]
         inner += [f"--set={setting}" for setting in args.set]
+        inner += ["--raw-mic"] if args.raw_mic else []
         try:
             measured = netns.run_scenarios(f"benchmarks.{NAME}", out, *inner, timeout=budget)
         except AssertionError as exc:
@@ -557,6 +577,7 @@ def host(args: argparse.Namespace) -> int:
             "barge_in_pause_s": BARGE_PAUSE_S,
             "speakers": args.speakers,
             "server_settings": args.set,
+            "raw_mic": args.raw_mic,
             "lead_s": LEAD_S,
             "caller_voice": QUESTIONS_VOICE,
             "page_loud_threshold": LOUD,
@@ -597,6 +618,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " webrtc.echo_cancellation=true)",
     )
     parser.add_argument(
+        "--raw-mic",
+        action="store_true",
+        help="the barge-in page's noise suppression and automatic gain unticked",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -621,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inside:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         report = asyncio.run(
-            inside(args.turns, args.pause, args.barge_ins, args.speakers, args.set)
+            inside(args.turns, args.pause, args.barge_ins, args.speakers, args.set, args.raw_mic)
         )
         args.inside_out.write_text(json.dumps(report, indent=1))
         return 0

@@ -104,7 +104,7 @@ class Tuning:
     """Hold the agent's audio from the caller's first speech window; go on if it was a click or
     a cough. The reply is cancelled once the speech lasts ``interrupt_min_speech_ms`` or, with
     ``backchannel.enabled``, once its words say it was not a backchannel."""
-    hold_threshold: float = 0.0
+    hold_threshold: float = 0.15
     """With ``pause_on_onset``: hold the agent's audio already at a window this probable,
     below the turn's ``threshold`` (Silero's probability rises over the first 30-130 ms of a
     word); go on if the threshold is not reached within 96 ms (``turns.py``). 0: at the
