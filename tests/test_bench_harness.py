@@ -332,6 +332,11 @@ def test_twilio_barge_in_uses_clear_or_a_gap() -> None:
     assert gap.interrupted is None and gap.stop == pytest.approx(1.58)
     assert twilio_barge_in(media, onset=1.3, gap_s=0.4, now=1.7).stop is None  # still going?
     assert not twilio_barge_in(media, onset=2.5, gap_s=0.4, now=3.0).playing
+    # held at the caller's first window: the last chunk and the onset shared a packet slot
+    at_once = twilio_barge_in([*media, audio(2.5, None)], onset=1.59, gap_s=0.4, now=3.0)
+    assert at_once.stop == pytest.approx(1.58) and at_once.latency_ms(1.59) == 0.0
+    paused = twilio_barge_in([*media, audio(2.5, None)], onset=1.65, gap_s=0.4, now=3.0)
+    assert paused.latency_ms(1.65) is None  # the reply had paused before: unknown
 
 
 def test_analyze_turn_on_a_synthetic_timeline() -> None:

@@ -179,6 +179,10 @@ def transcripts_between(events: Iterable[Ev], lo: float, hi: float) -> str:
     return " ".join(p for p in parts if p)
 
 
+_SAME_SLOT_S = 0.02
+"""One packet of phone or WebRTC audio."""
+
+
 @dataclass(slots=True)
 class BargeInResult:
     playing: bool
@@ -194,9 +198,13 @@ class BargeInResult:
     clear: float | None = None
 
     def latency_ms(self, onset: float) -> float | None:
-        if self.stop is None or self.interrupted is False or self.stop < onset:
+        """From the interruption's onset to the reply's last chunk: 0 when that chunk came
+        within one packet (20 ms) before the onset — they shared a packet slot, the agent
+        stopped at once; None when it came earlier (a pause in the reply the caller spoke into:
+        a phone line cannot tell when the agent stopped) or the reply ended on its own."""
+        if self.stop is None or self.interrupted is False or self.stop < onset - _SAME_SLOT_S:
             return None
-        return ms(self.stop - onset)
+        return ms(max(0.0, self.stop - onset))
 
 
 def realtime_barge_in(events: Sequence[Ev], onset: float) -> BargeInResult:
