@@ -163,14 +163,7 @@ async def barge_in_session(
     page's noise suppression and automatic gain unticked."""
     from playwright.async_api import async_playwright
 
-    from tests.browser.page import (
-        launch,
-        levels,
-        open_and_connect,
-        page_state,
-        wait_for,
-        write_mic_wav,
-    )
+    from tests.browser.page import launch, levels, page_state, wait_for, write_mic_wav
     from tests.browser.scenarios import analyse_barge_in
 
     parts: list[np.ndarray | float] = [LEAD_S]
@@ -183,17 +176,7 @@ async def barge_in_session(
         muted = speakers == "muted"
         context, page = await launch(pw, wav, origin, work / "profile-barge-in", muted=muted)
         try:
-            unticked = ["#echo-cancellation"] if speakers == "no-aec" else []
-            unticked += ["#noise-suppression", "#auto-gain"] if raw_mic else []
-            if unticked:
-                await page.goto(f"{origin}/")
-                for box in unticked:
-                    await page.uncheck(box)
-            await open_and_connect(page, f"{origin}/", reload=not unticked)
-            await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
-            await page.fill("#instructions", STORYTELLER)
-            await page.click("#apply")
-            await wait_for(page, "() => voiceClient.events.includes('session.updated')", 10)
+            await connect_storyteller(page, origin, speakers, raw_mic)
             await wait_for(
                 page,
                 "(end) => performance.now() - voiceClient.levels.t0 > end + 1000",
@@ -225,6 +208,25 @@ async def barge_in_session(
         "cut_ins": cut_in_outcomes(state, lv),
         "receiver": receiver,
     }
+
+
+async def connect_storyteller(page: Any, origin: str, speakers: str, raw_mic: bool) -> None:
+    """The page's microphone boxes as asked (``no-aec``: echo cancellation unticked;
+    ``raw_mic``: noise suppression and automatic gain unticked), the call up, and the session's
+    instructions those of a storyteller."""
+    from tests.browser.page import open_and_connect, wait_for
+
+    unticked = ["#echo-cancellation"] if speakers == "no-aec" else []
+    unticked += ["#noise-suppression", "#auto-gain"] if raw_mic else []
+    if unticked:
+        await page.goto(f"{origin}/")
+        for box in unticked:
+            await page.uncheck(box)
+    await open_and_connect(page, f"{origin}/", reload=not unticked)
+    await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
+    await page.fill("#instructions", STORYTELLER)
+    await page.click("#apply")
+    await wait_for(page, "() => voiceClient.events.includes('session.updated')", 10)
 
 
 def utterance_onsets(mic: np.ndarray, step_ms: int, gap_ms: int = 700) -> list[int]:

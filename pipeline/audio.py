@@ -131,8 +131,8 @@ class Polyphase:
         keep = min(self._top(end) - self.width + 1, self._n_in) - self._x0
         if keep > 0:
             self._x, self._x0 = self._x[keep:], self._x0 + keep
-        if last:
-            self._x, self._x0 = self._x[: self._n_in - self._x0], self._x0
+        if last:  # (the zeros that stood in after the end go)
+            self._x = self._x[: self._n_in - self._x0]
         y = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
 

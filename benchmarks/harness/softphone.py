@@ -146,8 +146,7 @@ class Baresip:
             try:
                 await self._start()
             except SoftphoneError:
-                taken = any(PORT_TAKEN in line for line in self.output[first_line:])
-                if not taken or attempt == START_ATTEMPTS:
+                if not self._port_taken(first_line) or attempt == START_ATTEMPTS:
                     raise
                 self.ctrl_port, self.sip_port = free_port(), free_sip_port()
                 self._write_config()
@@ -173,7 +172,7 @@ class Baresip:
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 await ready.wait()
-            if any(PORT_TAKEN in line for line in self.output[first_line:]):
+            if self._port_taken(first_line):
                 raise OSError(PORT_TAKEN)
             if self._process.returncode is not None or self._log.done():
                 raise OSError(f"baresip exited ({self._process.returncode})")
@@ -184,6 +183,10 @@ class Baresip:
                 tail = "".join(self.output[first_line:])[-1000:]
                 raise SoftphoneError(f"baresip did not start: {exc!r}; log tail {tail}") from exc
             raise
+
+    def _port_taken(self, first_line: int) -> bool:
+        """The log since ``first_line`` says a port baresip was given is taken."""
+        return any(PORT_TAKEN in line for line in self.output[first_line:])
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
