@@ -175,6 +175,16 @@ class TurnMetrics:
 
 
 @dataclass(slots=True)
+class ReplyHeld:
+    """The agent's voice was held (``held``: the caller may be cutting in) or let go on (not
+    ``held``: it was not a real interruption). Between the two nothing of the reply is sent; a
+    client that plays audio it received ahead may silence it at once."""
+
+    response_id: str
+    held: bool
+
+
+@dataclass(slots=True)
 class SessionError:
     message: str
     code: str = "server_error"
@@ -234,6 +244,7 @@ SessionEvent = (
     | ItemTruncated
     | ItemDeleted
     | TurnMetrics
+    | ReplyHeld
     | SessionError
     | SessionClosed
     | TranscriptionFailed

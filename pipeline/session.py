@@ -40,6 +40,7 @@ from .messages import (
     ItemTruncated,
     ReplyAudio,
     ReplyDone,
+    ReplyHeld,
     ReplyStarted,
     ReplyText,
     ResponseInfo,
@@ -392,8 +393,9 @@ class Session:
 
     def hold_reply(self) -> None:
         active = self._active
-        if active is not None and active.reply.output_started:
+        if active is not None and active.reply.output_started and not active.reply.playout.paused:
             active.reply.playout.pause()
+            self._emit(ReplyHeld(active.response_id, held=True))
 
     def reply_held(self) -> bool:
         """The agent's voice is held (the caller may be cutting in): a transport that queued
@@ -405,6 +407,7 @@ class Session:
         active = self._active
         if active is not None and active.reply.playout.paused:
             active.reply.playout.resume()
+            self._emit(ReplyHeld(active.response_id, held=False))
 
     def caller_started(self) -> None:
         active = self._active

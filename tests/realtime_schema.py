@@ -13,7 +13,7 @@ from openai.types.realtime import RealtimeServerEvent
 from pydantic import BaseModel, TypeAdapter
 
 from pipeline.metrics import REPORTED
-from transports.realtime.connection import INTERIM_EVENT, METRICS_EVENT
+from transports.realtime.connection import HELD_EVENT, INTERIM_EVENT, METRICS_EVENT, RESUMED_EVENT
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 _METRICS = {*REPORTED, "overhead"}
@@ -27,6 +27,9 @@ def validate_server_event(event: dict[str, Any]) -> None:
     if event.get("type") == INTERIM_EVENT:
         assert set(event) == {"type", "event_id", "item_id", "transcript"}, event
         assert isinstance(event["transcript"], str) and event["transcript"], event
+        return
+    if event.get("type") in (HELD_EVENT, RESUMED_EVENT):
+        assert set(event) == {"type", "event_id", "response_id"}, event
         return
     model = _ADAPTER.validate_python(event, strict=True)
     assert model.type == event["type"]

@@ -96,6 +96,11 @@ async def test_a_backchannel_holds_the_agent_then_it_finishes_its_reply() -> Non
         assert roles == [("user", "tell me a story"), ("assistant", LONG_REPLY)]  # … nor kept
         assert len(h.of(m.SpeechStarted)) == len(h.of(m.SpeechStopped)) == 2
         assert len(h.of(m.InputCommitted)) == 1
+        # the client was told: held, then let go on (a WebRTC page mutes its track between)
+        assert [(e.response_id, e.held) for e in h.of(m.ReplyHeld)] == [
+            (done.response_id, True),
+            (done.response_id, False),
+        ]
 
 
 async def test_a_real_interruption_stops_the_agent_at_once_and_is_answered() -> None:
@@ -106,6 +111,8 @@ async def test_a_real_interruption_stops_the_agent_at_once_and_is_answered() -> 
         await h.feed_until(silence(0.02), m.ReplyDone)
         first = h.of(m.ReplyDone)[0]
         assert (first.status, first.reason) == ("cancelled", "turn_detected")
+        # held at the first speech window, never let go on: the reply ended instead
+        assert [(e.response_id, e.held) for e in h.of(m.ReplyHeld)] == [(first.response_id, True)]
         last = max(t for t, e in h.timed(m.ReplyAudio) if e.response_id == first.response_id)
         assert last <= onset + 0.032 + 0.020  # silent from the first speech window on
         heard = first.item.text.split()

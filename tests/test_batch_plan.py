@@ -368,3 +368,25 @@ def test_without_keeping_conversations_the_longest_prefix_wins() -> None:
     plan.add(other)
     assert plan.assign() == [Remove(0, 4)]
     assert other.slot == 0
+
+
+def test_a_reply_s_first_words_share_steps_with_few_prompt_tokens() -> None:
+    plan = Planner(slots=2, chunk=64, first_chunk=4, first_words=3)
+    reply = Job([*SYSTEM, 10], budget=50)
+    plan.add(reply)
+    plan.assign()
+    run_step(plan)  # its prompt; its first token is sampled
+    long = Job([*SYSTEM, *range(20, 40)], budget=50)  # another caller's long prompt
+    plan.add(long)
+    plan.assign()
+    sizes = []
+    while reply.generated <= 3:
+        entries = run_step(plan)
+        sizes.append(sum(1 for e in entries if e.job is long))
+    assert sizes == [4, 4, 4]  # while the reply makes its first words: 4 prompt tokens a step
+    entries = run_step(plan)
+    assert sum(1 for e in entries if e.job is long) == 20 - 12  # then the rest (past SYSTEM)
+    off = Planner(slots=1, chunk=64)
+    off.add(Job(list(range(1, 30)), budget=5))
+    off.assign()
+    assert len(off.step()) == 29  # (off by default)

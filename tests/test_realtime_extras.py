@@ -25,7 +25,13 @@ from pipeline.engines.tts_piper import PiperOptions, PiperTts
 from pipeline.errors import ConfigError, EngineError
 from pipeline.session import Session, SessionSettings
 from transports.realtime.config import OPENAI_VOICES, RealtimeConfig
-from transports.realtime.connection import INTERIM_EVENT, METRICS_EVENT, RealtimeConnection
+from transports.realtime.connection import (
+    HELD_EVENT,
+    INTERIM_EVENT,
+    METRICS_EVENT,
+    RESUMED_EVENT,
+    RealtimeConnection,
+)
 from transports.realtime_request import wants_extensions
 from transports.webrtc import WebRtcCall, WebRtcOptions
 from voice import models
@@ -92,8 +98,10 @@ async def test_extension_events_only_for_clients_that_ask(extensions: bool) -> N
     conn = connection(extensions=extensions)
     metrics = m.TurnMetrics("resp_1", "item_1", {"speech_end": 0.0})
     interim = m.InterimTranscript("item_1", "what time")
-    rendered = conn.render(metrics) + conn.render(interim)
-    assert [e["type"] for e in rendered] == ([METRICS_EVENT, INTERIM_EVENT] if extensions else [])
+    held, resumed = m.ReplyHeld("resp_1", held=True), m.ReplyHeld("resp_1", held=False)
+    rendered = [e for ev in (metrics, interim, held, resumed) for e in conn.render(ev)]
+    asked = [METRICS_EVENT, INTERIM_EVENT, HELD_EVENT, RESUMED_EVENT]
+    assert [e["type"] for e in rendered] == (asked if extensions else [])
 
 
 def test_the_query_parameter_asks_for_extension_events() -> None:

@@ -165,6 +165,7 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
                 cpu=cpu,
                 batch_threads_alone=c.batch_threads_alone,
                 keep_conversations=c.keep_conversations,
+                first_words_chunk=c.first_words_chunk,
             )
             each = replace(options, n_ctx=c.parallel_ctx)
             load: Callable[[], LlamaLlm] = lambda: BatchedLlm(each, batched)  # noqa: E731

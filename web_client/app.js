@@ -17,8 +17,8 @@ import { agentStarted, agentStopped, notePeaks, playingResponse, resetLatency, s
 import { closeAudio, micConstraints, showLevel, startAudio } from "./microphone.js";
 import { encodePcm16, toBase64 } from "./pcm.js";
 import {
-  cutPlayback, isMuted, isPlaying, playDelta, playRemote, record, recording, stopPlayback,
-  stopRecorder, stopRemote,
+  cutPlayback, holdRemote, isMuted, isPlaying, playDelta, playRemote, record, recording,
+  stopPlayback, stopRecorder, stopRemote,
 } from "./playback.js";
 import { setInfo, setState, showError } from "./status.js";
 import {
@@ -143,11 +143,16 @@ const handlers = {
   "response.created": (ev) => ensureResponse(ev.response.id),
   "response.output_audio.delta": onAudioDelta,
   "response.output_audio_transcript.delta": showTranscriptDelta,
-  "response.done": showResponseDone,
+  "response.done": (ev) => {
+    holdRemote(false);
+    showResponseDone(ev);
+  },
   "output_audio_buffer.started": (ev) => agentStarted(ev.response_id),
   "output_audio_buffer.stopped": (ev) => agentStopped(ev.response_id),
   "output_audio_buffer.cleared": onAudioCleared,
   "x.voice.turn.metrics": showMetrics,
+  "x.voice.output_audio.held": () => rtc && holdRemote(true),
+  "x.voice.output_audio.resumed": () => holdRemote(false),
   error: (ev) => showError((ev.error && ev.error.message) || "unknown error"),
 };
 
@@ -177,6 +182,7 @@ function onSpeechStarted(ev) {
 
 // WebRTC barge-in: the server flushed the agent's audio (the caller cut in)
 function onAudioCleared(ev) {
+  holdRemote(false); // the server sends silence now: nothing of that reply is left to hear
   const r = ensureResponse(ev.response_id);
   client.bargeIns++;
   markBubble(r.bubble, "interrupted");

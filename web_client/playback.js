@@ -53,20 +53,37 @@ export function stopPlayback() {
 
 // ------------------------------------------------------------------ WebRTC remote track
 
+const remote = { gain: null, held: false }; // the tap's gain, mirroring the element's mute
+
 export function playRemote(audio, stream) {
   const speaker = $("agent-audio");
   speaker.srcObject = stream;
+  speaker.muted = remote.held = false;
   speaker.play().catch((err) => showError(`Cannot play the agent's audio: ${err.message || err}`));
   if (!audio) return;
   // WebAudio reads a remote stream only while a media element plays it too (Chromium)
   const source = audio.ctx.createMediaStreamSource(stream);
-  source.connect(audio.agentTap);
-  audio.nodes.push(source);
+  remote.gain = audio.ctx.createGain();
+  source.connect(remote.gain);
+  remote.gain.connect(audio.agentTap);
+  audio.nodes.push(source, remote.gain);
   record(stream);
+}
+
+// The server held the agent's voice (x.voice.output_audio.held: the caller may be cutting in):
+// it sends silence from now on, but Chromium's jitter buffer still holds tens of ms of the
+// reply, so the page mutes the track too; `false` (resumed, cleared, stopped) plays it again.
+export function holdRemote(held) {
+  if (held === remote.held) return;
+  remote.held = held;
+  $("agent-audio").muted = held;
+  if (remote.gain) remote.gain.gain.setValueAtTime(held ? 0 : 1, remote.gain.context.currentTime);
 }
 
 export function stopRemote() {
   $("agent-audio").srcObject = null;
+  remote.gain = null;
+  remote.held = false;
 }
 
 // ------------------------------------------------------------------ recording the agent

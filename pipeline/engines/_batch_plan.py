@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 FOLLOW = 16
 """Prompt tokens another job is about to evaluate that are worth waiting a step for."""
+FIRST_WORDS = 12
+"""A reply's first tokens (its first clause) that ``first_chunk`` keeps quick."""
 STALE = 6
 """A slot not taken for this many placements per slot holds a conversation that has probably
 ended: re-using it costs nothing."""
@@ -134,12 +136,18 @@ class Planner:
         head: int = 0,
         pace: float = 0.0,
         keep: bool = True,
+        first_chunk: int = 0,
+        first_words: int = FIRST_WORDS,
     ) -> None:
         if slots < 1 or chunk < 1:
             raise ValueError(f"slots and chunk must be at least 1, got {slots}, {chunk}")
-        if head < 0 or pace < 0:
-            raise ValueError(f"head and pace must not be negative, got {head}, {pace}")
+        if head < 0 or pace < 0 or first_chunk < 0 or first_words < 0:
+            raise ValueError("head, pace, first_chunk and first_words must not be negative")
         self.chunk = chunk
+        self.first_chunk = first_chunk
+        """While a reply is within its ``first_words`` tokens, a step evaluates at most this
+        many prompt tokens (0: ``chunk`` always)."""
+        self.first_words = first_words
         self.head = head
         self.pace = pace
         self.keep = keep
@@ -238,14 +246,19 @@ class Planner:
 
     def step(self, now: float = 0.0) -> list[Entry]:
         """The next batch: each running reply's next token (unless it is ahead of its pace),
-        then prompt tokens (oldest job first) up to ``chunk``."""
+        then prompt tokens (oldest job first) up to ``chunk`` — ``first_chunk`` when a reply
+        in the step is still within its first words: a step's time is mostly its prompt
+        tokens, and a caller about to hear their first words should not wait for another's
+        whole prompt at every one of them."""
         entries: list[Entry] = []
         along = now + (1.0 / self.pace if self.pace > 0 else 0.0)  # due soon: share this step
+        room = self.chunk
         for job in self._running:
             if not job.prefilling and job.next_token is not None and self._due(job) <= along:
                 pos = len(self._slots[_slot(job)].tokens)
                 entries.append(Entry(job, job.next_token, pos, True))
-        room = self.chunk
+                if self.first_chunk and job.generated <= self.first_words:
+                    room = min(room, self.first_chunk)
         for job in self._running:
             if room <= 0:
                 break

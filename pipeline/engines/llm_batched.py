@@ -79,6 +79,9 @@ class BatchedOptions:
     on ``threads`` (``_cpu.py``)."""
     keep_conversations: bool = True
     """Slots chosen so that callers keep each other's conversations cached (``_batch_plan``)."""
+    first_words_chunk: int = 0
+    """While a reply makes its first words, the most prompt tokens evaluated in one step
+    beside it (0: ``chunk``)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -318,6 +321,7 @@ class _Worker:
             head=batched.head_tokens,
             pace=batched.tail_rate,
             keep=batched.keep_conversations,
+            first_chunk=batched.first_words_chunk,
         )
         self._requests: dict[int, _Request] = {}  # id(job) → request
         self._inbox: list[_Request] = []

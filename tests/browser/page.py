@@ -135,6 +135,7 @@ async def page_state(page: Page) -> dict[str, Any]:
             turns: c.turns, latencies: c.latencies, bargeIns: c.bargeIns,
             localCandidates: c.localCandidates, connectedAt: c.connectedAt,
             jitterBufferTarget: c.jitterBufferTarget,
+            agentMuted: document.getElementById('agent-audio').muted,
             t0: c.levels && c.levels.t0, callLocation: c.callLocation,
             user: texts('.msg.user .text'), agent: texts('.msg.agent .text'),
             interim: c.interim, userInterim: texts('.msg.user.interim .text'),

@@ -101,6 +101,12 @@ def test_barge_in_over_webrtc(results: dict[str, Any]) -> None:
     # the server flushed the agent's audio and cancelled that response…
     assert a["status"] == "cancelled", a
     assert "output_audio_buffer.cleared" in page["events"]
+    # the page was told the agent was held (it muted the track's jitter buffer at once) before
+    # the flush, and plays the agent's track again since
+    told = [e["type"] for e in page["eventLog"] if e.get("response_id") == a["response_id"]]
+    assert "x.voice.output_audio.held" in told, told
+    assert told.index("x.voice.output_audio.held") < told.index("output_audio_buffer.cleared")
+    assert page["agentMuted"] is False
     # …soon after the cut-in, not at the story's end (a bound for 2 loaded cores, not a speed
     # figure: the whole suite beside Chromium once took 1,522 ms; the bench measures speed)
     assert a["cleared_after_cut_in_ms"] < 2500, a

@@ -33,6 +33,12 @@ MAX_AUDIO_END_MS = 24 * 3600 * 1000
 
 METRICS_EVENT = "x.voice.turn.metrics"
 """Extension event: the stage timings of one response, after its ``response.done``."""
+HELD_EVENT = "x.voice.output_audio.held"
+"""Extension event: the agent's voice is held (the caller may be cutting in); nothing of the
+response named is sent until ``x.voice.output_audio.resumed`` or its end. A WebRTC client may
+mute what it has already received (its jitter buffer plays on otherwise): the page does."""
+RESUMED_EVENT = "x.voice.output_audio.resumed"
+"""Extension event: the hold is over, the response goes on (it was not an interruption)."""
 INTERIM_EVENT = "x.voice.input_audio_transcription.interim"
 """Extension event: the caller's words so far, while they speak (``pipeline.interim_asr_ms``);
 the item it names is announced (``conversation.item.added``) only when the turn is committed.
@@ -407,6 +413,11 @@ class RealtimeConnection:
             _e(METRICS_EVENT, response_id=ev.response_id, item_id=ev.item_id, metrics_ms=ev.marks)
         ]
 
+    def _r_held(self, ev: m.ReplyHeld) -> list[Event]:
+        if not self.extensions:
+            return []
+        return [_e(HELD_EVENT if ev.held else RESUMED_EVENT, response_id=ev.response_id)]
+
     def _r_error(self, ev: m.SessionError) -> list[Event]:
         return [error_event(ev.message, ev.code, ev.type, ev.event_id, ev.param)]
 
@@ -510,6 +521,7 @@ _RENDERERS: dict[type, Callable[[RealtimeConnection, Any], list[Event]]] = {
     m.ItemTruncated: RealtimeConnection._r_truncated,
     m.ItemDeleted: RealtimeConnection._r_deleted,
     m.TurnMetrics: RealtimeConnection._r_metrics,
+    m.ReplyHeld: RealtimeConnection._r_held,
     m.SessionError: RealtimeConnection._r_error,
     m.SessionClosed: RealtimeConnection._r_closed,
     m.TranscriptionFailed: RealtimeConnection._r_transcription_failed,
