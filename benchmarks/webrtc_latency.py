@@ -193,8 +193,13 @@ async def barge_in_session(
             await page.click("#disconnect")
         finally:
             await context.close()
-    cleared = [e for e in state["eventLog"] if e["type"] == "output_audio_buffer.cleared"]
+    log = state["eventLog"]
+    cleared = [e for e in log if e["type"] == "output_audio_buffer.cleared"]
     return {
+        # the server held the agent (the page muted it) and let it go on: a hold that was not
+        # an interruption (an echo, a noise) costs the page what its jitter buffer held
+        "holds": sum(e["type"] == "x.voice.output_audio.held" for e in log),
+        "resumes": sum(e["type"] == "x.voice.output_audio.resumed" for e in log),
         "mic": script,
         "responses": len(state["turns"]),
         "turns": [
@@ -294,6 +299,8 @@ def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
         "cut_ins": asked,
         "outcomes": {name: outcomes.count(name) for name in sorted(set(outcomes))},
         "interruptions": len(result["interruptions"]),
+        "holds": result.get("holds"),
+        "resumed_holds": result.get("resumes"),
         "measured": len(cuts),
         "step_ms": cuts[0]["step_ms"] if cuts else None,
         "agent_audibly_stopped_after_cut_in_ms": describe(a["stop_after_cut_in_ms"] for a in cuts),
@@ -526,6 +533,7 @@ def print_summary(report: dict[str, Any]) -> None:
             f"Barge-in ({b['measured']}/{b['cut_ins']} cut-ins measured, {b['step_ms']} ms steps):"
         )
         print(f"  cut-ins: {b['outcomes']}")
+        print(f"  agent held {b['holds']} times, {b['resumed_holds']} resumed (not a cut-in)")
         print(
             _line(
                 "page: caller's speech -> agent audibly stops",

@@ -219,7 +219,7 @@ class LlmConfig:
         "With `parallel` > 1: while a reply makes its first 12 tokens (its first words), a step"
         " evaluates at most this many tokens of other callers' prompts beside it (else 256), so"
         " those words do not wait for a whole prompt at each token; 0 = off.",
-        0,
+        64,
     )
     tail_rate: float = doc(
         "With `parallel` > 1: tokens a second a reply read aloud is paced at after its first 24"

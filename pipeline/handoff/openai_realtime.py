@@ -65,6 +65,7 @@ _IGNORED = frozenset(
         "rate_limits.updated",
         "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
         "x.voice.turn.metrics", "x.voice.input_audio_transcription.interim",
+        "x.voice.output_audio.held", "x.voice.output_audio.resumed",
     }
 )  # fmt: skip
 """Server events that change nothing here (their content arrives by the events read)."""
