@@ -172,3 +172,11 @@ async def test_a_prompt_gets_both_threads_only_while_nothing_else_is_on_the_cpu(
         assert cpu.alone()
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("bad", [{"first_words_chunk": -1}, {"tail_rate": -1.0}])
+def test_negative_step_settings_are_refused_before_the_model_loads(bad: dict[str, Any]) -> None:
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must not be negative"):
+        BatchedLlm(options(), BatchedOptions(**bad))

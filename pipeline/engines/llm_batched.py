@@ -113,6 +113,8 @@ class BatchedLlm(LlamaLlm):
         batched = batched or BatchedOptions()
         if batched.parallel < 1 or batched.chunk < 1:
             raise ConfigError("llm.parallel must be at least 1")
+        if batched.first_words_chunk < 0 or batched.tail_rate < 0:
+            raise ConfigError("llm.first_words_chunk and llm.tail_rate must not be negative")
         self.batched = batched
         super().__init__(options)
         self._threads = EngineThreads("llm", batched.parallel + 2)
