@@ -28,7 +28,10 @@ Urgency: one step decodes the next token of every running reply and up to ``chun
 tokens of the jobs still evaluating their prompt, oldest first; a job waiting for a slot takes
 the first one free, and the first token of a reply comes out of the step that evaluates the end
 of its prompt. So a caller's first token waits for at most one step of others' work, never for
-the tail of another reply. A reply's tail only has to stay ahead of its speech: past its first
+the tail of another reply. While a reply is within its first ``first_words`` tokens, a step
+takes at most ``first_chunk`` prompt tokens beside it: a step's time is mostly its prompt tokens,
+and a caller about to hear their first words should not wait for a whole chunk of another's
+prompt at each of them. A reply's tail only has to stay ahead of its speech: past its first
 ``head`` tokens a reply read aloud is paced at ``pace`` tokens a second (faster than anyone
 speaks), so the cores it would have taken serve other callers' first words (their ASR, prompt
 and first clause) meanwhile — whether or not another reply is in progress now: a caller whose

@@ -7,7 +7,8 @@ cells, ``n_ctx`` of them: a sequence's reply is exactly what it would be alone) 
 progress together with the prompt tokens of the callers still waiting for their first one
 (``_batch_plan.py`` decides which). On a CPU a step for eight replies costs about 1.5 times a
 step for one, and a new caller's prompt is evaluated in the next step, not after the others'
-tails. Steps of replies' tokens alone use ``threads``; steps with prompt tokens
+tails; and a reply's first words share steps with few prompt tokens (``first_words_chunk``).
+Steps of replies' tokens alone use ``threads``; steps with prompt tokens
 ``batch_threads``. With ``tail_rate``, a reply read aloud (``GenerationOptions.spoken``) past
 its first ``head_tokens`` is paced (it only has to stay ahead of its speech), leaving the cores
 to other callers' first words.
