@@ -199,7 +199,7 @@ async def barge_in_session(
         # the server held the agent (the page muted it) and let it go on: a hold that was not
         # an interruption (an echo, a noise) costs the page what its jitter buffer held
         "holds": sum(e["type"] == "x.voice.output_audio.held" for e in log),
-        "resumes": sum(e["type"] == "x.voice.output_audio.resumed" for e in log),
+        "resumed_holds": sum(e["type"] == "x.voice.output_audio.resumed" for e in log),
         "mic": script,
         "responses": len(state["turns"]),
         "turns": [
@@ -300,7 +300,7 @@ def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
         "outcomes": {name: outcomes.count(name) for name in sorted(set(outcomes))},
         "interruptions": len(result["interruptions"]),
         "holds": result.get("holds"),
-        "resumed_holds": result.get("resumes"),
+        "resumed_holds": result.get("resumed_holds"),
         "measured": len(cuts),
         "step_ms": cuts[0]["step_ms"] if cuts else None,
         "agent_audibly_stopped_after_cut_in_ms": describe(a["stop_after_cut_in_ms"] for a in cuts),

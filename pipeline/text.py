@@ -80,13 +80,12 @@ class ClauseSplitter:
         for match in _CLAUSE_END.finditer(text):
             if len(text[: match.end()].strip()) >= limit:
                 return match.end()
-        if self._emitted == 0 and self.first_clause_words > 0:
+        if self._emitted > 0:
+            return None
+        cut = None
+        if self.first_clause_words > 0:
             cut = self._word_cut(text, self.first_clause_words) or self._long_word_cut(text)
-            if cut is not None:
-                return cut
-        if self._emitted == 0:
-            return self._overlong_cut(text)
-        return None
+        return cut if cut is not None else self._overlong_cut(text)
 
     def _overlong_cut(self, text: str) -> int | None:
         """A first piece with no boundary at all past ``2 * min_clause_chars`` (80 at the

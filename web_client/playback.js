@@ -72,7 +72,8 @@ export function playRemote(audio, stream) {
 
 // The server held the agent's voice (x.voice.output_audio.held: the caller may be cutting in):
 // it sends silence from now on, but Chromium's jitter buffer still holds tens of ms of the
-// reply, so the page mutes the track too; `false` (resumed, cleared, stopped) plays it again.
+// reply, so the page mutes the track too; `false` (resumed, cleared, the response's end)
+// plays it again.
 export function holdRemote(held) {
   if (held === remote.held) return;
   remote.held = held;
