@@ -522,7 +522,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(
         "  Chromium's jitter buffer for the agent's track (mean per sample): delay"
         f" {fmt(r.get('jitterBufferDelayMs'))} ms, target {fmt(r.get('jitterBufferTargetDelayMs'))}"
-        f" ms, minimum {fmt(r.get('jitterBufferMinimumDelayMs'))} ms"
+        f" ms, minimum {fmt(r.get('jitterBufferMinimumDelayMs'))} ms; audio per packet: the"
+        f" agent's {fmt(r.get('receivedPacketMs'))} ms, the page's {fmt(r.get('sentPacketMs'))} ms"
     )
     print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))

@@ -101,3 +101,10 @@ def test_the_default_configuration_is_the_pipelines_defaults(tmp_path: Path) -> 
     assert session.reply_settings == ReplySettings()
     assert session.limits == SessionLimits()
     assert session.tuning == Tuning()
+
+
+def test_a_webrtc_frame_length_the_track_cannot_send_is_refused() -> None:
+    config = load(None, env={}, overrides={"webrtc.frame_ms": "15"})
+    with pytest.raises(ConfigError, match=r"webrtc\.frame_ms 15: use 10 or 20"):
+        config.webrtc.check()
+    load(None, env={}, overrides={"webrtc.frame_ms": "20"}).webrtc.check()

@@ -8,10 +8,18 @@ the call. Audio travels as Opus both ways; events travel on the client's data ch
 ``response.output_audio.delta`` is never sent, ``output_audio_buffer.started`` / ``stopped`` /
 ``cleared`` are, and ``output_audio_buffer.clear`` is served here. Incoming Opus is decoded by
 aiortc to 48 kHz stereo as each packet arrives (not after aiortc's 80 ms playout buffer:
-``webrtc_jitter.py``), down-mixed here; outgoing speech is queued as 20 ms frames that
-:class:`ReplyTrack` releases in real time, and flushed at once on barge-in or that clear. What
-the track releases is what the caller hears: it reports that position to the session
-(``Session.heard``). The session's lifecycle is :class:`~transports.runner.SessionRunner`'s.
+``webrtc_jitter.py``), down-mixed here; outgoing speech is queued as frames (10 ms by default:
+``WebRtcOptions.frame_ms``) that :class:`ReplyTrack` releases in real time, and flushed at once on
+barge-in or that clear. What the track releases is what the caller hears: it reports that
+position to the session (``Session.heard``). The session's lifecycle is
+:class:`~transports.runner.SessionRunner`'s.
+
+When the call's codec is Opus the track encodes the frames itself (:class:`OpusFrames`) and hands
+aiortc the packets: aiortc's own encoder would cut 20 ms frames whatever the track gives it, and
+runs in a worker thread. A 10 ms frame leaves in the next 10 ms slot and the caller's jitter
+buffer needs only one 10 ms packet, so the caller hears the reply earlier; the answer asks the
+caller's browser for 10 ms frames too (``a=ptime``), so the end of its speech reaches the server
+sooner.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from aiortc import (
 )
 from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, CodecContext, Packet
 
 from pipeline import messages as m
 from pipeline.clock import Clock
@@ -60,7 +68,11 @@ _OFFER_ERRORS = (
 ``a=rtcp`` or ``c=`` line end in AttributeError or AssertionError; codecs it cannot send with in
 OperationError)."""
 RATE = 48_000
-FRAME = 960  # 20 ms at 48 kHz
+FRAME = 960  # 20 ms at 48 kHz: aiortc's Opus frame, and the track's unless it encodes itself
+FRAME_MS = (10, 20)
+"""The frame lengths the track can send (Opus allows 2.5-60 ms; below 10 the packet overhead
+outgrows the gain, above 20 every hop waits longer)."""
+TIME_BASE = fractions.Fraction(1, RATE)
 EVENTS_CHANNEL = "oai-events"
 
 
@@ -75,6 +87,9 @@ class WebRtcOptions:
     echo_cancellation: bool = False
     """Take the agent's voice out of the caller's audio on the server (``pipeline/echo.py``, the
     reply audio pushed to the track as the reference) before the VAD hears it."""
+    frame_ms: int = 10
+    """Opus frame length both ways: the agent's voice is sent in frames this long, and the
+    answer asks the caller for the same (``a=ptime``). 20 is aiortc's (and browsers') default."""
 
 
 @dataclass(slots=True)
@@ -85,11 +100,41 @@ class _Queued:
     """Of that item's audio, what comes before this frame."""
 
 
+class OpusFrames:
+    """The track's own Opus encoder: one packet per frame, as the frame comes (mono, CELT's
+    low-delay mode: 2.5 ms of look-ahead against the voice mode's 6.5)."""
+
+    BIT_RATE = 64_000
+
+    def __init__(self, frame: int) -> None:
+        self.codec = CodecContext.create("libopus", "w")
+        self.codec.bit_rate = self.BIT_RATE
+        self.codec.format = "s16"
+        self.codec.layout = "mono"
+        self.codec.sample_rate = RATE
+        self.codec.time_base = TIME_BASE
+        self.codec.options = {
+            "application": "lowdelay",
+            "frame_duration": str(frame * 1000 // RATE),
+        }
+        self.codec.open()
+
+    def encode(self, frame: AudioFrame) -> Packet:
+        packets = self.codec.encode(frame)
+        if len(packets) != 1:  # libopus codes each whole frame at once; anything else is a bug
+            raise RuntimeError(f"the Opus encoder gave {len(packets)} packets for one frame")
+        packet = packets[0]
+        packet.pts, packet.time_base = frame.pts, TIME_BASE  # the track's RTP time, not libopus's
+        return packet
+
+
 class ReplyTrack(MediaStreamTrack):
-    """The agent's voice: queued 20 ms frames at 48 kHz, released one per 20 ms (silence when
-    there is nothing to say). ``flush`` drops everything queued at once; while ``held()`` (the
-    session holds the agent's voice: the caller may be cutting in) it releases silence and
-    keeps the queue, so the audio queued ahead of real time stops too.
+    """The agent's voice: queued frames at 48 kHz (``frame_ms`` long), released one per
+    ``frame_ms`` (silence when there is nothing to say); Opus packets instead of frames once
+    :meth:`encode_opus` was called (aiortc sends a packet as it is). At most ``max_frames`` 20 ms
+    of audio wait, whatever the framing. ``flush`` drops everything queued at once; while
+    ``held()`` (the session holds the agent's voice: the caller may be cutting in) it releases
+    silence and keeps the queue, so the audio queued ahead of real time stops too.
 
     The track knows what the caller hears: when it releases a frame of an assistant item (aiortc
     pulls it to send it), everything of that item before the frame has been played out, and it
@@ -104,15 +149,18 @@ class ReplyTrack(MediaStreamTrack):
         max_frames: int,
         on_heard: Callable[[str, int], None] | None = None,
         held: Callable[[], bool] = lambda: False,
+        frame_ms: int = 20,
     ) -> None:
         super().__init__()
         self._clock = clock
         self._held = held
-        self._frames: deque[_Queued] = deque(maxlen=max_frames)
+        self._max_ms = max_frames * 20
+        self._frames: deque[_Queued] = deque()
         self._on_heard = on_heard
         self._start: float | None = None
         self._sent = 0
-        self._silence = np.zeros(FRAME, dtype=np.int16)
+        self._frame_ms(frame_ms)
+        self._opus: OpusFrames | None = None
         self._item: str | None = None  # the item being queued, and its samples so far
         self._item_samples = 0
         self.released = 0
@@ -121,12 +169,13 @@ class ReplyTrack(MediaStreamTrack):
         """Queue 48 kHz audio, of the assistant item ``item_id`` when it has one."""
         if item_id != self._item:
             self._item, self._item_samples = item_id, 0
-        for start in range(0, len(samples), FRAME):
-            frame = samples[start : start + FRAME]
+        size = self.frame
+        for start in range(0, len(samples), size):
+            frame = samples[start : start + size]
             item_ms = self._item_samples * 1000 // RATE
             self._item_samples += len(frame)
-            if len(frame) < FRAME:
-                frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
+            if len(frame) < size:
+                frame = np.concatenate([frame, np.zeros(size - len(frame), np.int16)])
             self._frames.append(_Queued(frame, item_id, item_ms))
 
     def flush(self) -> int:
@@ -138,20 +187,35 @@ class ReplyTrack(MediaStreamTrack):
     def queued(self) -> int:
         return len(self._frames)
 
-    async def recv(self) -> AudioFrame:
+    def _frame_ms(self, frame_ms: int) -> None:
+        if frame_ms not in FRAME_MS:
+            raise ValueError(f"frame_ms {frame_ms}: use {' or '.join(map(str, FRAME_MS))}")
+        self.frame = RATE * frame_ms // 1000
+        self._frames = deque(self._frames, maxlen=max(1, self._max_ms // frame_ms))
+        self._silence = np.zeros(self.frame, dtype=np.int16)
+
+    def encode_opus(self, frame_ms: int) -> None:
+        """Hand aiortc Opus packets of ``frame_ms`` from now on (the call's codec is Opus), not
+        frames for its encoder (which cuts 20 ms ones). Before the first :meth:`push`."""
+        if self._frames or self._sent:
+            raise RuntimeError("the track's framing changes only before it is used")
+        self._frame_ms(frame_ms)
+        self._opus = OpusFrames(self.frame)
+
+    async def recv(self) -> AudioFrame | Packet:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
             self._start = self._clock.now()
         else:
-            await self._clock.sleep_until(self._start + self._sent * FRAME / RATE)
+            await self._clock.sleep_until(self._start + self._sent * self.frame / RATE)
         samples = self._release() if self._frames and not self._held() else self._silence
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
-        frame.pts = self._sent * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame.pts = self._sent * self.frame
+        frame.time_base = TIME_BASE
         self._sent += 1
-        return frame
+        return frame if self._opus is None else self._opus.encode(frame)
 
     def _release(self) -> np.ndarray:
         queued = self._frames.popleft()
@@ -159,6 +223,36 @@ class ReplyTrack(MediaStreamTrack):
         if queued.item_id is not None and self._on_heard is not None:
             self._on_heard(queued.item_id, queued.item_ms)
         return queued.samples
+
+
+def audio_codec(sdp: str) -> str | None:
+    """The codec an SDP's first audio section sends with (its first payload type), lower case."""
+    lines = sdp.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("m=audio "):
+            fields = line.split()
+            if len(fields) < 4:
+                return None
+            for attribute in lines[k + 1 :]:
+                if attribute.startswith("m="):
+                    break
+                if attribute.startswith(f"a=rtpmap:{fields[3]} "):
+                    return attribute.split(" ", 1)[1].split("/")[0].lower()
+            return None
+    return None
+
+
+def with_ptime(sdp: str, ms: int) -> str:
+    """``sdp`` asking for ``ms`` of audio per packet (``a=ptime``, RFC 4566) at the end of its
+    first audio section: a browser's Opus encoder then cuts frames that long."""
+    lines = sdp.splitlines()
+    start = next((k for k, line in enumerate(lines) if line.startswith("m=audio ")), None)
+    if start is None:
+        return sdp
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("m=")), len(lines))
+    kept = [line for line in lines[start:end] if not line.startswith("a=ptime:")]
+    lines[start:end] = [*kept, f"a=ptime:{ms}"]
+    return "\r\n".join(lines) + "\r\n"
 
 
 def downmix(frame: AudioFrame) -> np.ndarray:
@@ -240,16 +334,22 @@ class WebRtcCall:
             raise ProtocolError(
                 f"cannot use this SDP offer: {type(exc).__name__}: {exc}", code="invalid_sdp"
             ) from None
+        sdp = self.pc.localDescription.sdp
+        codec = audio_codec(sdp)
+        if codec == "opus" and self.options.frame_ms != FRAME * 1000 // RATE:
+            self.track.encode_opus(self.options.frame_ms)
+            sdp = with_ptime(sdp, self.options.frame_ms)
         log.info(
-            "call %s (session %s): answered an offer with %s",
+            "call %s (session %s): answered an offer with %s, sending %s",
             self.id,
             self.session.id,
             summary.media,
+            codec,
         )
         self.runner.start()
         self._spawn(self._end_with_session(), "ended")
         self._spawn(self._watchdog(), "watchdog")
-        return self.pc.localDescription.sdp
+        return sdp
 
     # ------------------------------------------------------------ peer connection events
 

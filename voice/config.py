@@ -541,6 +541,17 @@ class WebRtcConfig:
         " cancellation box is unticked).",
         False,
     )
+    frame_ms: int = doc(
+        "Opus frame length both ways, 10 or 20 ms: the agent's voice leaves in frames this long"
+        " and the answer asks the browser for the same (`a=ptime`); 10 lets the reply start in"
+        " the next 10 ms slot and the browser's jitter buffer hold one 10 ms packet.",
+        10,
+    )
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a frame length the track cannot send."""
+        if self.frame_ms not in (10, 20):
+            raise ConfigError(f"webrtc.frame_ms {self.frame_ms}: use 10 or 20")
 
 
 @dataclass(slots=True)

@@ -123,6 +123,7 @@ class VoiceServer:
         """The voice names a Realtime client may choose → the server voice of each."""
         config.vad.backchannel_settings()  # (a bad vocabulary or bound fails here, not per call)
         config.handoff.check()
+        config.webrtc.check()
         self.handoff = config.handoff.settings()
         self.open_remote = opener(self.handoff)
         self.dtmf_keys = config.handoff.dtmf_keys()
@@ -405,6 +406,7 @@ class VoiceServer:
             connect_timeout=c.connect_timeout,
             max_queued_ms=c.max_queued_ms,
             echo_cancellation=c.echo_cancellation,
+            frame_ms=c.frame_ms,
         )
 
     async def _call_create(self, request: web.Request) -> web.Response:

@@ -100,26 +100,35 @@ function iceGathered(pc, waitMs) {
 }
 
 // The agent's track as Chromium's receiver reports it (getStats, inbound-rtp audio): its jitter
-// buffer's mean delay, target and minimum (ms per emitted sample), and concealment; for the
-// benchmark, which reads it through voiceClient.receiverStats().
+// buffer's mean delay, target and minimum (ms per emitted sample), concealment, and the audio
+// per packet each way (ms: the agent's frames, and the page's own as its encoder cut them); for
+// the benchmark, which reads it through voiceClient.receiverStats().
 export async function receiverStats(call) {
   if (!call) return null;
   const stats = await call.pc.getStats();
+  let inbound = null, outbound = null, source = null;
   for (const s of stats.values()) {
-    if (s.type !== "inbound-rtp" || s.kind !== "audio") continue;
-    const per = (total) => (s.jitterBufferEmittedCount ? (1000 * total) / s.jitterBufferEmittedCount : null);
-    return {
-      jitterBufferDelayMs: per(s.jitterBufferDelay),
-      jitterBufferTargetDelayMs: per(s.jitterBufferTargetDelay),
-      jitterBufferMinimumDelayMs: per(s.jitterBufferMinimumDelay),
-      jitterMs: s.jitter === undefined ? null : 1000 * s.jitter,
-      packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
-      concealedSamples: s.concealedSamples, totalSamplesReceived: s.totalSamplesReceived,
-      insertedSamplesForDeceleration: s.insertedSamplesForDeceleration,
-      removedSamplesForAcceleration: s.removedSamplesForAcceleration,
-    };
+    if (s.kind !== "audio") continue;
+    if (s.type === "inbound-rtp") inbound = s;
+    else if (s.type === "outbound-rtp") outbound = s;
+    else if (s.type === "media-source") source = s;
   }
-  return null;
+  if (!inbound) return null;
+  const s = inbound;
+  const per = (total) => (s.jitterBufferEmittedCount ? (1000 * total) / s.jitterBufferEmittedCount : null);
+  const sent = outbound && source && outbound.packetsSent ? (1000 * source.totalSamplesDuration) / outbound.packetsSent : null;
+  return {
+    jitterBufferDelayMs: per(s.jitterBufferDelay),
+    jitterBufferTargetDelayMs: per(s.jitterBufferTargetDelay),
+    jitterBufferMinimumDelayMs: per(s.jitterBufferMinimumDelay),
+    jitterMs: s.jitter === undefined ? null : 1000 * s.jitter,
+    packetsReceived: s.packetsReceived, packetsLost: s.packetsLost,
+    concealedSamples: s.concealedSamples, totalSamplesReceived: s.totalSamplesReceived,
+    insertedSamplesForDeceleration: s.insertedSamplesForDeceleration,
+    removedSamplesForAcceleration: s.removedSamplesForAcceleration,
+    receivedPacketMs: s.packetsReceived ? (1000 * s.totalSamplesDuration) / s.packetsReceived : null,
+    sentPacketMs: sent,
+  };
 }
 
 export function sendOnCall(call, text) {

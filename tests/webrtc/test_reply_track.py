@@ -1,15 +1,19 @@
 """The agent's voice on the WebRTC track keeps to real time: one 20 ms frame per 20 ms of the
-clock, never ahead of it, RTP timestamps contiguous; a sender that stalled catches up, and speech
-leaves in the first frame slot after it was queued. Virtual time, no network."""
+clock (or, encoding Opus itself, one 10 ms packet per 10 ms), never ahead of it, RTP timestamps
+contiguous; a sender that stalled catches up, and speech leaves in the first frame slot after it
+was queued. The answer asks the caller for the same frame length. Virtual time, no network."""
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 
 import numpy as np
+import pytest
+from av import CodecContext, Packet
 
 from pipeline.clock import VirtualClock
-from transports.webrtc import FRAME, RATE, ReplyTrack
+from transports.webrtc import FRAME, RATE, ReplyTrack, audio_codec, with_ptime
 
 SLOT = FRAME / RATE  # 20 ms
 
@@ -90,3 +94,66 @@ async def test_a_held_track_keeps_its_queue_and_sends_silence_until_resumed() ->
     await clock.advance(0.3)
     audible = [a for *_, a in await puller]
     assert audible == [True] * 4 + [False] * 5 + [True] * 6 + [False] * 5
+
+
+async def pull_packets(
+    track: ReplyTrack, clock: VirtualClock, packets: int
+) -> list[tuple[float, Packet]]:
+    out = []
+    for _ in range(packets):
+        packet = await track.recv()
+        assert isinstance(packet, Packet)
+        out.append((clock.now(), packet))
+    return out
+
+
+async def test_an_opus_track_sends_10_ms_packets_in_10_ms_slots_that_decode_to_the_reply() -> None:
+    clock = VirtualClock()
+    track = ReplyTrack(clock, 100)
+    track.encode_opus(10)
+    puller = asyncio.create_task(pull_packets(track, clock, 30))
+    await clock.advance(0.053)  # silence until the reply's first frame is ready
+    track.push(speech(0.1))  # 10 frames of 10 ms
+    await clock.advance(0.3)
+    sent = await puller
+    decoder = CodecContext.create("libopus", "r")
+    levels = []
+    for k, (at, packet) in enumerate(sent):
+        assert packet.pts == k * 480 and packet.time_base == fractions.Fraction(1, RATE)
+        assert k * 0.01 - 1e-9 <= at < k * 0.01 + 1e-6  # one per 10 ms slot, never ahead
+        (frame,) = decoder.decode(Packet(bytes(packet)))
+        assert frame.samples == 480
+        levels.append(int(np.abs(frame.to_ndarray()).max()))
+    first = next(k for k, level in enumerate(levels) if level > 2000)
+    assert first == 6  # the first slot after 53 ms: 60 ms (the codec's 2.5 ms look-ahead aside)
+    assert all(level > 2000 for level in levels[first : first + 9])  # the whole reply
+    assert max(levels[first + 11 :]) < 500  # then silence (below the page's "audible")
+    assert track.released == 10
+
+
+async def test_the_framing_changes_only_before_the_track_is_used() -> None:
+    track = ReplyTrack(VirtualClock(), 100)
+    with pytest.raises(ValueError, match="use 10 or 20"):
+        track.encode_opus(15)
+    track.push(speech(0.04))
+    with pytest.raises(RuntimeError, match="before it is used"):
+        track.encode_opus(10)
+
+
+OFFERED = (
+    "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n"
+)
+
+
+def test_the_answer_names_its_codec_and_asks_for_the_frame_length() -> None:
+    assert audio_codec(OFFERED) == "opus"
+    assert audio_codec(OFFERED.replace("111 0", "0 111")) == "pcmu"
+    assert audio_codec("v=0\r\nm=application 9 UDP/DTLS/SCTP x\r\n") is None
+    asked = with_ptime(OFFERED, 10)
+    audio, application = asked.split("m=application")
+    assert audio.endswith("a=rtpmap:0 PCMU/8000\r\na=ptime:10\r\n")  # one ptime, the new one
+    assert "ptime" not in application and audio.count("a=ptime") == 1
+    assert with_ptime("v=0\r\n", 10) == "v=0\r\n"  # no audio: unchanged
