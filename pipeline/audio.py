@@ -149,10 +149,12 @@ class Polyphase:
 
 
 def trim_leading_silence(
-    samples: np.ndarray, rate: int, level: int = 100, keep_ms: int = 10
+    samples: np.ndarray, rate: int, level: int = 100, keep_ms: int = 2
 ) -> np.ndarray:
     """``samples`` from ``keep_ms`` before the first one louder than ``level`` (about -50 dBFS);
-    unchanged if none is."""
+    unchanged if none is. What is cut is inaudible, and on a transport that plays in real time
+    (WebRTC, Twilio, SIP) every millisecond kept delays the first sound: Piper's first word
+    passes the page's "audible" (0.015) 0.3-16 ms after it passes ``level``."""
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > level)
     if not len(loud):
         return samples
