@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.engines._batch_plan import FOLLOW, STALE, Copy, Entry, Job, Planner, Remove
+from pipeline.engines._batch_plan import (
+    FOLLOW,
+    MIN_SHIFT,
+    STALE,
+    Copy,
+    Entry,
+    Job,
+    Planner,
+    Remove,
+    Shift,
+)
 
 SYSTEM = [1, 2, 3, 4]
 
@@ -390,3 +400,42 @@ def test_a_reply_s_first_words_share_steps_with_few_prompt_tokens() -> None:
     off.add(Job(list(range(1, 30)), budget=5))
     off.assign()
     assert len(off.step()) == 29  # (off by default)
+
+
+OLD_TURNS = list(range(200, 260))  # the turns the conversation dropped
+KEPT_TURNS = list(range(300, 340))  # the turns it kept (MIN_SHIFT or more tokens)
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_a_conversation_past_its_window_moves_its_kept_turns_back_instead_of_evaluating_them(
+    slots: int,
+) -> None:
+    """Its oldest turns were dropped: the prompt is the system prompt, then turns its slot
+    holds after the dropped ones. They move back (one ``Shift``), and only the new turn is
+    evaluated — in its own slot, even beside an empty one (what the shift steps over is this
+    conversation's own dropped history, no loss)."""
+    plan = Planner(slots=slots)
+    finished(plan, [*SYSTEM, *OLD_TURNS, *KEPT_TURNS])
+    later = Job([*SYSTEM, *KEPT_TURNS, 400, 401], budget=1)
+    plan.add(later)
+    ops = plan.assign()
+    assert later.slot == 0
+    assert ops == [Shift(0, len(SYSTEM), len(OLD_TURNS)), Remove(0, len(SYSTEM) + len(KEPT_TURNS))]
+    assert plan.cached(0) == [*SYSTEM, *KEPT_TURNS]
+    assert later.evaluated == len(SYSTEM) + len(KEPT_TURNS)
+    assert [e.token for e in plan.step()] == [400, 401]
+
+
+def test_without_the_shift_or_with_too_little_to_move_the_turns_are_evaluated_again() -> None:
+    plan = Planner(slots=1, shift=False)
+    finished(plan, [*SYSTEM, *OLD_TURNS, *KEPT_TURNS])
+    later = Job([*SYSTEM, *KEPT_TURNS, 400], budget=1)
+    plan.add(later)
+    assert plan.assign() == [Remove(0, len(SYSTEM))]
+    assert later.evaluated == len(SYSTEM)
+    plan = Planner(slots=1)
+    few = KEPT_TURNS[: MIN_SHIFT - 1]  # a short run: more likely chance than kept turns
+    finished(plan, [*SYSTEM, *OLD_TURNS, *few])
+    later = Job([*SYSTEM, *few, 400], budget=1)
+    plan.add(later)
+    assert plan.assign() == [Remove(0, len(SYSTEM))]

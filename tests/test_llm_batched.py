@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.context import ChatMessage
 from pipeline.engines import GenerationOptions, StreamEnd, ToolCallDelta
+from pipeline.engines._batch_plan import MIN_SHIFT, Shift
 from pipeline.engines._cpu import CpuJobs
 from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
 from pipeline.engines.llm_llama import LlamaOptions
@@ -180,3 +181,39 @@ def test_negative_step_settings_are_refused_before_the_model_loads(bad: dict[str
 
     with pytest.raises(ConfigError, match="must not be negative"):
         BatchedLlm(options(), BatchedOptions(**bad))
+
+
+async def test_a_conversation_past_its_window_re_uses_its_cached_turns() -> None:
+    """Its oldest turns are dropped to fit; the turns kept are in its slot's cache after them,
+    and move back there (``Shift``) instead of being evaluated again. The reply is still one
+    to the conversation's question."""
+    llm = BatchedLlm(options(n_ctx=512), BatchedOptions(parallel=2))
+    shifted: list[Shift] = []
+    apply = llm._worker._apply
+
+    def record(ops: list[Any]) -> None:
+        shifted.extend(op for op in ops if isinstance(op, Shift))
+        apply(ops)
+
+    llm._worker._apply = record  # type: ignore[method-assign]
+    try:
+        history = [SYSTEM]
+        for k in range(6):
+            history += [
+                ChatMessage("user", f"Tell me something about the number {k}."),
+                ChatMessage(
+                    "assistant",
+                    f"The number {k} comes after {k - 1} and before {k + 1}; people have used"
+                    f" it for counting sheep, apples, boats and many other things for ages.",
+                ),
+            ]
+        first, _ = await reply(llm, [*history, ChatMessage("user", "Thanks.")])
+        assert not shifted
+        later = [*history, ChatMessage("user", "Thanks."), ChatMessage("assistant", first)]
+        later += history[1:5]  # two more turns: past the window
+        sky, end = await reply(llm, [*later, SKY[1]])
+        assert end.input_tokens < 512 - GREEDY.max_tokens  # history was dropped to fit
+        assert len(shifted) == 1 and shifted[0].delta >= MIN_SHIFT
+        assert "blue" in sky.lower(), sky
+    finally:
+        llm.close()

@@ -18,7 +18,11 @@ prompt, then the least recently used; when another slot (even a busy one) shares
 that prefix is copied (``Copy``). So callers do not take each other's cached conversations: a
 new one copies the system prompt they all share into a free slot instead of taking the slot of
 another caller, whose next turn would evaluate its whole conversation again. The cache past the
-shared prefix is removed (``Remove``). At least the tokens
+shared prefix is removed (``Remove``). When a conversation outgrew its window and its oldest
+turns were dropped (``context_fit.py``), its prompt is the system prompt and then what its slot
+holds *after* the dropped turns: those cached tokens move back over the dropped ones (``Shift``;
+llama.cpp shifts their positions) instead of being evaluated again — hundreds of tokens, seconds
+on two cores, at the turn where a long conversation first overflows. At least the tokens
 from the job's first wanted logits on are evaluated again, so their logits exist. A job whose
 prompt continues another's still being evaluated (``FOLLOW`` tokens or more that no cache holds
 yet: the end-of-turn judge and the reply it precedes, asked for together) waits until they are
@@ -53,6 +57,9 @@ FIRST_WORDS = 12
 STALE = 6
 """A slot not taken for this many placements per slot holds a conversation that has probably
 ended: re-using it costs nothing."""
+MIN_SHIFT = 32
+"""Cached tokens worth moving back rather than evaluating again (fewer: a few ms to evaluate, and
+a short run matching is more likely chance than the conversation's later turns)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -109,7 +116,17 @@ class Copy:
     length: int
 
 
-Op = Remove | Copy
+@dataclass(slots=True)
+class Shift:
+    """Drop positions ``[start, start + delta)`` of ``slot``'s cache; those after move back by
+    ``delta``."""
+
+    slot: int
+    start: int
+    delta: int
+
+
+Op = Remove | Copy | Shift
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,6 +158,7 @@ class Planner:
         keep: bool = True,
         first_chunk: int = 0,
         first_words: int = FIRST_WORDS,
+        shift: bool = True,
     ) -> None:
         if slots < 1 or chunk < 1:
             raise ValueError(f"slots and chunk must be at least 1, got {slots}, {chunk}")
@@ -155,6 +173,8 @@ class Planner:
         self.pace = pace
         self.keep = keep
         """Choose slots by what they would lose (else: longest prefix, least recently used)."""
+        self.shift = shift
+        """Move cached tokens back over dropped ones (``Shift``) when that re-uses them."""
         self._slots = [_Slot() for _ in range(slots)]
         self._waiting: deque[Job] = deque()
         self._running: list[Job] = []  # in the order they started
@@ -214,18 +234,26 @@ class Planner:
     def _place(self, job: Job, free: list[int]) -> list[Op]:
         limit = job.first_wanted  # at least the first wanted position is evaluated again
         shared = [min(_common(s.tokens, job.prompt), limit) for s in self._slots]
+        moved = [
+            self._moved(s.tokens, job.prompt, shared[i], limit) for i, s in enumerate(self._slots)
+        ]
+        kept = [shared[i] + moved[i][1] for i in range(len(self._slots))]
+        # (the turns a shift steps over are this conversation's, dropped from it: no loss)
+        used = [shared[i] + sum(moved[i]) if moved[i][1] else shared[i] for i in range(len(kept))]
         if self.keep:
-            slot = min(
-                free, key=lambda i: (self._loss(i, shared[i]), -shared[i], self._slots[i].used)
-            )
+            slot = min(free, key=lambda i: (self._loss(i, used[i]), -kept[i], self._slots[i].used))
         else:
-            slot = max(free, key=lambda i: (shared[i], -self._slots[i].used))
+            slot = max(free, key=lambda i: (kept[i], -self._slots[i].used))
         source = max(range(len(self._slots)), key=lambda i: shared[i])
         target = self._slots[slot]
         ops: list[Op]
-        if shared[source] > shared[slot]:
+        if shared[source] > kept[slot]:
             ops = [Remove(slot, 0), Copy(source, slot, shared[source])]
             target.tokens = self._slots[source].tokens[: shared[source]]
+        elif moved[slot][1]:
+            start, (delta, length) = shared[slot], moved[slot]
+            ops = [Shift(slot, start, delta), Remove(slot, start + length)]
+            target.tokens = target.tokens[:start] + target.tokens[start + delta :][:length]
         else:
             ops = [Remove(slot, shared[slot])]
             del target.tokens[shared[slot] :]
@@ -234,6 +262,20 @@ class Planner:
         job.slot, job.evaluated = slot, len(target.tokens)
         self._running.append(job)
         return ops
+
+    def _moved(
+        self, tokens: list[int], prompt: list[int], start: int, limit: int
+    ) -> tuple[int, int]:
+        """``(delta, length)``: ``prompt[start : start + length]`` is cached ``delta`` positions
+        later in ``tokens`` (the turns between were dropped from the conversation); ``(0, 0)``
+        when no ``MIN_SHIFT`` tokens or more can be re-used that way."""
+        if not self.shift or limit - start < MIN_SHIFT:
+            return 0, 0
+        probe = prompt[start : start + MIN_SHIFT]
+        for at in range(start + 1, len(tokens) - MIN_SHIFT + 1):
+            if tokens[at] == probe[0] and tokens[at : at + MIN_SHIFT] == probe:
+                return at - start, min(_common(tokens[at:], prompt[start:]), limit - start)
+        return 0, 0
 
     def _loss(self, index: int, kept: int) -> int:
         """Cached tokens that a job keeping the first ``kept`` of slot ``index`` would destroy

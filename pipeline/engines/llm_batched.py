@@ -49,7 +49,7 @@ import numpy as np
 from ..context import ChatMessage
 from ..errors import ConfigError, EngineError, EngineTimeout
 from . import FinishReason, GenerationOptions, LlmEvent
-from ._batch_plan import Copy, Entry, Job, Op, Planner, Remove
+from ._batch_plan import Copy, Entry, Job, Op, Planner, Remove, Shift
 from ._bridge import stream_from_thread
 from ._cpu import CpuJobs
 from ._threads import EngineThreads
@@ -325,6 +325,7 @@ class _Worker:
             pace=batched.tail_rate,
             keep=batched.keep_conversations,
             first_chunk=batched.first_words_chunk,
+            shift=bool(llama_cpp.llama_memory_can_shift(self._memory)),
         )
         self._requests: dict[int, _Request] = {}  # id(job) → request
         self._inbox: list[_Request] = []
@@ -432,6 +433,9 @@ class _Worker:
             elif isinstance(op, Copy):  # (each sequence has its own cells: copied whole, cut)
                 lib.llama_memory_seq_cp(memory, op.source, op.slot, -1, -1)
                 lib.llama_memory_seq_rm(memory, op.slot, op.length, -1)
+            elif isinstance(op, Shift):  # (RoPE: llama.cpp re-rotates the keys it moved)
+                lib.llama_memory_seq_rm(memory, op.slot, op.start, op.start + op.delta)
+                lib.llama_memory_seq_add(memory, op.slot, op.start + op.delta, -1, -op.delta)
 
     def _decode(self, entries: list[Entry]) -> None:
         # llama.cpp uses its batch threads for any step of more than one token: those are for
