@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import subprocess
 import sys
@@ -21,9 +22,9 @@ from pipeline.context import ChatMessage
 from pipeline.endpointing import EndpointSettings
 from pipeline.engines import Engines, GenerationOptions, StreamEnd
 from pipeline.engines.asr_whisper import WhisperAsr, WhisperOptions
-from pipeline.engines.llm_llama import LlamaLlm
+from pipeline.engines.llm_llama import LlamaLlm, LlamaOptions
 from pipeline.engines.llm_openai import OpenAiCompatibleLlm, RemoteLlmOptions
-from pipeline.errors import EngineError
+from pipeline.errors import ConfigError, EngineError
 from voice import models
 
 from .conftest import espeak
@@ -209,6 +210,38 @@ async def test_multilingual_base_model_is_joined_and_loads(tmp_path) -> None:  #
     assert models.whisper_base(cache_dir=tmp_path) == folder  # joined once
     asr = WhisperAsr(WhisperOptions(model=folder, language="en", cpu_threads=2))
     assert wer(QUESTION, await asr.transcribe(espeak(QUESTION))) <= 0.2
+
+
+async def test_requantized_weights_are_made_once_and_answer_as_the_shipped_ones(
+    tmp_path: Path,
+) -> None:
+    """``llm.requantize``: the bundled Q4_1 weights converted to Q8_0 once, into the cache; the
+    converted model replies and judges as the shipped one does."""
+    shipped = models.smollm2_gguf()
+    assert models.requantized(shipped, "", cache_dir=tmp_path) == shipped
+    with pytest.raises(ConfigError, match=r"llm\.requantize"):
+        models.requantized(shipped, "q5_k", cache_dir=tmp_path)
+    converted = models.requantized(shipped, "q8_0", cache_dir=tmp_path)
+    made = converted.stat().st_mtime_ns
+    assert models.requantized(shipped, "q8_0", cache_dir=tmp_path) == converted
+    assert converted.stat().st_mtime_ns == made  # converted once
+    assert list(converted.parent.iterdir()) == [converted]  # no temporary file left
+    llms = [LlamaLlm(LlamaOptions(model_path=path, n_ctx=512)) for path in (shipped, converted)]
+    try:
+        assert llms[1]._llama.metadata["general.file_type"] == "7"  # LLAMA_FTYPE_MOSTLY_Q8_0
+        system = ChatMessage("system", "You are a friendly voice assistant. Answer briefly.")
+        question = [system, ChatMessage("user", QUESTION)]
+        replies = [await reply_to(llm, question) for llm in llms]
+        assert all("leonardo" in r.lower() for r in replies), replies  # (same model, same facts)
+        for text in ("Why is the sky blue?", "Can you tell me?"):
+            shipped_p, converted_p = [
+                await llm.end_of_turn([system, ChatMessage("user", text)]) for llm in llms
+            ]
+            assert shipped_p is not None and converted_p is not None
+            assert abs(math.log(converted_p / shipped_p)) < math.log(1.5), (text, llms)
+    finally:
+        for llm in llms:
+            llm.close()
 
 
 def _free_port() -> int:

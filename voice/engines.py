@@ -146,6 +146,7 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
     c = config.llm
     if c.engine == "llama":
         gguf = Path(c.model_path) if c.model_path else models.smollm2_gguf()
+        gguf = models.requantized(gguf, c.requantize)
         options = LlamaOptions(
             model_path=gguf,
             n_ctx=c.n_ctx,
