@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.context import ChatMessage
 from pipeline.engines import GenerationOptions, StreamEnd, ToolCallDelta
-from pipeline.engines._batch_plan import MIN_SHIFT, Shift
+from pipeline.engines._batch_plan import MIN_SHIFT, Copy, Shift
 from pipeline.engines._cpu import CpuJobs
 from pipeline.engines.llm_batched import BatchedLlm, BatchedOptions
 from pipeline.engines.llm_llama import LlamaOptions
@@ -215,5 +215,26 @@ async def test_a_conversation_past_its_window_re_uses_its_cached_turns() -> None
         assert end.input_tokens < 512 - GREEDY.max_tokens  # history was dropped to fit
         assert len(shifted) == 1 and shifted[0].delta >= MIN_SHIFT
         assert "blue" in sky.lower(), sky
+    finally:
+        llm.close()
+
+
+async def test_warming_up_with_the_instructions_leaves_them_cached_for_the_first_caller() -> None:
+    llm = BatchedLlm(options(n_ctx=512), BatchedOptions(parallel=2))
+    ops: list[Any] = []
+    apply = llm._worker._apply
+
+    def record(batch: list[Any]) -> None:
+        ops.extend(batch)
+        apply(batch)
+
+    llm._worker._apply = record  # type: ignore[method-assign]
+    try:
+        llm.warm_up(SYSTEM.content)
+        ops.clear()
+        sky, _ = await reply(llm, SKY)
+        assert "blue" in sky.lower(), sky
+        copied = [op for op in ops if isinstance(op, Copy)]
+        assert copied and copied[0].length >= 10  # the system prompt, evaluated at warm-up
     finally:
         llm.close()

@@ -193,14 +193,18 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
     raise ConfigError(f"llm.engine must be 'llama' or 'openai', not {c.engine!r}")
 
 
-def warm_up(engines: Engines) -> dict[str, float]:
-    """Run each engine that can be warmed once; returns how long each took."""
+def warm_up(engines: Engines, instructions: str = "") -> dict[str, float]:
+    """Run each engine that can be warmed once; returns how long each took. The embedded LLM
+    keeps ``instructions`` (the sessions' default system prompt) evaluated."""
     times: dict[str, float] = {}
     for name in ("asr", "llm", "tts"):
         engine = getattr(engines, name)
         if hasattr(engine, "warm_up"):
             start = time.perf_counter()
-            engine.warm_up()
+            if name == "llm" and instructions:
+                engine.warm_up(instructions)
+            else:
+                engine.warm_up()
             times[name] = time.perf_counter() - start
             log.info("warmed up %s in %.2f s", name.upper(), times[name])
     return times

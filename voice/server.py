@@ -661,7 +661,7 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
     try:
         warmed: dict[str, float] = {}
         if config.server.warm_up:
-            warmed = await asyncio.to_thread(warm_up, loaded.engines)
+            warmed = await asyncio.to_thread(warm_up, loaded.engines, config.pipeline.instructions)
         server.metrics.models(loaded.load_seconds, warmed)
         server.warm = True
         host = config.server.host

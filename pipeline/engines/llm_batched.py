@@ -207,8 +207,12 @@ class BatchedLlm(LlamaLlm):
         except Exception as exc:  # llama.cpp errors are RuntimeError/ValueError
             raise EngineError(f"end-of-turn scoring failed: {exc}", engine="llm") from exc
 
-    def warm_up(self) -> None:
-        for _ in self._reply([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
+    def warm_up(self, instructions: str = "") -> None:
+        """One short reply; with ``instructions`` (the sessions' default system prompt) that
+        prompt stays cached, and the first caller's first turn copies it instead of evaluating
+        it."""
+        system = [ChatMessage("system", instructions)] if instructions else []
+        for _ in self._reply([*system, ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
             pass
 
     def close(self) -> None:

@@ -342,8 +342,12 @@ class LlamaLlm:
         """Stop the worker after the reply in progress (waiting ones are dropped)."""
         self._threads.shutdown()
 
-    def warm_up(self) -> None:
-        for _ in self._generate([ChatMessage("user", "Hi")], GenerationOptions(max_tokens=4)):
+    def warm_up(self, instructions: str = "") -> None:
+        """One short reply; with ``instructions`` (the sessions' default system prompt) that
+        prompt stays cached for the first caller's first turn."""
+        system = [ChatMessage("system", instructions)] if instructions else []
+        messages = [*system, ChatMessage("user", "Hi")]
+        for _ in self._generate(messages, GenerationOptions(max_tokens=4)):
             pass
 
 
