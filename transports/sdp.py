@@ -1,8 +1,10 @@
-"""Checking an SDP offer before it reaches the WebRTC stack (sans-I/O, RFC 8866 shape only).
+"""Checking an SDP offer before it reaches the WebRTC stack (sans-I/O, RFC 8866 shape only),
+and reading and amending the answer.
 
 aiortc parses the full SDP; this only decides, with a clear message, whether an offer is one we
 can answer: text SDP, a session version line, no ``mid`` twice, an audio section that can send
-to us, and a DTLS fingerprint.
+to us, and a DTLS fingerprint. Of aiortc's answer it reads the codec the call sends with and
+asks the caller for a frame length (``a=ptime``).
 """
 
 from __future__ import annotations
@@ -65,3 +67,33 @@ def check_offer(sdp: str) -> OfferSummary:
             code="invalid_sdp",
         )
     return OfferSummary(tuple(media), "application" in media)
+
+
+def audio_codec(sdp: str) -> str | None:
+    """The codec an SDP's first audio section sends with (its first payload type), lower case."""
+    lines = sdp.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("m=audio "):
+            fields = line.split()
+            if len(fields) < 4:
+                return None
+            for attribute in lines[k + 1 :]:
+                if attribute.startswith("m="):
+                    break
+                if attribute.startswith(f"a=rtpmap:{fields[3]} "):
+                    return attribute.split(" ", 1)[1].split("/")[0].lower()
+            return None
+    return None
+
+
+def with_ptime(sdp: str, ms: int) -> str:
+    """``sdp`` asking for ``ms`` of audio per packet (``a=ptime``, RFC 4566) at the end of its
+    first audio section: a browser's Opus encoder then cuts frames that long."""
+    lines = sdp.splitlines()
+    start = next((k for k, line in enumerate(lines) if line.startswith("m=audio ")), None)
+    if start is None:
+        return sdp
+    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("m=")), len(lines))
+    kept = [line for line in lines[start:end] if not line.startswith("a=ptime:")]
+    lines[start:end] = [*kept, f"a=ptime:{ms}"]
+    return "\r\n".join(lines) + "\r\n"

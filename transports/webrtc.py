@@ -56,7 +56,7 @@ from pipeline.tasks import cancel_and_wait
 
 from .realtime.connection import RealtimeConnection, event_id
 from .runner import SessionRunner
-from .sdp import check_offer
+from .sdp import audio_codec, check_offer, with_ptime
 from .webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
 
 log = logging.getLogger("voice.transport.webrtc")
@@ -223,36 +223,6 @@ class ReplyTrack(MediaStreamTrack):
         if queued.item_id is not None and self._on_heard is not None:
             self._on_heard(queued.item_id, queued.item_ms)
         return queued.samples
-
-
-def audio_codec(sdp: str) -> str | None:
-    """The codec an SDP's first audio section sends with (its first payload type), lower case."""
-    lines = sdp.splitlines()
-    for k, line in enumerate(lines):
-        if line.startswith("m=audio "):
-            fields = line.split()
-            if len(fields) < 4:
-                return None
-            for attribute in lines[k + 1 :]:
-                if attribute.startswith("m="):
-                    break
-                if attribute.startswith(f"a=rtpmap:{fields[3]} "):
-                    return attribute.split(" ", 1)[1].split("/")[0].lower()
-            return None
-    return None
-
-
-def with_ptime(sdp: str, ms: int) -> str:
-    """``sdp`` asking for ``ms`` of audio per packet (``a=ptime``, RFC 4566) at the end of its
-    first audio section: a browser's Opus encoder then cuts frames that long."""
-    lines = sdp.splitlines()
-    start = next((k for k, line in enumerate(lines) if line.startswith("m=audio ")), None)
-    if start is None:
-        return sdp
-    end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("m=")), len(lines))
-    kept = [line for line in lines[start:end] if not line.startswith("a=ptime:")]
-    lines[start:end] = [*kept, f"a=ptime:{ms}"]
-    return "\r\n".join(lines) + "\r\n"
 
 
 def downmix(frame: AudioFrame) -> np.ndarray:

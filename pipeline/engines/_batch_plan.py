@@ -239,7 +239,7 @@ class Planner:
         ]
         kept = [shared[i] + moved[i][1] for i in range(len(self._slots))]
         # (the turns a shift steps over are this conversation's, dropped from it: no loss)
-        used = [shared[i] + sum(moved[i]) if moved[i][1] else shared[i] for i in range(len(kept))]
+        used = [shared[i] + sum(moved[i]) for i in range(len(kept))]
         if self.keep:
             slot = min(free, key=lambda i: (self._loss(i, used[i]), -kept[i], self._slots[i].used))
         else:

@@ -13,7 +13,8 @@ import pytest
 from av import CodecContext, Packet
 
 from pipeline.clock import VirtualClock
-from transports.webrtc import FRAME, RATE, ReplyTrack, audio_codec, with_ptime
+from transports.sdp import audio_codec, with_ptime
+from transports.webrtc import FRAME, RATE, ReplyTrack
 
 SLOT = FRAME / RATE  # 20 ms
 
