@@ -30,6 +30,7 @@ from .test_engines import wer
 pytestmark = [pytest.mark.e2e, pytest.mark.models]
 STREAM_SID = "MZtest"
 PHONE_QUESTION = "Good morning, can you hear me?"  # transcribed reliably at 8 kHz by tiny.en
+CUT_IN = "Wait a moment, I have a question about the dragon."
 TURN_TIMEOUT = 90.0
 CHUNK = 160  # 20 ms at 8 kHz
 
@@ -264,7 +265,7 @@ async def test_barge_in_clears_twilio_buffer(server: VoiceServer) -> None:
         cut_in = len(twilio.received)
         twilio.say(
             espeak(
-                "Wait a moment, I have a question about the dragon.",
+                CUT_IN,
                 rate=8000,
                 voice="en-us",
                 wpm=140,
@@ -298,8 +299,12 @@ async def test_barge_in_clears_twilio_buffer(server: VoiceServer) -> None:
     assistant = [i for i in items if i["role"] == "assistant"]
     assert assistant[0]["status"] == "incomplete", items
     user = [i for i in items if i["role"] == "user"]
-    assert len(user) == 2 and "dragon" in user[1]["text"].lower(), items
-    assert "wait" in user[1]["text"].lower(), items  # the cut-in's first words are kept
+    assert len(user) == 2, items
+    # the cut-in is heard as said, give or take what tiny.en makes of espeak at 8 kHz (in CI once:
+    # "… I am a question about an American.", WER 0.3) …
+    assert wer(CUT_IN, user[1]["text"]) <= 0.5, items
+    # … and its first words are kept: the caller's audio before the barge-in fired is not lost
+    assert "wait" in user[1]["text"].lower(), items
 
 
 async def test_malformed_messages_do_not_end_the_stream(

@@ -167,5 +167,8 @@ async def test_barge_in_over_sip(server: VoiceServer, tmp_path: Path) -> None:
     assistant = [i for i in items if i["role"] == "assistant"]
     user = [i for i in items if i["role"] == "user"]
     assert assistant[0]["status"] == "incomplete", items
-    assert len(user) >= 2 and "dragon" in user[1]["text"].lower(), items
+    assert len(user) >= 2, items
+    # heard as said, give or take tiny.en on 8 kHz espeak (the Twilio test's twin once heard
+    # "… I am a question about an American.": WER 0.3)
+    assert wer(cut_in, user[1]["text"]) <= 0.5, items
     assert record["closed_reason"] == "the caller hung up (BYE)"
