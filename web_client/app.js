@@ -5,8 +5,8 @@
 //   WebSocket: mic → mono → 24 kHz PCM16 → input_audio_buffer.append;
 //     response.output_audio.delta → WebAudio.
 // Both: an AudioWorklet follows the mic and the agent's voice (levels.js: level meter, page-side
-// latency, on the audio clock), and
-// MediaRecorder records the agent's voice (window.voiceClient.recording(), for tests).
+// latency, on the audio clock), and with ?record (tests) MediaRecorder records the agent's
+// voice (window.voiceClient.recording()).
 //
 // This module wires the others together: window.voiceClient, connect/disconnect, the server
 // events, the settings form.

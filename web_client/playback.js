@@ -1,6 +1,8 @@
 // The agent's voice: WebSocket playback (PCM16 deltas scheduled on WebAudio, cut at a
-// barge-in), the WebRTC remote track (played by #agent-audio, analysed by WebAudio), and a
-// MediaRecorder recording of it (window.voiceClient.recording(), for tests).
+// barge-in), the WebRTC remote track (played by #agent-audio, analysed by WebAudio), and, for
+// tests only (the page opened with ?record), a MediaRecorder recording of it
+// (window.voiceClient.recording()): it costs an Opus encoder in the browser for the whole call
+// and keeps every byte, so a caller's page does not run it.
 import { $ } from "./dom.js";
 import { RATE, decodePcm16, encodePcm16, fromBase64, toBase64 } from "./pcm.js";
 import { showError } from "./status.js";
@@ -10,6 +12,7 @@ const LEAD_S = 0.04; // playback jitter margin when (re)starting the audio queue
 const player = { next: 0, sources: new Set(), responseId: null };
 const muted = new Set(); // response ids whose audio was cut by a barge-in (WebSocket)
 let rec = null; // {recorder, chunks, stopped: Promise}
+const RECORD = new URLSearchParams(location.search).has("record");
 
 // ------------------------------------------------------------------ WebSocket playback
 
@@ -91,7 +94,7 @@ export function stopRemote() {
 
 export function record(stream) {
   stopRecorder();
-  if (typeof MediaRecorder === "undefined") return;
+  if (!RECORD || typeof MediaRecorder === "undefined") return;
   const type = ["audio/webm;codecs=opus", "audio/ogg;codecs=opus", "audio/webm"]
     .find((t) => MediaRecorder.isTypeSupported(t));
   const recorder = new MediaRecorder(stream, type ? { mimeType: type } : {});
@@ -108,6 +111,7 @@ export function stopRecorder() {
 
 // The agent's voice recorded so far (this call, or the last one): 16 kHz mono PCM16, base64.
 export async function recording() {
+  if (!RECORD) throw new Error("not recording: open the page with ?record");
   if (!rec) throw new Error("nothing recorded: connect first");
   const { recorder, chunks } = rec;
   await flush(rec);

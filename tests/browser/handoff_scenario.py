@@ -64,7 +64,7 @@ async def _call(work: Path, upstream: Upstream, results: dict[str, Any]) -> None
             run = Run(pw, front, work, "handoff")
 
             async def body(page: Page) -> None:
-                await open_and_connect(page, f"{run.origin}/")
+                await open_and_connect(page, f"{run.origin}/?record")
                 await page_wait_for(
                     page,
                     "() => voiceClient.turns.some((t) => t.status === 'completed')",

@@ -103,7 +103,7 @@ async def _one_turn(
     run = Run(pw, server, work, name)
 
     async def body(page: Page) -> None:
-        await open_and_connect(page, f"{run.origin}/?transport={transport}")
+        await open_and_connect(page, f"{run.origin}/?transport={transport}&record")
         await wait_for(
             page,
             "() => voiceClient.turns.some((t) => t.status === 'completed' && t.metrics)",
@@ -174,6 +174,10 @@ async def barge_in(
         run.result["page"] = await page_state(page)
         run.result["levels"] = await levels(page)
         run.result["analysis"] = analyse_barge_in(run.result["page"], run.result["levels"])
+        # a page opened without ?record (as a caller's is) never recorded the agent's voice
+        run.result["recording"] = await page.evaluate(
+            "voiceClient.recording().then(() => 'recorded', (e) => e.message)"
+        )
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "browser-barge-in.png"))
         await run.hang_up(page)

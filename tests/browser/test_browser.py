@@ -107,6 +107,8 @@ def test_barge_in_over_webrtc(results: dict[str, Any]) -> None:
     assert "x.voice.output_audio.held" in told, told
     assert told.index("x.voice.output_audio.held") < told.index("output_audio_buffer.cleared")
     assert page["agentMuted"] is False
+    # (a caller's page, opened without ?record, keeps no recording of the agent)
+    assert barge["recording"] == "not recording: open the page with ?record"
     # …soon after the cut-in, not at the story's end (a bound for 2 loaded cores, not a speed
     # figure: the whole suite beside Chromium once took 1,522 ms; the bench measures speed)
     assert a["cleared_after_cut_in_ms"] < 2500, a
