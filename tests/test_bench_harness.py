@@ -304,6 +304,19 @@ def test_realtime_barge_in_is_measured_to_the_last_audio_of_the_interrupted_repl
     # completed on its own although it was still playing: not a barge-in
     finished = realtime_barge_in([*events[:-2], Ev(1.8, DONE, "r1", status="completed")], 1.5)
     assert finished.playing and finished.interrupted is False and finished.latency_ms(1.5) is None
+    assert result.quiet_ms(1.5) is None and ended.quiet_ms(1.5) is None
+
+
+def test_a_barge_in_into_a_pause_of_the_reply_is_not_timed_but_counted() -> None:
+    """WebRTC sends silence between sentences: when the caller cut into one and nothing of the
+    reply sounded after, when it stopped is unknown; the record says how long it had been quiet."""
+    spoken = [Ev(1.0 + i * 0.02, AUDIO, "r1", True) for i in range(10)]  # loud until 1.18
+    events = [*spoken, Ev(1.6, DONE, "r1", status="cancelled", reason="turn_detected")]
+    result = realtime_barge_in(events, onset=1.4)
+    assert result.playing and result.interrupted
+    assert result.latency_ms(1.4) is None and result.quiet_ms(1.4) == pytest.approx(220.0)
+    same_slot = realtime_barge_in(events, onset=1.19)  # its last sound shared the caller's packet
+    assert same_slot.latency_ms(1.19) == 0.0 and same_slot.quiet_ms(1.19) is None
 
 
 def test_reply_stalls_are_pieces_that_came_after_the_audio_before_them_ran_out() -> None:

@@ -39,6 +39,8 @@ def format_turn(rec: Mapping[str, Any]) -> str:
             )
         elif not barge["reply_playing"] or barge["interrupted"] is False:
             parts.append("barge-in: the reply had ended")
+        elif barge.get("quiet_ms") is not None:  # (its stop cannot be timed)
+            parts.append(f"barge-in into a {barge['quiet_ms']:.0f} ms pause, {state}".rstrip(", "))
         else:
             parts.append(f"barge-in {fmt(barge['latency_ms'])} ms {state}".rstrip())
         parts.append(f"reply after it {fmt(barge['reply_v2v_ms'])} ms")

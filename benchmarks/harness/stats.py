@@ -77,6 +77,7 @@ def summarize(turns: Sequence[Mapping[str, Any]], protocol: str) -> dict[str, An
             "cancelled": sum(1 for b in barges if b.get("status") == "cancelled"),
             "cleared": sum(1 for b in barges if b.get("clear_ms") is not None),
             "measured": sum(1 for b in barges if b["latency_ms"] is not None),
+            "into_a_pause": sum(1 for b in barges if b.get("quiet_ms") is not None),
         },
         "after_barge_in_v2v_ms": describe(b["reply_v2v_ms"] for b in barges),
         "false_interruptions": {

@@ -206,6 +206,13 @@ class BargeInResult:
             return None
         return ms(max(0.0, self.stop - onset))
 
+    def quiet_ms(self, onset: float) -> float | None:
+        """How long a reply that was still playing had been silent when the caller cut in
+        (a pause between its sentences): why :meth:`latency_ms` cannot say when it stopped."""
+        if not self.playing or self.stop is None or self.stop >= onset - _SAME_SLOT_S:
+            return None
+        return ms(onset - self.stop)
+
 
 def realtime_barge_in(events: Sequence[Ev], onset: float) -> BargeInResult:
     """The reply playing at ``onset`` (the interruption's first audible chunk sent) and when its
@@ -386,6 +393,7 @@ def _barge_in_record(
         "status": result.status,
         "reason": result.reason,
         "clear_ms": None if result.clear is None else ms(result.clear - onset),
+        "quiet_ms": result.quiet_ms(onset),
         "reply_v2v_ms": None,
         "transcript": transcripts_between(events, onset, now),
         "wer": None,

@@ -49,7 +49,9 @@ def test_the_benchmarks_webrtc_caller_completes_turns_and_a_barge_in(
     assert question["transport_ms"] is not None and question["reply_transcript"].strip()
     barge = story["barge_in"]
     assert barge is not None and barge["reply_playing"], story
-    assert barge["status"] == "cancelled" and barge["latency_ms"] is not None, barge
+    assert barge["status"] == "cancelled" and barge["interrupted"], barge
+    # (its stop is timed only when the caller cut into its speech, not into a pause between
+    # its sentences: the track sends silence then, and no sound of the reply came after)
     assert barge["reply_v2v_ms"] is not None  # and the answer to the interruption was heard
     assert run["calls_after"] == 0  # the caller hung up
 
