@@ -5,10 +5,12 @@ All but the last test use fake engines (no models); the last starts a real ``voi
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from pipeline.session import Session
 from voice import logs
 from voice.drain import SHUTTING_DOWN, ShutdownSignals, drain
 from voice.metrics import ServerMetrics
-from voice.server import VoiceServer
+from voice.server import VoiceServer, freeze_start_up_objects
 
 from .conftest import test_config as base_config
 from .fakes import fake_engines
@@ -275,6 +277,29 @@ def test_json_logs_carry_the_session_id() -> None:
         logs.formatter("xml")
 
 
+def test_start_up_objects_are_frozen_and_start_up_garbage_is_collected_first() -> None:
+    """What start-up left unreachable is freed, not frozen for ever; what lives on is out of
+    the collector's scans; what the sessions make later is collected as usual."""
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    alive = Cycle()
+    dead = weakref.ref(Cycle())  # a cycle nothing refers to: only a collection frees it
+    assert dead() is not None
+    try:
+        frozen = freeze_start_up_objects()
+        assert dead() is None
+        assert frozen == gc.get_freeze_count() > 0
+        assert not any(obj is alive for obj in gc.get_objects())  # (frozen: not scanned)
+        later = weakref.ref(Cycle())
+        gc.collect()
+        assert later() is None
+    finally:
+        gc.unfreeze()
+
+
 # The real command
 
 
@@ -330,6 +355,8 @@ async def test_sigterm_drains_a_real_server(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()]
     messages = [r["message"] for r in records]
     assert any(msg.startswith("SIGTERM: draining") for msg in messages), messages
+    frozen = [msg for msg in messages if msg.startswith("garbage collector:")]
+    assert len(frozen) == 1 and int(frozen[0].split()[2]) > 10_000, frozen  # (gc_freeze default)
     assert any("closing 1 sessions still active" in msg for msg in messages), messages
     closing = [r for r in records if "session closing: server shutting down" in r["message"]]
     assert len(closing) == 1 and closing[0]["session"].startswith("sess"), closing
