@@ -65,9 +65,10 @@ async def _call(work: Path, upstream: Upstream, results: dict[str, Any]) -> None
 
             async def body(page: Page) -> None:
                 await open_and_connect(page, f"{run.origin}/?record")
-                await page_wait_for(
+                await page_wait_for(  # (incomplete: the reply ran to the token limit)
                     page,
-                    "() => voiceClient.turns.some((t) => t.status === 'completed')",
+                    "() => voiceClient.turns.some((t) => ['completed', 'incomplete']"
+                    ".includes(t.status))",
                     TURN_TIMEOUT_S,
                 )
                 # the final transcript of the caller's words may follow the reply's start

@@ -47,7 +47,9 @@ def test_a_spoken_turn_from_the_browser_through_the_upstream(results: dict[str, 
     assert "painted" in asked.lower() and wer(QUESTION, asked) <= 0.4, asked  # (espeak, tiny.en)
     assert page["agent"] and page["agent"][0].strip(), page["agent"]
     assert NEVER not in page["agent"][0]
-    reply = next(t for t in page["turns"] if t["status"] == "completed")
+    # tiny SmolLM2 sometimes loops until the token limit ("…they were both very talented
+    # people. they were both …"): that reply ends "incomplete", a finished turn all the same
+    reply = next(t for t in page["turns"] if t["status"] in ("completed", "incomplete"))
     assert reply["metrics"], reply
 
     # the upstream's transcript is the same conversation
@@ -55,4 +57,10 @@ def test_a_spoken_turn_from_the_browser_through_the_upstream(results: dict[str, 
     items = [i for i in results["upstream_items"] if i.get("type", "message") == "message"]
     user, agent = items[0], items[1]
     assert user["role"] == "user" and user["text"].strip() == asked.strip(), items
-    assert agent["role"] == "assistant" and agent["text"].strip() == page["agent"][0].strip()
+    assert agent["role"] == "assistant" and agent["text"].strip(), items
+    if reply["status"] == "completed":
+        assert agent["text"].strip() == page["agent"][0].strip()
+    else:  # cut off: the page and the upstream each keep the reply's beginning, as far as
+        # they had it when the page hung up (its last words may have been in flight)
+        shorter, longer = sorted((agent["text"].strip(), page["agent"][0].strip()), key=len)
+        assert shorter and longer.startswith(shorter), (agent, page["agent"])
