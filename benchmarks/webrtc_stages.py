@@ -38,7 +38,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, Packet
 
 from benchmarks.harness.audio import is_loud
 from benchmarks.harness.clients import WEBRTC_RATE
@@ -68,9 +68,10 @@ class ProbedMicrophone(MicrophoneTrack):
         super().__init__()
         self.handed: list[tuple[float, bool]] = []
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet:
         frame = await super().recv()
-        self.handed.append((time.perf_counter(), is_loud(frame.to_ndarray().reshape(-1))))
+        assert self.taken is not None
+        self.handed.append((time.perf_counter(), is_loud(self.taken)))
         return frame
 
 
@@ -86,22 +87,28 @@ class ServerProbe:
 
     def attach(self, call: ServerCall) -> None:
         track = call.track
-        push, recv = track.push, track.recv
+        push, recv, release = track.push, track.recv, track._release
+        taken: list[np.ndarray] = []
 
         def probed_push(samples: np.ndarray, item_id: str | None = None) -> None:
             self.pushed.append(time.perf_counter())
             push(samples, item_id)
 
-        async def probed_recv() -> AudioFrame:
-            before = track.released
-            frame = await recv()
-            if track.released > before:
-                audible = is_loud(frame.to_ndarray().reshape(-1))
+        def probed_release() -> np.ndarray:
+            taken.append(release())
+            return taken[-1]
+
+        async def probed_recv() -> AudioFrame | Packet:
+            taken.clear()
+            frame = await recv()  # (an Opus packet, when the track encodes itself)
+            if taken:
+                audible = is_loud(taken[-1])
                 self.released.append((time.perf_counter(), int(frame.pts or 0), audible))
             return frame
 
         track.push = probed_push  # type: ignore[method-assign]
         track.recv = probed_recv  # type: ignore[method-assign]
+        track._release = probed_release  # type: ignore[method-assign]
         call.session.input_taps.append(self._arrived)
 
     def _arrived(self, samples: np.ndarray, rate: int) -> None:

@@ -10,9 +10,10 @@ the call. Audio travels as Opus both ways; events travel on the client's data ch
 aiortc to 48 kHz stereo as each packet arrives (not after aiortc's 80 ms playout buffer:
 ``webrtc_jitter.py``), down-mixed here; outgoing speech is queued as frames (10 ms by default:
 ``WebRtcOptions.frame_ms``) that :class:`ReplyTrack` releases in real time, and flushed at once on
-barge-in or that clear. What the track releases is what the caller hears: it reports that
-position to the session (``Session.heard``). The session's lifecycle is
-:class:`~transports.runner.SessionRunner`'s.
+barge-in or that clear; while the agent is silent the track sends nothing (Opus DTX,
+``WebRtcOptions.dtx``) and its next speech leaves at once. What the track releases is what the
+caller hears: it reports that position to the session (``Session.heard``). The session's
+lifecycle is :class:`~transports.runner.SessionRunner`'s.
 
 When the call's codec is Opus the track encodes the frames itself (:class:`OpusFrames`) and hands
 aiortc the packets: aiortc's own encoder would cut 20 ms frames whatever the track gives it, and
@@ -73,6 +74,10 @@ FRAME_MS = (10, 20)
 """The frame lengths the track can send (Opus allows 2.5-60 ms; below 10 the packet overhead
 outgrows the gain, above 20 every hop waits longer)."""
 TIME_BASE = fractions.Fraction(1, RATE)
+DTX_HANGOVER_MS = 60
+"""Silence the track still sends after the last speech before it goes quiet (discontinuous
+transmission): the caller's decoder ends on silence, and pauses between clauses shorter than
+this are sent as they are."""
 EVENTS_CHANNEL = "oai-events"
 
 
@@ -90,6 +95,8 @@ class WebRtcOptions:
     frame_ms: int = 10
     """Opus frame length both ways: the agent's voice is sent in frames this long, and the
     answer asks the caller for the same (``a=ptime``). 20 is aiortc's (and browsers') default."""
+    dtx: bool = True
+    """Send no Opus packets while the agent is silent (:class:`ReplyTrack`)."""
 
 
 @dataclass(slots=True)
@@ -101,20 +108,21 @@ class _Queued:
 
 
 class OpusFrames:
-    """The track's own Opus encoder: one packet per frame, as the frame comes (mono, CELT's
-    low-delay mode: 2.5 ms of look-ahead against the voice mode's 6.5)."""
+    """The track's own Opus encoder: one packet per frame, as the frame comes, on the caller's
+    thread (mono; by default CELT's low-delay mode: 2.5 ms of look-ahead against the voice
+    mode's 6.5)."""
 
     BIT_RATE = 64_000
 
-    def __init__(self, frame: int) -> None:
+    def __init__(self, frame: int, application: str = "lowdelay", bit_rate: int = BIT_RATE) -> None:
         self.codec = CodecContext.create("libopus", "w")
-        self.codec.bit_rate = self.BIT_RATE
+        self.codec.bit_rate = bit_rate
         self.codec.format = "s16"
         self.codec.layout = "mono"
         self.codec.sample_rate = RATE
         self.codec.time_base = TIME_BASE
         self.codec.options = {
-            "application": "lowdelay",
+            "application": application,
             "frame_duration": str(frame * 1000 // RATE),
         }
         self.codec.open()
@@ -135,6 +143,15 @@ class ReplyTrack(MediaStreamTrack):
     of audio wait, whatever the framing. ``flush`` drops everything queued at once; while
     ``held()`` (the session holds the agent's voice: the caller may be cutting in) it releases
     silence and keeps the queue, so the audio queued ahead of real time stops too.
+
+    With discontinuous transmission (``encode_opus(..., dtx=True)``), once nothing is queued and
+    :data:`DTX_HANGOVER_MS` of silence has gone out, the track releases nothing until speech is
+    queued again (RFC 7587's DTX: no packets while the agent is silent). That speech leaves at
+    once, its RTP time jumping over the pause to the clock's time, so a receiver that plays by
+    timestamp plays it at once; the silence sent before the pause lets the caller's decoder fade
+    into silence rather than conceal a cut-off word. An idle call then costs neither peer the
+    packet rate of a continuous stream (on the two test cores: the server 16 → 9 % of a core for
+    one idle call, the harness's aiortc caller 15 → 6 %).
 
     The track knows what the caller hears: when it releases a frame of an assistant item (aiortc
     pulls it to send it), everything of that item before the frame has been played out, and it
@@ -159,6 +176,13 @@ class ReplyTrack(MediaStreamTrack):
         self._on_heard = on_heard
         self._start: float | None = None
         self._sent = 0
+        self._pts = 0
+        """The next frame's RTP time: samples since the first frame."""
+        self._quiet = 0
+        """Frames of silence released since the last frame of speech."""
+        self._dtx_after: int | None = None
+        """Quiet frames after which nothing is sent until there is speech; None: never."""
+        self._ready = asyncio.Event()
         self._frame_ms(frame_ms)
         self._opus: OpusFrames | None = None
         self._item: str | None = None  # the item being queued, and its samples so far
@@ -177,6 +201,7 @@ class ReplyTrack(MediaStreamTrack):
             if len(frame) < size:
                 frame = np.concatenate([frame, np.zeros(size - len(frame), np.int16)])
             self._frames.append(_Queued(frame, item_id, item_ms))
+        self._ready.set()
 
     def flush(self) -> int:
         dropped = len(self._frames)
@@ -194,13 +219,19 @@ class ReplyTrack(MediaStreamTrack):
         self._frames = deque(self._frames, maxlen=max(1, self._max_ms // frame_ms))
         self._silence = np.zeros(self.frame, dtype=np.int16)
 
-    def encode_opus(self, frame_ms: int) -> None:
+    def encode_opus(self, frame_ms: int, dtx: bool = False) -> None:
         """Hand aiortc Opus packets of ``frame_ms`` from now on (the call's codec is Opus), not
-        frames for its encoder (which cuts 20 ms ones). Before the first :meth:`push`."""
+        frames for its encoder (which cuts 20 ms ones, in a worker thread); with ``dtx``, none
+        while the agent is silent. Before the first :meth:`push`."""
         if self._frames or self._sent:
             raise RuntimeError("the track's framing changes only before it is used")
         self._frame_ms(frame_ms)
         self._opus = OpusFrames(self.frame)
+        self._dtx_after = -(-DTX_HANGOVER_MS // frame_ms) if dtx else None
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
 
     async def recv(self) -> AudioFrame | Packet:
         if self.readyState != "live":
@@ -208,14 +239,32 @@ class ReplyTrack(MediaStreamTrack):
         if self._start is None:
             self._start = self._clock.now()
         else:
-            await self._clock.sleep_until(self._start + self._sent * self.frame / RATE)
-        samples = self._release() if self._frames and not self._held() else self._silence
+            await self._clock.sleep_until(self._start + self._pts / RATE)
+        if self._dtx_after is not None and not self._frames and self._quiet >= self._dtx_after:
+            await self._until_speech()
+        if self._frames and not self._held():
+            samples, self._quiet = self._release(), 0
+        else:
+            samples, self._quiet = self._silence, self._quiet + 1
         frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
-        frame.pts = self._sent * self.frame
+        frame.pts = self._pts
         frame.time_base = TIME_BASE
+        self._pts += self.frame
         self._sent += 1
         return frame if self._opus is None else self._opus.encode(frame)
+
+    async def _until_speech(self) -> None:
+        """Discontinuous transmission: wait for queued audio, then start the talk spurt now —
+        the RTP time jumps over the pause (never back). Cancel-safe; raises MediaStreamError
+        once the track stopped."""
+        while not self._frames:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        assert self._start is not None
+        self._pts = max(self._pts, int((self._clock.now() - self._start) * RATE))
 
     def _release(self) -> np.ndarray:
         queued = self._frames.popleft()
@@ -306,9 +355,10 @@ class WebRtcCall:
             ) from None
         sdp = self.pc.localDescription.sdp
         codec = audio_codec(sdp)
-        if codec == "opus" and self.options.frame_ms != FRAME * 1000 // RATE:
-            self.track.encode_opus(self.options.frame_ms)
-            sdp = with_ptime(sdp, self.options.frame_ms)
+        if codec == "opus":
+            self.track.encode_opus(self.options.frame_ms, self.options.dtx)
+            if self.options.frame_ms != FRAME * 1000 // RATE:
+                sdp = with_ptime(sdp, self.options.frame_ms)
         log.info(
             "call %s (session %s): answered an offer with %s, sending %s",
             self.id,

@@ -408,6 +408,7 @@ class VoiceServer:
             max_queued_ms=c.max_queued_ms,
             echo_cancellation=c.echo_cancellation,
             frame_ms=c.frame_ms,
+            dtx=c.dtx,
         )
 
     async def _call_create(self, request: web.Request) -> web.Response:

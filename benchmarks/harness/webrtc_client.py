@@ -35,9 +35,10 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, Packet
 
-from transports.webrtc import EVENTS_CHANNEL, downmix
+from transports.sdp import audio_codec
+from transports.webrtc import EVENTS_CHANNEL, OpusFrames, downmix
 from transports.webrtc_jitter import ArrivalOrderBuffer, release_on_arrival
 
 from .audio import is_loud
@@ -51,20 +52,42 @@ MAX_QUEUED_FRAMES = 50
 """Chunks waiting for aiortc to take them (1 s); older ones are dropped past it, as a sound card
 drops what nobody reads."""
 HANGUP_TIMEOUT_S = 5.0
+STOPPED_TAIL_S = 0.3
+"""After ``output_audio_buffer.stopped`` the reply's last frames may still be arriving (the
+server sends it when the reply has been queued, ``pipeline.lead_ms`` ahead of real time): audible
+frames this long after it are still that reply's; later ones are the next reply's."""
+UNCLAIMED_S = 0.2
+"""Audible frames waiting for the next ``output_audio_buffer.started`` are its if they came at
+most this long before it (the race is a few ms; a stray frame of an earlier reply comes long
+before the next reply can start: its caller is still speaking)."""
 
 
 class MicrophoneTrack(MediaStreamTrack):
     """What the harness's microphone sends, as an aiortc audio track: each chunk becomes one
     frame as soon as aiortc asks for it, RTP timestamps contiguous (the microphone paces them
-    in real time)."""
+    in real time). Once :meth:`encode_opus` was called (the call's codec is Opus) it hands aiortc
+    the frame already encoded, as a browser's Opus encoder codes it (the voice mode, 20 ms, at
+    aiortc's bit rate), on the event loop: aiortc would encode it in a worker thread, two thread
+    hops per packet that the caller's CPU pays on the server's two cores."""
 
     kind = "audio"
+    BIT_RATE = 96_000
+    """aiortc's Opus bit rate (its encoder codes stereo; this one mono, what a microphone is)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._chunks: deque[np.ndarray] = deque(maxlen=MAX_QUEUED_FRAMES)
         self._ready = asyncio.Event()
+        self._opus: OpusFrames | None = None
         self.sent = 0
+        self.taken: np.ndarray | None = None
+        """The chunk aiortc took last."""
+
+    def encode_opus(self) -> None:
+        """Send Opus packets coded here from now on (before the first frame)."""
+        if self.sent:
+            raise RuntimeError("the microphone's coding changes only before it is used")
+        self._opus = OpusFrames(FRAME, application="voip", bit_rate=self.BIT_RATE)
 
     def put(self, chunk: np.ndarray) -> None:
         if len(chunk) != FRAME:
@@ -72,20 +95,20 @@ class MicrophoneTrack(MediaStreamTrack):
         self._chunks.append(chunk)
         self._ready.set()
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet:
         """The next chunk (waits for one). Cancel-safe."""
         while not self._chunks:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        chunk = self._chunks.popleft()
+        chunk = self.taken = self._chunks.popleft()
         frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = WEBRTC_RATE
         frame.pts = self.sent * FRAME
         frame.time_base = fractions.Fraction(1, WEBRTC_RATE)
         self.sent += 1
-        return frame
+        return frame if self._opus is None else self._opus.encode(frame)
 
     def stop(self) -> None:
         super().stop()
@@ -109,6 +132,9 @@ class WebRtcCall(RealtimeCall):
         self._channel: RTCDataChannel | None = None
         self._inbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._playing: str | None = None
+        self._stopped_at: float | None = None
+        self._unclaimed: list[float] = []
+        """Audible frames that came while no reply was playing (see :meth:`_heard`)."""
         self._media: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ wire
@@ -129,6 +155,8 @@ class WebRtcCall(RealtimeCall):
             await pc.setLocalDescription(await pc.createOffer())
             answer = await self._post_offer(pc.localDescription.sdp)
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            if audio_codec(answer) == "opus":
+                self.track.encode_opus()
             await asyncio.wait_for(opened.wait(), CONNECT_TIMEOUT_S)
         except BaseException:
             await self._disconnect()  # nothing of the peer connection stays behind
@@ -205,11 +233,32 @@ class WebRtcCall(RealtimeCall):
                 frame = await track.recv()
                 now = time.perf_counter()
                 if isinstance(frame, AudioFrame) and is_loud(downmix(frame)):
-                    self.add(Ev(now, AUDIO, self._playing, True))
+                    self._heard(now)
+
+    def _heard(self, now: float) -> None:
+        """An audible frame, of the reply playing — or, when none is (its audio was cleared, or
+        it stopped a while ago), of the next one: RTP carries no response id, and the next
+        reply's first packets may overtake its ``output_audio_buffer.started`` on the data
+        channel; they wait for it, stamped when they arrived."""
+        if self._stopped_at is not None and now - self._stopped_at > STOPPED_TAIL_S:
+            self._playing = self._stopped_at = None
+        if self._playing is None:
+            self._unclaimed.append(now)
+        else:
+            self.add(Ev(now, AUDIO, self._playing, True))
 
     def handle(self, message: dict[str, Any], now: float) -> None:
-        if message.get("type") == "output_audio_buffer.started":
-            self._playing = message.get("response_id")
+        kind, response = message.get("type"), message.get("response_id")
+        if kind == "output_audio_buffer.started":
+            self._playing, self._stopped_at = response, None
+            for at in self._unclaimed:
+                if now - at <= UNCLAIMED_S:
+                    self.add(Ev(at, AUDIO, response, True))
+            self._unclaimed.clear()
+        elif kind == "output_audio_buffer.cleared" and response == self._playing:
+            self._playing = self._stopped_at = None  # nothing more of it will come
+        elif kind == "output_audio_buffer.stopped" and response == self._playing:
+            self._stopped_at = now  # its last frames (the server's lead) are still on the way
         super().handle(message, now)
 
 

@@ -138,3 +138,29 @@ async def test_a_refused_offer_is_a_connection_error_and_leaves_no_peer_connecti
         async with call:
             pass
     assert call._pc is not None and call._pc.connectionState == "closed"
+
+
+def test_audio_that_overtakes_its_started_event_is_counted_as_the_next_replys() -> None:
+    from benchmarks.harness.timeline import AUDIO
+
+    call = WebRtcCall("http://10.99.0.1:1/v1/realtime/calls")
+
+    def said(kind: str, response: str, at: float) -> None:
+        call.handle({"type": f"output_audio_buffer.{kind}", "response_id": response}, at)
+
+    said("started", "r1", 1.0)
+    call._heard(1.01)
+    said("cleared", "r1", 2.0)  # the caller cut in
+    call._heard(2.005)  # a frame of r1 that was in flight: nobody's
+    call._heard(3.0)  # r2's first frames, ahead of its started event on the data channel
+    call._heard(3.01)
+    said("started", "r2", 3.02)
+    call._heard(3.03)
+    said("stopped", "r2", 4.0)
+    call._heard(4.1)  # r2's last frames, after it was all queued
+    call._heard(5.0)  # long after: the next reply's
+    said("started", "r3", 5.05)
+    heard = [(ev.t, ev.response) for ev in call.events if ev.kind == AUDIO]
+    assert heard == [
+        (1.01, "r1"), (3.0, "r2"), (3.01, "r2"), (3.03, "r2"), (4.1, "r2"), (5.0, "r3")
+    ]  # fmt: skip

@@ -67,3 +67,73 @@ async def test_it_replaces_the_receivers_playout_buffer() -> None:
             release_on_arrival(receiver)  # not aiortc's buffer any more: refused, not stacked
     finally:
         await pc.close()
+
+
+def opus_stream(seconds: float, level: int = 8000) -> list[RtpPacket]:
+    """A 330 Hz tone as the caller's Opus packets (20 ms each) off the wire."""
+    import fractions
+
+    import numpy as np
+    from av import AudioFrame
+
+    from transports.webrtc import OpusFrames
+
+    encoder = OpusFrames(960)
+    t = np.arange(int(seconds * 48000)) / 48000
+    tone = (level * np.sin(2 * np.pi * 330 * t)).astype(np.int16)
+    out = []
+    for seq, start in enumerate(range(0, len(tone), 960)):
+        frame = AudioFrame.from_ndarray(tone[start : start + 960].reshape(1, -1), layout="mono")
+        frame.sample_rate, frame.pts = 48000, start
+        frame.time_base = fractions.Fraction(1, 48000)
+        wire = RtpPacket(
+            payload_type=111,
+            sequence_number=seq,
+            timestamp=(start + 0xFFFFF000) & 0xFFFFFFFF,  # (wraps)
+            payload=bytes(encoder.encode(frame)),
+        )
+        out.append(RtpPacket.parse(wire.serialize()))
+    return out
+
+
+async def test_packets_are_decoded_on_arrival_into_the_track_as_mono() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+    from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+    from transports.webrtc_jitter import DecodeOnArrival
+
+    opus = RTCRtpCodecParameters(
+        mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111
+    )
+    receiver = SimpleNamespace(
+        _RTCRtpReceiver__codecs={111: opus}, _track=RemoteStreamTrack("audio")
+    )
+    decode = DecodeOnArrival(receiver)  # type: ignore[arg-type]
+    buffer = ArrivalOrderBuffer(decode)
+    packets = opus_stream(0.2)
+    garbage = RtpPacket.parse(
+        RtpPacket(payload_type=111, sequence_number=5, payload=b"\xff" * 3).serialize()
+    )
+    for p in [*packets[:5], garbage, *packets[6:]]:
+        assert buffer.add(p) == (False, None)  # nothing left for aiortc's decoder thread
+    frames = [receiver._track._queue.get_nowait() for _ in range(len(packets) - 1)]
+    assert receiver._track._queue.empty()
+    assert decode.errors == 1  # the garbage packet: counted, skipped, the stream goes on
+    for frame in frames:
+        assert (frame.layout.name, frame.sample_rate, frame.samples) == ("mono", 48000, 960)
+    assert [f.pts for f in frames] == [960 * k for k in range(10) if k != 5]  # RTP time from 0
+    level = [int(np.abs(f.to_ndarray()).max()) for f in frames]
+    assert all(6000 < v < 10000 for v in level[2:])  # the tone, at its level, in one channel
+
+
+async def test_a_real_receiver_gets_a_decoding_buffer_unless_asked_not_to() -> None:
+    pc = RTCPeerConnection()
+    try:
+        decoding = release_on_arrival(pc.addTransceiver("audio").receiver)
+        plain = release_on_arrival(pc.addTransceiver("audio").receiver, decode=False)
+        assert decoding.decode is not None and plain.decode is None
+    finally:
+        await pc.close()

@@ -132,6 +132,79 @@ async def test_an_opus_track_sends_10_ms_packets_in_10_ms_slots_that_decode_to_t
     assert track.released == 10
 
 
+def decoded_levels(sent: list[tuple[float, Packet]]) -> list[int]:
+    decoder = CodecContext.create("libopus", "r")
+    levels = []
+    for _, packet in sent:
+        (frame,) = decoder.decode(Packet(bytes(packet)))
+        levels.append(int(np.abs(frame.to_ndarray()).max()))
+    return levels
+
+
+async def test_with_dtx_a_silent_agent_sends_nothing_and_speech_leaves_at_once() -> None:
+    clock = VirtualClock()
+    track = ReplyTrack(clock, 100)
+    track.encode_opus(10, dtx=True)
+    puller = asyncio.create_task(pull_packets(track, clock, 6 + 10 + 6))
+    await clock.advance(0.5)
+    assert not puller.done()  # six 10 ms packets of silence (the hang-over), then none
+    await clock.advance(0.0237)  # the reply is ready between two 10 ms slots
+    track.push(speech(0.1))
+    await clock.advance(0.5)
+    sent = await puller
+    times = [round(at, 4) for at, _ in sent]
+    assert times[:6] == [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
+    # the talk spurt starts the moment it is queued, then keeps to one packet per 10 ms
+    assert times[6:16] == [round(0.5237 + 0.01 * k, 4) for k in range(10)]
+    pts = [packet.pts for _, packet in sent]
+    assert pts[:6] == [480 * k for k in range(6)]
+    assert pts[6] == int(0.5237 * RATE)  # RTP time jumped over the pause: played when sent
+    assert pts[6:] == [pts[6] + 480 * k for k in range(16)]
+    levels = decoded_levels(sent)
+    assert max(levels[:6]) == 0 and all(level > 2000 for level in levels[7:15])
+    assert max(levels[-4:]) < 500  # the hang-over after the reply: silence again
+    assert track.released == 10
+
+
+async def test_with_dtx_a_pause_shorter_than_the_hang_over_is_sent_as_silence() -> None:
+    clock = VirtualClock()
+    track = ReplyTrack(clock, 100)
+    track.encode_opus(10, dtx=True)
+    track.push(speech(0.05))
+    puller = asyncio.create_task(pull_packets(track, clock, 14))
+    await clock.advance(0.084)  # 3 frames of silence out (50, 60, 70, 80 ms: 4), then more
+    track.push(speech(0.05))
+    await clock.advance(0.2)
+    sent = await puller
+    pts = [packet.pts for _, packet in sent]
+    assert pts == [480 * k for k in range(14)]  # contiguous: no talk spurt started
+    audible = [level > 2000 for level in decoded_levels(sent)]
+    assert audible[1:5] == [True] * 4 and audible[6:9] == [False] * 3 and audible[10] is True
+
+
+async def test_with_dtx_a_held_reply_sends_silence_and_a_stopped_track_ends_its_pause() -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    clock = VirtualClock()
+    held = True
+    track = ReplyTrack(clock, 100, held=lambda: held)
+    track.encode_opus(20, dtx=True)
+    track.push(speech(0.2))
+    sent = await asyncio.wait_for(
+        asyncio.gather(pull_packets(track, clock, 10), clock.advance(0.3)), 5
+    )
+    assert [packet.pts for _, packet in sent[0]] == [960 * k for k in range(10)]
+    assert track.queued == 10 and track.released == 0  # held: silence, the reply kept
+    track.flush()
+    held = False
+    waiting = asyncio.create_task(track.recv())
+    await clock.advance(1.0)
+    assert not waiting.done()  # nothing to say: paused
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(waiting, 5)
+
+
 async def test_the_framing_changes_only_before_the_track_is_used() -> None:
     track = ReplyTrack(VirtualClock(), 100)
     with pytest.raises(ValueError, match="use 10 or 20"):
