@@ -78,6 +78,8 @@ DTX_HANGOVER_MS = 60
 """Silence the track still sends after the last speech before it goes quiet (discontinuous
 transmission): the caller's decoder ends on silence, and pauses between clauses shorter than
 this are sent as they are."""
+DTX_REFRESH_MS = 400
+"""While quiet, a DTX packet this often (libwebrtc's Opus DTX sends one every 400 ms)."""
 EVENTS_CHANNEL = "oai-events"
 
 
@@ -126,6 +128,7 @@ class OpusFrames:
             "frame_duration": str(frame * 1000 // RATE),
         }
         self.codec.open()
+        self._toc: int | None = None
 
     def encode(self, frame: AudioFrame) -> Packet:
         packets = self.codec.encode(frame)
@@ -133,6 +136,18 @@ class OpusFrames:
             raise RuntimeError(f"the Opus encoder gave {len(packets)} packets for one frame")
         packet = packets[0]
         packet.pts, packet.time_base = frame.pts, TIME_BASE  # the track's RTP time, not libopus's
+        self._toc = bytes(packet)[0] & 0xFC
+        return packet
+
+    def dtx(self, pts: int) -> Packet:
+        """A DTX packet (RFC 6716: the encoder's TOC byte, one frame of zero bytes — what
+        libopus sends in DTX, and what a WebRTC receiver reads as "discontinuous transmission",
+        a payload of at most 2 bytes, playing comfort noise until the next speech instead of
+        concealing a loss). After at least one :meth:`encode`."""
+        if self._toc is None:
+            raise RuntimeError("a DTX packet takes the TOC byte of an encoded one: none yet")
+        packet = Packet(bytes([self._toc]))
+        packet.pts, packet.time_base = pts, TIME_BASE
         return packet
 
 
@@ -145,13 +160,16 @@ class ReplyTrack(MediaStreamTrack):
     silence and keeps the queue, so the audio queued ahead of real time stops too.
 
     With discontinuous transmission (``encode_opus(..., dtx=True)``), once nothing is queued and
-    :data:`DTX_HANGOVER_MS` of silence has gone out, the track releases nothing until speech is
-    queued again (RFC 7587's DTX: no packets while the agent is silent). That speech leaves at
-    once, its RTP time jumping over the pause to the clock's time, so a receiver that plays by
-    timestamp plays it at once; the silence sent before the pause lets the caller's decoder fade
-    into silence rather than conceal a cut-off word. An idle call then costs neither peer the
-    packet rate of a continuous stream (on the two test cores: the server 16 → 9 % of a core for
-    one idle call, the harness's aiortc caller 15 → 6 %).
+    :data:`DTX_HANGOVER_MS` of silence has gone out, the track sends a DTX packet and then one
+    every :data:`DTX_REFRESH_MS` until speech is queued again (RFC 7587's DTX, as libwebrtc's
+    Opus encoder does it). That speech leaves at once, its RTP time jumping over the pause to the
+    clock's time, so a receiver that plays by timestamp plays it at once; the silence sent before
+    the pause lets the caller's decoder fade into silence rather than conceal a cut-off word, and
+    the DTX packets tell a browser's jitter buffer that the pause is not packet loss (without
+    them Chromium's NetEq took the pause for loss and its delay grew: 224 ms mean in one run).
+    An idle call then costs neither peer the packet rate of a continuous stream (on the two test
+    cores: the server 16 → 8 % of a core for one idle call, the harness's aiortc caller 15 → 5 %:
+    ``benchmarks/call_cpu.py``).
 
     The track knows what the caller hears: when it releases a frame of an assistant item (aiortc
     pulls it to send it), everything of that item before the frame has been played out, and it
@@ -182,6 +200,8 @@ class ReplyTrack(MediaStreamTrack):
         """Frames of silence released since the last frame of speech."""
         self._dtx_after: int | None = None
         """Quiet frames after which nothing is sent until there is speech; None: never."""
+        self._paused_at: float | None = None
+        """When the last DTX packet went out (the track is quiet); None while it sends."""
         self._ready = asyncio.Event()
         self._frame_ms(frame_ms)
         self._opus: OpusFrames | None = None
@@ -241,7 +261,11 @@ class ReplyTrack(MediaStreamTrack):
         else:
             await self._clock.sleep_until(self._start + self._pts / RATE)
         if self._dtx_after is not None and not self._frames and self._quiet >= self._dtx_after:
-            await self._until_speech()
+            if self._paused_at is not None:
+                await self._until_speech(self._paused_at + DTX_REFRESH_MS / 1000)
+            if not self._frames:  # the pause begins, or goes on: a DTX packet
+                return self._dtx_packet()
+            self._paused_at = None
         if self._frames and not self._held():
             samples, self._quiet = self._release(), 0
         else:
@@ -254,17 +278,35 @@ class ReplyTrack(MediaStreamTrack):
         self._sent += 1
         return frame if self._opus is None else self._opus.encode(frame)
 
-    async def _until_speech(self) -> None:
-        """Discontinuous transmission: wait for queued audio, then start the talk spurt now —
-        the RTP time jumps over the pause (never back). Cancel-safe; raises MediaStreamError
-        once the track stopped."""
-        while not self._frames:
+    async def _until_speech(self, deadline: float) -> None:
+        """Discontinuous transmission: wait for queued audio or ``deadline`` on the clock, then
+        move the RTP time to the clock's — over the pause, never back. Cancel-safe; raises
+        MediaStreamError once the track stopped."""
+        while not self._frames and self._clock.now() < deadline:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
-            await self._ready.wait()
+            waits = {
+                asyncio.ensure_future(self._ready.wait()),
+                asyncio.ensure_future(self._clock.sleep_until(deadline)),
+            }
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if self.readyState != "live":
+            raise MediaStreamError
         assert self._start is not None
         self._pts = max(self._pts, int((self._clock.now() - self._start) * RATE))
+
+    def _dtx_packet(self) -> Packet:
+        assert self._opus is not None
+        self._paused_at = self._clock.now()
+        packet = self._opus.dtx(self._pts)
+        self._pts += self.frame
+        self._sent += 1
+        return packet
 
     def _release(self) -> np.ndarray:
         queued = self._frames.popleft()

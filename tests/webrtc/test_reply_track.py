@@ -133,6 +133,7 @@ async def test_an_opus_track_sends_10_ms_packets_in_10_ms_slots_that_decode_to_t
 
 
 def decoded_levels(sent: list[tuple[float, Packet]]) -> list[int]:
+    """The loudest sample of each packet decoded (a DTX packet decodes to concealment: 0)."""
     decoder = CodecContext.create("libopus", "r")
     levels = []
     for _, packet in sent:
@@ -141,27 +142,29 @@ def decoded_levels(sent: list[tuple[float, Packet]]) -> list[int]:
     return levels
 
 
-async def test_with_dtx_a_silent_agent_sends_nothing_and_speech_leaves_at_once() -> None:
+async def test_with_dtx_a_silent_agent_sends_dtx_packets_and_its_speech_leaves_at_once() -> None:
     clock = VirtualClock()
     track = ReplyTrack(clock, 100)
     track.encode_opus(10, dtx=True)
-    puller = asyncio.create_task(pull_packets(track, clock, 6 + 10 + 6))
-    await clock.advance(0.5)
-    assert not puller.done()  # six 10 ms packets of silence (the hang-over), then none
+    puller = asyncio.create_task(pull_packets(track, clock, 6 + 3 + 10 + 6))
+    await clock.advance(0.9)
+    assert not puller.done()  # silence (the hang-over), then a DTX packet every 400 ms
     await clock.advance(0.0237)  # the reply is ready between two 10 ms slots
     track.push(speech(0.1))
     await clock.advance(0.5)
     sent = await puller
     times = [round(at, 4) for at, _ in sent]
-    assert times[:6] == [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]
-    # the talk spurt starts the moment it is queued, then keeps to one packet per 10 ms
-    assert times[6:16] == [round(0.5237 + 0.01 * k, 4) for k in range(10)]
+    sizes = [len(bytes(packet)) for _, packet in sent]
     pts = [packet.pts for _, packet in sent]
-    assert pts[:6] == [480 * k for k in range(6)]
-    assert pts[6] == int(0.5237 * RATE)  # RTP time jumped over the pause: played when sent
-    assert pts[6:] == [pts[6] + 480 * k for k in range(16)]
+    assert times[:9] == [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.46, 0.86]
+    assert sizes[6:9] == [1, 1, 1] and min(sizes[:6] + sizes[9:]) > 1  # TOC-only: DTX
+    assert pts[:9] == [480 * k for k in range(7)] + [int(0.46 * RATE), int(0.86 * RATE)]
+    # the talk spurt starts the moment it is queued, then keeps to one packet per 10 ms
+    assert times[9:19] == [round(0.9237 + 0.01 * k, 4) for k in range(10)]
+    assert pts[9] == int(0.9237 * RATE)  # RTP time jumped over the pause: played when sent
+    assert pts[9:] == [pts[9] + 480 * k for k in range(16)]
     levels = decoded_levels(sent)
-    assert max(levels[:6]) == 0 and all(level > 2000 for level in levels[7:15])
+    assert max(levels[:9]) == 0 and all(level > 2000 for level in levels[10:18])
     assert max(levels[-4:]) < 500  # the hang-over after the reply: silence again
     assert track.released == 10
 
@@ -178,6 +181,7 @@ async def test_with_dtx_a_pause_shorter_than_the_hang_over_is_sent_as_silence() 
     sent = await puller
     pts = [packet.pts for _, packet in sent]
     assert pts == [480 * k for k in range(14)]  # contiguous: no talk spurt started
+    assert min(len(bytes(packet)) for _, packet in sent) > 1  # and no DTX packet
     audible = [level > 2000 for level in decoded_levels(sent)]
     assert audible[1:5] == [True] * 4 and audible[6:9] == [False] * 3 and audible[10] is True
 
@@ -197,9 +201,13 @@ async def test_with_dtx_a_held_reply_sends_silence_and_a_stopped_track_ends_its_
     assert track.queued == 10 and track.released == 0  # held: silence, the reply kept
     track.flush()
     held = False
+    quiet = await asyncio.wait_for(
+        asyncio.gather(pull_packets(track, clock, 1), clock.advance(0.02)), 5
+    )
+    assert len(bytes(quiet[0][0][1])) == 1  # nothing to say after the hold's silence: DTX
     waiting = asyncio.create_task(track.recv())
-    await clock.advance(1.0)
-    assert not waiting.done()  # nothing to say: paused
+    await clock.advance(0.3)
+    assert not waiting.done()  # paused until the next DTX packet is due
     track.stop()
     with pytest.raises(MediaStreamError):
         await asyncio.wait_for(waiting, 5)
