@@ -564,11 +564,11 @@ class WebRtcConfig:
         10,
     )
     dtx: bool = doc(
-        "Send no Opus packets while the agent is silent (discontinuous transmission, RFC 7587):"
-        " after 60 ms of silence the track pauses until the next speech, which leaves at once"
-        " with its RTP time jumping over the pause. An idle call then costs the server and the"
-        " caller no packet stream (server 16 -> 9 % of a core per idle call on 2 cores); off:"
-        " a packet every frame, silence included.",
+        "Discontinuous transmission (RFC 7587): 60 ms after the agent's last speech the track"
+        " sends a DTX packet, then one every 400 ms and nothing else until the next speech, which"
+        " leaves at once with its RTP time jumping over the pause. An idle call then costs the"
+        " server and the caller no packet stream (server 16 -> 8 % of a core per idle call on 2"
+        " cores); off: a packet every frame, silence included.",
         True,
     )
 
