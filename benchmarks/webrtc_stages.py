@@ -147,7 +147,7 @@ class ProbedCall(WebRtcCall):
                     continue
                 self.decoded.append((now, int(frame.pts or 0)))
                 if is_loud(downmix(frame)):
-                    self.add(Ev(now, AUDIO, self._playing, True))
+                    self._heard(now)  # (the harness's caller: which reply it is)
         except MediaStreamError:
             return
 
