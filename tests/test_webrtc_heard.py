@@ -11,7 +11,7 @@ from pipeline.clock import VirtualClock
 from pipeline.session import SessionSettings
 from transports.realtime.config import RealtimeConfig
 from transports.realtime.connection import RealtimeConnection
-from transports.webrtc import RATE, ReplyTrack, WebRtcCall, WebRtcOptions
+from transports.webrtc import RATE, WAKE_MS, ReplyTrack, WebRtcCall, WebRtcOptions
 
 from .fakes import fake_engines, tone
 from .harness import Harness
@@ -90,3 +90,37 @@ async def test_a_barge_in_over_webrtc_keeps_what_the_track_released() -> None:
     assert done.status == "cancelled" and done.item is not None
     assert done.item.text == "one two three"
     assert 560 <= done.item.audio_ms <= 640, done.item.audio_ms
+
+
+async def test_a_call_wakes_its_quiet_track_while_the_caller_speaks() -> None:
+    """With DTX the idle track sends DTX packets; the caller's speech (a reply may follow)
+    starts the stream again, so the reply does not begin a talk spurt after comfort noise in
+    the caller's jitter buffer; the end of their turn gives it WAKE_MS more, no longer."""
+    engines = fake_engines(["hi"], [WORDS])
+    async with Harness(engines, SessionSettings(output_rate=RATE), lead_ms=0) as h:
+        conn = RealtimeConnection(
+            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+        )
+        call = WebRtcCall(conn, WebRtcOptions(), lambda call: None)
+        try:
+            call.track.encode_opus(10, dtx=True)
+
+            async def sizes(packets: int) -> list[int]:  # one 10 ms slot each
+                out = []
+                for _ in range(packets):
+                    pulled = asyncio.ensure_future(call.track.recv())
+                    await h.clock.advance(0.01)
+                    out.append(len(bytes(await asyncio.wait_for(pulled, 5))))
+                return out
+
+            assert (await sizes(7))[6] == 1  # the hang-over, then DTX (the next in 400 ms)
+            call._render(m.SpeechStarted("item_caller", 1000))
+            assert min(await sizes(10)) > 1  # silence in every slot: the stream is back
+            await h.clock.advance(WAKE_MS / 1000 + 1)  # (a caller speaking for a while)
+            assert min(await sizes(3)) > 1
+            call._render(m.SpeechStopped("item_caller", 6000))
+            await h.clock.advance(WAKE_MS / 1000 - 0.045)  # no reply came
+            last = await sizes(6)
+            assert min(last[:5]) > 1 and last[5] == 1  # WAKE_MS after their turn: DTX again
+        finally:
+            await call.close("test over")

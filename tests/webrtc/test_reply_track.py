@@ -213,6 +213,55 @@ async def test_with_dtx_a_held_reply_sends_silence_and_a_stopped_track_ends_its_
         await asyncio.wait_for(waiting, 5)
 
 
+async def test_a_woken_track_streams_silence_until_the_reply_and_pauses_again_after_it() -> None:
+    clock = VirtualClock()
+    track = ReplyTrack(clock, 100)
+    track.encode_opus(10, dtx=True)
+    puller = asyncio.create_task(pull_packets(track, clock, 8 + 26 + 5 + 6 + 1))
+    await clock.advance(0.5)  # the hang-over, a DTX packet at 60 ms and one at 460 ms
+    track.wake()  # at 0.5 s, mid-pause: a reply is coming
+    await clock.advance(0.2502)
+    track.push(speech(0.05))  # it comes 250 ms later
+    await clock.advance(1.0)
+    sent = await asyncio.wait_for(puller, 5)
+    times = [round(at, 4) for at, _ in sent]
+    sizes = [len(bytes(packet)) for _, packet in sent]
+    pts = [packet.pts for _, packet in sent]
+    assert times[:8] == [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.46]
+    assert sizes[6:8] == [1, 1]
+    # woken: the pause ends at once, silence in every 10 ms slot, the RTP time jumped to the clock
+    assert times[8:33] == [round(0.5 + 0.01 * k, 4) for k in range(25)]
+    assert pts[8] == int(0.5 * RATE) and pts[8:45] == [pts[8] + 480 * k for k in range(37)]
+    assert min(sizes[8:45]) > 1  # no DTX packet between the wake and the reply's hang-over
+    levels = decoded_levels(sent)
+    assert max(levels[8:34]) < 500 and all(level > 2000 for level in levels[35:38])
+    # the reply took the wake: after it and its hang-over, DTX again and nothing more
+    assert sizes[45] == 1 and times[45] == 0.87
+    assert track.released == 5
+
+
+async def test_a_wake_with_no_reply_runs_out_and_without_dtx_changes_nothing() -> None:
+    clock = VirtualClock()
+    track = ReplyTrack(clock, 100)
+    track.encode_opus(10, dtx=True)
+    puller = asyncio.create_task(pull_packets(track, clock, 7 + 10 + 1))
+    await clock.advance(0.1)
+    track.wake(30_000)
+    track.wake(100)  # set again: nothing comes within 100 ms of it, DTX again
+    await clock.advance(0.5)
+    sent = await asyncio.wait_for(puller, 5)
+    sizes = [len(bytes(packet)) for _, packet in sent]
+    assert sizes[6] == 1 and min(sizes[7:17]) > 1 and sizes[17] == 1
+    assert round(sent[17][0], 4) == 0.2
+    plain = ReplyTrack(clock, 100)
+    plain.encode_opus(10)
+    plain.wake()  # no DTX: a continuous stream anyway
+    streamed, _ = await asyncio.wait_for(
+        asyncio.gather(pull_packets(plain, clock, 10), clock.advance(0.1)), 5
+    )
+    assert min(len(bytes(packet)) for _, packet in streamed) > 1
+
+
 async def test_the_framing_changes_only_before_the_track_is_used() -> None:
     track = ReplyTrack(VirtualClock(), 100)
     with pytest.raises(ValueError, match="use 10 or 20"):
