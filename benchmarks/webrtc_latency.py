@@ -308,6 +308,35 @@ def barge_in_summary(result: dict[str, Any], asked: int) -> dict[str, Any]:
     }
 
 
+def page_path(
+    state: dict[str, Any], response_id: str, first_audio_sent: float | None
+) -> dict[str, float | None]:
+    """The page's own path for one reply, split at the server (ms, on the page's clock):
+    ``downlink``: the reply's ``output_audio_buffer.started`` event (sent on the data channel
+    as its first audio goes to the track) → its first sound on the page; ``uplink``: the
+    caller's last speech on the page → the server's end of speech, placed on the page's clock
+    ``first_audio_sent`` before that event. Both None when the event or the page's measurement
+    is missing."""
+    none: dict[str, float | None] = {"uplink": None, "downlink": None}
+    started = next(
+        (
+            e["t"]
+            for e in state.get("eventLog", [])
+            if e["type"] == "output_audio_buffer.started" and e.get("response_id") == response_id
+        ),
+        None,
+    )
+    heard = next(
+        (e for e in state.get("latencies", []) if e.get("response_id") == response_id), None
+    )
+    if started is None or heard is None or first_audio_sent is None:
+        return none
+    return {
+        "uplink": round(started - first_audio_sent - heard["speechEnd"], 1),
+        "downlink": round(heard["heardAt"] - started, 1),
+    }
+
+
 def webrtc_turns(texts: list[str], state: dict[str, Any]) -> list[dict[str, Any]]:
     """The page's turns, each with the question asked and heard when they can be paired."""
     users: list[str] = state["user"]
@@ -317,6 +346,7 @@ def webrtc_turns(texts: list[str], state: dict[str, Any]) -> list[dict[str, Any]
         metrics = t.get("metrics") or {}
         heard = users[i] if same else None
         asked = texts[i] if same and i < len(texts) else None
+        path = page_path(state, t.get("response_id", ""), metrics.get("first_audio_sent"))
         turns.append(
             {
                 "index": i,
@@ -326,6 +356,8 @@ def webrtc_turns(texts: list[str], state: dict[str, Any]) -> list[dict[str, Any]
                 "status": t["status"],
                 "page_voice_to_voice_ms": t.get("pageLatencyMs"),
                 "stages_ms": {k: metrics[k] for k in STAGES if k in metrics},
+                "page_uplink_ms": path["uplink"],
+                "page_downlink_ms": path["downlink"],
                 "reply_transcript": t.get("transcript", ""),
             }
         )
@@ -344,6 +376,8 @@ def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
         "cut_by_next_question": sum(t["status"] == "cancelled" for t in turns),
         "page_voice_to_voice_ms": describe(t["page_voice_to_voice_ms"] for t in heard),
         "stages_ms": {name: describe(t["stages_ms"].get(name) for t in heard) for name in STAGES},
+        "page_uplink_ms": describe(t["page_uplink_ms"] for t in heard),
+        "page_downlink_ms": describe(t["page_downlink_ms"] for t in heard),
     }
 
 
@@ -518,6 +552,8 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"WebRTC ({rtc['measured']}/{rtc['questions']} turns measured, {cut} cut by the next):")
     print(_line("page: last speech frame sent -> first agent sound", rtc["page_voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", rtc["stages_ms"]["first_audio_sent"]))
+    print(_line("page uplink: last speech -> the server's end of speech", rtc["page_uplink_ms"]))
+    print(_line("page downlink: output_audio_buffer.started -> sound", rtc["page_downlink_ms"]))
     r = report["webrtc"].get("receiver") or {}
     print(
         "  Chromium's jitter buffer for the agent's track (mean per sample): delay"

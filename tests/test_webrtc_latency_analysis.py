@@ -1,7 +1,7 @@
-"""The browser benchmark's reading of a barge-in run (``benchmarks/webrtc_latency.py``): where the
-caller starts to speak on the page's level timeline, and what became of each cut-in: the story
-it cut short, a story already over (nothing to interrupt), or a story that played on over it.
-Page data made by hand; no browser."""
+"""The browser benchmark's reading of its runs (``benchmarks/webrtc_latency.py``): the page's
+path split at the server; in a barge-in run, where the caller starts to speak on the page's level
+timeline, and what became of each cut-in: the story it cut short, a story already over (nothing
+to interrupt), or a story that played on over it. Page data made by hand; no browser."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.webrtc_latency import REACTION_MS, cut_in_outcomes, utterance_onsets
+from benchmarks.webrtc_latency import REACTION_MS, cut_in_outcomes, page_path, utterance_onsets
 
 STEP = 10
 
@@ -81,3 +81,24 @@ def test_a_cut_in_before_any_story_has_none_to_interrupt() -> None:
     levels = {"stepMs": STEP, "t0": 0.0, "loud": 0.015, "mic": mic, "agent": [0.0] * 600}
     (only,) = cut_in_outcomes({"eventLog": []}, levels)
     assert only["outcome"] == "no_story" and only["response_id"] is None
+
+
+def test_the_pages_path_splits_at_the_reply_starting_on_the_data_channel() -> None:
+    state = {
+        "eventLog": [
+            {"type": "output_audio_buffer.started", "t": 900.0, "response_id": "resp_old"},
+            {"type": "response.created", "t": 1500.0, "response_id": "resp_a"},
+            {"type": "output_audio_buffer.started", "t": 1700.0, "response_id": "resp_a"},
+        ],
+        "latencies": [
+            {"ms": 120, "speechEnd": 780.0, "heardAt": 900.0, "response_id": "resp_old"},
+            {"ms": 820, "speechEnd": 1000.0, "heardAt": 1820.0, "response_id": "resp_a"},
+        ],
+    }
+    # the server's end of speech lies first_audio_sent (650 ms) before the event: at 1050
+    assert page_path(state, "resp_a", 650.0) == {"uplink": 50.0, "downlink": 120.0}
+    # no server figure, no event for it, or not heard on the page: nothing to split
+    none = {"uplink": None, "downlink": None}
+    assert page_path(state, "resp_a", None) == none
+    assert page_path(state, "resp_b", 650.0) == none
+    assert page_path({"eventLog": state["eventLog"], "latencies": []}, "resp_a", 650.0) == none

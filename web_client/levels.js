@@ -5,7 +5,10 @@
 // agent's first sound or its last before a barge-in) are read on one sample clock, not on the
 // main thread's timers: no polling interval, no analyser window, and a busy page only delays
 // when a batch is handled, never the times it carries. Frames map onto performance.now()
-// through the context's output timestamp, taken once, when the first batch arrives.
+// through the context's output timestamp, read again for every batch: an output device that
+// falls behind (Chromium's fake one skips callbacks on a loaded machine: 40-400 ms over a few
+// minutes here) moves the audio clock against performance.now(), and the page's times are
+// compared with events stamped by performance.now() (the benchmark's split of the page's path).
 
 const BATCH = 8; // quanta per message (~21 ms)
 
@@ -35,9 +38,8 @@ export async function levelsNode(ctx, onQuantum) {
   const node = new AudioWorkletNode(ctx, "voice-levels", {
     numberOfInputs: 2, numberOfOutputs: 1, outputChannelCount: [1],
   });
-  let offsetMs = null; // performance.now() − the context's time, in ms
   node.port.onmessage = ({ data }) => {
-    if (offsetMs === null) offsetMs = clockOffset(ctx);
+    const offsetMs = clockOffset(ctx); // performance.now() − the context's time, in ms
     for (let i = 0; i < data.length; i += 3) {
       onQuantum(offsetMs + (data[i] / ctx.sampleRate) * 1000, data[i + 1], data[i + 2]);
     }
