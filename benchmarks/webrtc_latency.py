@@ -74,12 +74,14 @@ async def browser_session(
     pause_s: float,
     work: Path,
     between: Callable[[Page, dict[str, Any]], Coroutine[Any, Any, list[dict[str, Any]]]],
+    raw_mic: bool = False,
 ) -> dict[str, Any]:
     """One page, one WebRTC call, all the questions (rendered at the mic's rate); what the page
-    measured, and what ``between(page, mic_script)`` (run while the call is up) returned."""
+    measured, and what ``between(page, mic_script)`` (run while the call is up) returned.
+    ``raw_mic``: the page's noise suppression and automatic gain unticked."""
     from playwright.async_api import async_playwright
 
-    from tests.browser.page import launch, open_and_connect, page_state, wait_for, write_mic_wav
+    from tests.browser.page import launch, page_state, wait_for, write_mic_wav
 
     parts: list[np.ndarray | float] = [LEAD_S]
     for turn in asked.turns:
@@ -90,7 +92,7 @@ async def browser_session(
     async with async_playwright() as pw:
         context, page = await launch(pw, wav, origin, work / "profile")
         try:
-            await open_and_connect(page, f"{origin}/")
+            await open_unticked(page, origin, RAW_MIC if raw_mic else [])
             interleaved = asyncio.create_task(between(page, script))
             # the file has been played up to the end of the last question…
             await wait_for(
@@ -215,19 +217,29 @@ async def barge_in_session(
     }
 
 
-async def connect_storyteller(page: Any, origin: str, speakers: str, raw_mic: bool) -> None:
-    """The page's microphone boxes as asked (``no-aec``: echo cancellation unticked;
-    ``raw_mic``: noise suppression and automatic gain unticked), the call up, and the session's
-    instructions those of a storyteller."""
-    from tests.browser.page import open_and_connect, wait_for
+RAW_MIC = ["#noise-suppression", "#auto-gain"]
+"""The page's boxes that ``--raw-mic`` unticks."""
 
-    unticked = ["#echo-cancellation"] if speakers == "no-aec" else []
-    unticked += ["#noise-suppression", "#auto-gain"] if raw_mic else []
+
+async def open_unticked(page: Any, origin: str, unticked: list[str]) -> None:
+    """The page opened with these microphone boxes unticked, and its call up."""
+    from tests.browser.page import open_and_connect
+
     if unticked:
         await page.goto(f"{origin}/")
         for box in unticked:
             await page.uncheck(box)
     await open_and_connect(page, f"{origin}/", reload=not unticked)
+
+
+async def connect_storyteller(page: Any, origin: str, speakers: str, raw_mic: bool) -> None:
+    """The page's microphone boxes as asked (``no-aec``: echo cancellation unticked;
+    ``raw_mic``: noise suppression and automatic gain unticked), the call up, and the session's
+    instructions those of a storyteller."""
+    from tests.browser.page import wait_for
+
+    unticked = ["#echo-cancellation"] if speakers == "no-aec" else []
+    await open_unticked(page, origin, unticked + (RAW_MIC if raw_mic else []))
     await wait_for(page, "() => voiceClient.events.includes('session.created')", 10)
     await page.fill("#instructions", STORYTELLER)
     await page.click("#apply")
@@ -473,6 +485,7 @@ async def inside(
                 pause_s,
                 Path(tmp),
                 lambda page, mic: websocket_between(page, url, on_ws, mic, pause_s),
+                raw_mic,
             )
             rtc = webrtc_turns(texts, session["page"])
             report["webrtc"] = {
@@ -667,7 +680,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--raw-mic",
         action="store_true",
-        help="the barge-in page's noise suppression and automatic gain unticked",
+        help="the page's noise suppression and automatic gain unticked (both sessions)",
     )
     parser.add_argument(
         "--set",

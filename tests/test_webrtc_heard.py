@@ -124,3 +124,26 @@ async def test_a_call_wakes_its_quiet_track_while_the_caller_speaks() -> None:
             assert min(last[:5]) > 1 and last[5] == 1  # WAKE_MS after their turn: DTX again
         finally:
             await call.close("test over")
+
+
+async def test_with_dtx_wake_off_the_callers_speech_leaves_the_track_quiet() -> None:
+    engines = fake_engines(["hi"], [WORDS])
+    async with Harness(engines, SessionSettings(output_rate=RATE), lead_ms=0) as h:
+        conn = RealtimeConnection(
+            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+        )
+        call = WebRtcCall(conn, WebRtcOptions(dtx_wake=False), lambda call: None)
+        try:
+            call.track.encode_opus(10, dtx=True)
+            for _ in range(7):  # the hang-over, then DTX
+                pulled = asyncio.ensure_future(call.track.recv())
+                await h.clock.advance(0.01)
+                await asyncio.wait_for(pulled, 5)
+            call._render(m.SpeechStarted("item_caller", 1000))
+            waiting = asyncio.ensure_future(call.track.recv())
+            await h.clock.advance(0.2)
+            assert not waiting.done()  # still paused: the next DTX packet is 400 ms away
+            await h.clock.advance(0.25)
+            assert len(bytes(await asyncio.wait_for(waiting, 5))) == 1
+        finally:
+            await call.close("test over")

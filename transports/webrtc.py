@@ -108,6 +108,8 @@ class WebRtcOptions:
     answer asks the caller for the same (``a=ptime``). 20 is aiortc's (and browsers') default."""
     dtx: bool = True
     """Send no Opus packets while the agent is silent (:class:`ReplyTrack`)."""
+    dtx_wake: bool = True
+    """With ``dtx``: silence from the caller's speech until the reply (:meth:`ReplyTrack.wake`)."""
 
 
 @dataclass(slots=True)
@@ -527,10 +529,8 @@ class WebRtcCall:
         return [_buffer_event("output_audio_buffer.cleared", response_id)]
 
     def _render(self, event: m.SessionEvent) -> list[dict[str, Any]]:
-        if isinstance(event, m.SpeechStarted):  # a reply may follow: no talk spurt after DTX
-            self.track.wake(WAKE_SPEAKING_MS)
-        elif isinstance(event, m.SpeechStopped | m.ReplyStarted):
-            self.track.wake()
+        if self.options.dtx_wake:
+            self._wake_for(event)
         if isinstance(event, m.ReplyAudio):
             if event.response_id in self._cleared:
                 return []
@@ -553,6 +553,13 @@ class WebRtcCall:
                 log.debug("call %s: flushed %d frames", self.id, dropped)
                 out.append(_buffer_event("output_audio_buffer.cleared", event.response_id))
         return out
+
+    def _wake_for(self, event: m.SessionEvent) -> None:
+        """A reply may follow: the track streams until it does (no talk spurt after DTX)."""
+        if isinstance(event, m.SpeechStarted):
+            self.track.wake(WAKE_SPEAKING_MS)
+        elif isinstance(event, m.SpeechStopped | m.ReplyStarted):
+            self.track.wake()
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         channel = self.channel

@@ -568,7 +568,15 @@ class WebRtcConfig:
         " sends a DTX packet, then one every 400 ms and nothing else until the next speech, which"
         " leaves at once with its RTP time jumping over the pause. An idle call then costs the"
         " server and the caller no packet stream (server 16 -> 8 % of a core per idle call on 2"
-        " cores); off: a packet every frame, silence included.",
+        " cores). From the caller's speech until the reply's audio starts the track streams"
+        " silence again, so a reply never starts a talk spurt after comfort noise in the"
+        " caller's jitter buffer (~40 ms later in Chromium; `webrtc.dtx_wake`). Off: a packet"
+        " every frame, silence included.",
+        True,
+    )
+    dtx_wake: bool = doc(
+        "With `webrtc.dtx`: from the caller's first speech until the reply's audio starts the"
+        " track streams silence, not DTX (off: the reply starts a talk spurt after the pause).",
         True,
     )
 

@@ -409,6 +409,7 @@ class VoiceServer:
             echo_cancellation=c.echo_cancellation,
             frame_ms=c.frame_ms,
             dtx=c.dtx,
+            dtx_wake=c.dtx_wake,
         )
 
     async def _call_create(self, request: web.Request) -> web.Response:
