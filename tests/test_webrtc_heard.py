@@ -24,6 +24,24 @@ async def pull(track: ReplyTrack, frames: int) -> None:
         await track.recv()
 
 
+def call_on(h: Harness, options: WebRtcOptions) -> WebRtcCall:
+    """A WebRTC call on the harness's session (no peer: its track is pulled by hand)."""
+    conn = RealtimeConnection(
+        h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
+    )
+    return WebRtcCall(conn, options, lambda call: None)
+
+
+async def sizes(call: WebRtcCall, h: Harness, packets: int) -> list[int]:
+    """The sizes of the next ``packets`` packets of the call's Opus track, one 10 ms slot each."""
+    out = []
+    for _ in range(packets):
+        pulled = asyncio.ensure_future(call.track.recv())
+        await h.clock.advance(0.01)
+        out.append(len(bytes(await asyncio.wait_for(pulled, 5))))
+    return out
+
+
 async def test_the_track_reports_each_released_frame_of_an_item() -> None:
     clock = VirtualClock()
     heard: list[tuple[str, int]] = []
@@ -61,10 +79,7 @@ async def test_a_barge_in_over_webrtc_keeps_what_the_track_released() -> None:
     engines = fake_engines(["hi"], [WORDS], ms_per_word=200)
     settings = SessionSettings(turn_detection=None, output_rate=RATE)
     async with Harness(engines, settings, lead_ms=0) as h:
-        conn = RealtimeConnection(
-            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
-        )
-        call = WebRtcCall(conn, WebRtcOptions(max_queued_ms=10_000), lambda call: None)
+        call = call_on(h, WebRtcOptions(max_queued_ms=10_000))
         try:
             h.session.create_response()
             seen, queued_ms, puller = 0, 0, None
@@ -98,29 +113,17 @@ async def test_a_call_wakes_its_quiet_track_while_the_caller_speaks() -> None:
     the caller's jitter buffer; the end of their turn gives it WAKE_MS more, no longer."""
     engines = fake_engines(["hi"], [WORDS])
     async with Harness(engines, SessionSettings(output_rate=RATE), lead_ms=0) as h:
-        conn = RealtimeConnection(
-            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
-        )
-        call = WebRtcCall(conn, WebRtcOptions(), lambda call: None)
+        call = call_on(h, WebRtcOptions())
         try:
             call.track.encode_opus(10, dtx=True)
-
-            async def sizes(packets: int) -> list[int]:  # one 10 ms slot each
-                out = []
-                for _ in range(packets):
-                    pulled = asyncio.ensure_future(call.track.recv())
-                    await h.clock.advance(0.01)
-                    out.append(len(bytes(await asyncio.wait_for(pulled, 5))))
-                return out
-
-            assert (await sizes(7))[6] == 1  # the hang-over, then DTX (the next in 400 ms)
+            assert (await sizes(call, h, 7))[6] == 1  # the hang-over, then DTX (the next in 400 ms)
             call._render(m.SpeechStarted("item_caller", 1000))
-            assert min(await sizes(10)) > 1  # silence in every slot: the stream is back
+            assert min(await sizes(call, h, 10)) > 1  # silence in every slot: the stream is back
             await h.clock.advance(WAKE_MS / 1000 + 1)  # (a caller speaking for a while)
-            assert min(await sizes(3)) > 1
+            assert min(await sizes(call, h, 3)) > 1
             call._render(m.SpeechStopped("item_caller", 6000))
             await h.clock.advance(WAKE_MS / 1000 - 0.045)  # no reply came
-            last = await sizes(6)
+            last = await sizes(call, h, 6)
             assert min(last[:5]) > 1 and last[5] == 1  # WAKE_MS after their turn: DTX again
         finally:
             await call.close("test over")
@@ -129,16 +132,10 @@ async def test_a_call_wakes_its_quiet_track_while_the_caller_speaks() -> None:
 async def test_with_dtx_wake_off_the_callers_speech_leaves_the_track_quiet() -> None:
     engines = fake_engines(["hi"], [WORDS])
     async with Harness(engines, SessionSettings(output_rate=RATE), lead_ms=0) as h:
-        conn = RealtimeConnection(
-            h.session, RealtimeConfig("voice-local", h.session.settings), max_event_bytes=1 << 20
-        )
-        call = WebRtcCall(conn, WebRtcOptions(dtx_wake=False), lambda call: None)
+        call = call_on(h, WebRtcOptions(dtx_wake=False))
         try:
             call.track.encode_opus(10, dtx=True)
-            for _ in range(7):  # the hang-over, then DTX
-                pulled = asyncio.ensure_future(call.track.recv())
-                await h.clock.advance(0.01)
-                await asyncio.wait_for(pulled, 5)
+            await sizes(call, h, 7)  # the hang-over, then DTX
             call._render(m.SpeechStarted("item_caller", 1000))
             waiting = asyncio.ensure_future(call.track.recv())
             await h.clock.advance(0.2)
