@@ -90,6 +90,9 @@ of 12 turns in two runs each): 149 ms when the reply started a talk spurt after 
 140 with the stream woken when the caller stopped speaking (~350 ms before the reply), 110 woken
 when they began to speak, 104 with no DTX at all."""
 EVENTS_CHANNEL = "oai-events"
+EARLY_EVENTS = 512
+"""Events kept for a data channel that has not opened yet (a turn makes a few dozen: the reply's
+audio goes on the track, not the channel)."""
 
 
 @dataclass(slots=True)
@@ -391,6 +394,11 @@ class WebRtcCall:
             self.session, self._deliver, log=log, peer="peer", describe=self._describe
         )
         self.channel: RTCDataChannel | None = None
+        self._early: list[dict[str, Any]] = []
+        """Events of the session before the caller's data channel opened (its audio can come
+        first: SRTP flows once DTLS is up, the channel's SCTP association after): sent when it
+        opens, after ``session.created``; at most :data:`EARLY_EVENTS`."""
+        self._early_dropped = 0
         self.echo = (
             EchoCanceller(RATE, session_id=self.session.id) if options.echo_cancellation else None
         )
@@ -457,6 +465,13 @@ class WebRtcCall:
         channel.on("message", self._on_message)
         channel.on("close", lambda: self._spawn(self.close("data channel closed"), "close"))
         self._send(self.conn.hello())
+        early, self._early = self._early, []
+        if self._early_dropped:
+            log.warning(
+                "call %s: %d events before the data channel opened were dropped (at most %d kept)",
+                self.id, self._early_dropped, EARLY_EVENTS,
+            )  # fmt: skip
+        self._send(early)
 
     def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -563,7 +578,12 @@ class WebRtcCall:
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         channel = self.channel
-        if channel is None or channel.readyState != "open":
+        if channel is None:  # not open yet: kept for it
+            kept = events[: max(0, EARLY_EVENTS - len(self._early))]
+            self._early.extend(kept)
+            self._early_dropped += len(events) - len(kept)
+            return
+        if channel.readyState != "open":
             return
         for event in events:
             channel.send(json.dumps(event, separators=(",", ":")))

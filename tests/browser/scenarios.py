@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,18 @@ TURN_TIMEOUT_S = 120.0
 Scenario = Callable[[Playwright, VoiceServer, Engines, Path], Awaitable[dict[str, Any]]]
 
 
+class _LogTail(logging.Handler):
+    """The last lines the server logged while a scenario ran: kept in its result on failure."""
+
+    def __init__(self, keep: int = 120) -> None:
+        super().__init__(logging.INFO)
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.setFormatter(logging.Formatter("%(relativeCreated)d %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record)[:300])
+
+
 class Run:
     """One browser, one page, one fake-mic file; the page's state is kept even on failure."""
 
@@ -71,12 +84,16 @@ class Run:
         console: list[str] = []
         page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+        server_log = _LogTail()
+        logging.getLogger().addHandler(server_log)
         try:
             await body(page)
         except Exception:
             self.result["error"] = traceback.format_exc()
+            self.result["server_log"] = list(server_log.lines)
             log.exception("scenario %s failed", self.name)
         finally:
+            logging.getLogger().removeHandler(server_log)
             try:
                 self.result.setdefault("page", await page_state(page))
                 self.result.setdefault("levels", await levels(page))

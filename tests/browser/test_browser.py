@@ -32,8 +32,30 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _scenario(results: dict[str, Any], name: str) -> dict[str, Any]:
     result = results[name]
-    assert "error" not in result, f"{result['error']}\npage: {result.get('page')}"
+    assert "error" not in result, _failure(result)
     return result
+
+
+def _failure(result: dict[str, Any]) -> str:
+    """A failed scenario, short enough to read in a CI log: the page's events and turns, then
+    what the server logged meanwhile."""
+    page = result.get("page") or {}
+    events = " ".join(
+        f"{e['type']}@{e['t']:.0f}" + (f"[{e['status']}]" if e.get("status") else "")
+        for e in page.get("eventLog", [])
+    )
+    turns = [
+        {k: t.get(k) for k in ("status", "transcript", "pageLatencyMs") if k in t}
+        for t in page.get("turns", [])
+    ]
+    log = "\n".join(result.get("server_log", []))
+    return (
+        f"{result['error']}\nmic: {result.get('mic')} (the page's t0 {page.get('t0')}, call up at"
+        f" {page.get('connectedAt')}, state {page.get('state')})"
+        f"\npage events (ms on its clock): {events}"
+        f"\nturns: {turns}\nuser: {page.get('user')}\nagent: {page.get('agent')}"
+        f"\nconsole: {result.get('console')}\nthe server's log meanwhile:\n{log}"
+    )
 
 
 def _no_trouble(result: dict[str, Any]) -> None:
