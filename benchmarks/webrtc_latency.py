@@ -393,6 +393,34 @@ def webrtc_summary(turns: list[dict[str, Any]], asked: int) -> dict[str, Any]:
     }
 
 
+def paired(rtc: list[dict[str, Any]], ws: list[dict[str, Any]]) -> dict[str, Any]:
+    """Page - WebSocket caller, question by question (the same question k asked by both): the
+    voice-to-voice difference and each server stage's, so that a gap can be told apart into the
+    page's own path and the server answering it later (both conversations share the server)."""
+    by_index = {r["index"]: r for r in ws if not r.get("missed")}
+    pairs = [
+        (t, by_index[t["index"]])
+        for t in rtc
+        if t["page_voice_to_voice_ms"] is not None and t["index"] in by_index
+    ]
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    return {
+        "questions": len(pairs),
+        "voice_to_voice_ms": describe(
+            diff(t["page_voice_to_voice_ms"], w["voice_to_voice_ms"]) for t, w in pairs
+        ),
+        "stages_ms": {
+            name: describe(
+                diff(t["stages_ms"].get(name), w["stages_ms"].get(name)) for t, w in pairs
+            )
+            for name in STAGES
+        },
+    }
+
+
 PAGE_TIME = "performance.now() - voiceClient.levels.t0"
 
 
@@ -505,6 +533,7 @@ async def inside(
                 "overlapped_page_question": sum(r["overlapped_page_question"] for r in records),
                 "turns": records,
             }
+            report["page_minus_websocket"] = paired(rtc, records)
         if barge_ins:
             print(f"Barge-in: {barge_ins} cut-ins over the agent's stories ...", flush=True)
             began = time.perf_counter()
@@ -577,6 +606,16 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
+    pm = report.get("page_minus_websocket")
+    if pm:  # (runs before 2026-12-02 have none)
+        stages = ", ".join(
+            f"{name} {fmt(pm['stages_ms'][name]['p50'])}"
+            for name in ("turn_end", "asr_done", "llm_first_token", "first_audio_sent")
+            if name in pm["stages_ms"]
+        )
+        print(f"Page - WebSocket, question by question ({pm['questions']} pairs):")
+        print(_line("voice-to-voice", pm["voice_to_voice_ms"]))
+        print(f"  the server's stages, p50: {stages}")
     if "barge_in" in report:
         b = report["barge_in"]["summary"]
         print(

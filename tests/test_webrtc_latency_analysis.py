@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.webrtc_latency import REACTION_MS, cut_in_outcomes, page_path, utterance_onsets
+from benchmarks.webrtc_latency import (
+    REACTION_MS,
+    cut_in_outcomes,
+    page_path,
+    paired,
+    utterance_onsets,
+)
 
 STEP = 10
 
@@ -102,3 +108,21 @@ def test_the_pages_path_splits_at_the_reply_starting_on_the_data_channel() -> No
     assert page_path(state, "resp_a", None) == none
     assert page_path(state, "resp_b", 650.0) == none
     assert page_path({"eventLog": state["eventLog"], "latencies": []}, "resp_a", 650.0) == none
+
+
+def test_the_page_and_the_websocket_caller_are_compared_question_by_question() -> None:
+    def rtc(i: int, v2v: float | None, turn_end: float) -> dict[str, Any]:
+        return {"index": i, "page_voice_to_voice_ms": v2v, "stages_ms": {"turn_end": turn_end}}
+
+    def ws(i: int, v2v: float | None, turn_end: float, missed: bool = False) -> dict[str, Any]:
+        stages = {"turn_end": turn_end}
+        return {"index": i, "voice_to_voice_ms": v2v, "stages_ms": stages, "missed": missed}
+
+    page = [rtc(0, 700, 400), rtc(1, 800, 450), rtc(2, None, 300), rtc(3, 900, 500)]
+    websocket = [ws(1, 600, 400), ws(0, 650, 420), ws(2, 500, 300), ws(3, 0, 0, missed=True)]
+    out = paired(page, websocket)
+    # questions 0 and 1 only: the page did not hear reply 2, the WebSocket caller missed 3
+    assert out["questions"] == 2
+    assert out["voice_to_voice_ms"]["p50"] == 125.0  # (+50 and +200)
+    assert out["stages_ms"]["turn_end"]["p50"] == 15.0  # (-20 and +50)
+    assert out["stages_ms"]["asr_done"]["n"] == 0
