@@ -45,12 +45,13 @@ from benchmarks.harness.stats import describe
 from pipeline import messages as m
 from pipeline.audio import resample
 from pipeline.session import Session
+from transports.webrtc import RATE as OPUS_RATE
+from transports.webrtc import OpusFrames
 from voice.config import load
 from voice.engines import close_engines, load_engines, warm_up
 from voice.server import VoiceServer
 
 NAME = "codec_endpoint"
-OPUS_RATE = 48_000
 CHUNK_MS = 20
 LOUD = 500
 LEAD_S = 0.6
@@ -61,15 +62,11 @@ FORMS = ("raw", "floor", "opus")
 def opus_round_trip(audio: np.ndarray, rate: int, bit_rate: int, frame_ms: int) -> np.ndarray:
     """``audio`` at 48 kHz through a libopus encoder (VoIP mode) and decoder, as int16."""
     pcm = resample(audio, rate, OPUS_RATE)
-    encoder = CodecContext.create("libopus", "w")
-    encoder.bit_rate, encoder.format, encoder.layout = bit_rate, "s16", "mono"
-    encoder.sample_rate = OPUS_RATE
-    encoder.options = {"application": "voip", "frame_duration": str(frame_ms)}
-    encoder.open()
+    size = OPUS_RATE * frame_ms // 1000
+    encoder = OpusFrames(size, application="voip", bit_rate=bit_rate)
     decoder = CodecContext.create("libopus", "r")
     decoder.sample_rate, decoder.layout, decoder.format = OPUS_RATE, "mono", "s16"
     decoder.open()
-    size = OPUS_RATE * frame_ms // 1000
     pcm = np.concatenate([pcm, np.zeros(-len(pcm) % size, np.int16)])
     out = []
     for start in range(0, len(pcm), size):
@@ -77,8 +74,8 @@ def opus_round_trip(audio: np.ndarray, rate: int, bit_rate: int, frame_ms: int) 
             pcm[start : start + size].reshape(1, -1), format="s16", layout="mono"
         )
         frame.sample_rate, frame.pts = OPUS_RATE, start
-        for packet in encoder.encode(frame):
-            out += [d.to_ndarray().reshape(-1).astype(np.int16) for d in decoder.decode(packet)]
+        packet = encoder.encode(frame)
+        out += [d.to_ndarray().reshape(-1).astype(np.int16) for d in decoder.decode(packet)]
     return np.concatenate(out)
 
 

@@ -26,7 +26,7 @@ from pipeline.session import SessionSettings
 from voice.store import Kind, Record, SessionRecorder, SessionStore, UnknownCursor
 from voice.store.audio import AudioFiles
 from voice.store.postgres import PostgresBackend
-from voice.store.records import SessionRow
+from voice.store.records import SessionRow, assemble
 from voice.store.sql import SqlBackend
 from voice.store.sqlite import SqliteBackend
 
@@ -349,8 +349,6 @@ def _replies(db: Path) -> list[str]:
         backend.close()
     if record is None:
         return []
-    from voice.store.records import assemble
-
     return [i["id"] for i in assemble(*record)["items"] if i["role"] == "assistant"]
 
 
@@ -411,8 +409,6 @@ async def test_a_server_killed_mid_call_keeps_every_completed_turn(tmp_path: Pat
     (only,) = backend.list_sessions(10)  # the one call
     record = backend.load(only.id)
     assert record is not None
-    from voice.store.records import assemble
-
     items = assemble(*record)["items"]
     assert [i["text"] for i in items if i["role"] == "user"][:2] == texts[:2]
     replies = [i for i in items if i["role"] == "assistant"]
