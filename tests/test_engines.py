@@ -66,7 +66,10 @@ async def test_asr_transcribes_a_question(engines: Engines) -> None:
 
 
 async def test_tts_speech_is_understood_by_the_asr(engines: Engines) -> None:
-    sentence = "The weather is lovely today."
+    # (not "The weather is lovely today.": Piper's noise makes each synthesis differ, and tiny.en
+    # heard "the waters lovely today." in one CI run, "the weather's" in 3 of 25 here; this
+    # sentence was heard right in 65 of 65)
+    sentence = "Please call me back tomorrow morning."
     audio = await engines.tts.synthesize(sentence)
     seconds = len(audio) / engines.tts.sample_rate
     assert 0.8 < seconds < 5.0
