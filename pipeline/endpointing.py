@@ -159,3 +159,11 @@ def silence_needed(
             return settings.complete_ms
         return settings.statement_ms
     return settings.incomplete_ms
+
+
+def longest_silence(transcript: str, settings: EndpointSettings) -> int:
+    """The longest :func:`silence_needed` can ask for after ``transcript``, whatever the
+    judge's ``completion``: the less likely a whole message, the longer the wait, so the
+    longest is at 0. A judge still thinking needs no longer a pause than this: a question or a
+    sentence waits ``statement_ms`` at most, only words that trail off ``incomplete_ms``."""
+    return silence_needed(transcript, settings, 0.0)

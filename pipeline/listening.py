@@ -26,7 +26,7 @@ from .audio import PIPELINE_RATE, Resampler, levels_dbfs
 from .backchannel import Overlap, classify, words_of
 from .clock import Clock, timeout
 from .context import ChatMessage, new_id
-from .endpointing import EndpointSettings, for_eagerness, silence_needed
+from .endpointing import EndpointSettings, for_eagerness, longest_silence, silence_needed
 from .engines import Engines
 from .errors import EngineError, EngineTimeout, LimitExceeded, ProtocolError
 from .input_buffer import InputBuffer
@@ -111,6 +111,9 @@ class _Turn:
     interim_end: int = 0
     marks: Marks | None = None
     speculation: ReplyHandle | None = None
+    judging: asyncio.Task[None] | None = None
+    """Waits for the judge's answer (asked beside the reply) to time the pause; the early
+    transcript does not wait for it."""
     sent_words: list[str] | None = None
     """The interim words given so far (``InterimTranscript.delta``), compared without case."""
     onset: float = 0.0
@@ -417,6 +420,8 @@ class Listener:
         marks.set_once("asr_done", self.clock.now())
         if turn.overlap and self._turn is turn and not self._overlap_decided(turn, text):
             return text  # a backchannel: the turn is gone, the agent goes on
+        # whatever the judge will say, these words need no longer a pause than this
+        self._time_pause(turn, longest_silence(text, self._endpoint))
         completion, judging = None, None
         if self._adaptive and self._turn is turn:
             judging = self._spawn(self._judge(text, marks))
@@ -430,15 +435,25 @@ class Listener:
             and self.owner.may_answer(text)
         ):
             turn.speculation = self.owner.prepare_reply(text, marks)
-        if judging is not None:  # asked for together: the reply's prompt continues the judge's
-            completion = await judging
-        if self._turn is turn and not self.closed:
-            td = self.settings.turn_detection
-            if self._adaptive and td is not None:
-                target = silence_needed(text, self._endpoint, completion)
-                for event in self._detector.set_silence_target(target):
-                    self._on_turn_event(event, td)
+        if judging is not None and self._turn is turn:
+            # asked for together (the reply's prompt continues the judge's): the answer times
+            # the pause when it comes, and the transcript is ready now for a turn that ends first
+            turn.judging = self._spawn(self._judged(turn, text, judging))
+            return text
+        self._time_pause(turn, silence_needed(text, self._endpoint, completion))
         return text
+
+    async def _judged(self, turn: _Turn, text: str, judging: asyncio.Task[float | None]) -> None:
+        completion = await judging
+        self._time_pause(turn, silence_needed(text, self._endpoint, completion))
+
+    def _time_pause(self, turn: _Turn, silence_ms: int) -> None:
+        """The pause that ends ``turn`` lasts ``silence_ms`` (at once if it already has), while
+        the turn is open and the words set it."""
+        td = self.settings.turn_detection
+        if self._turn is turn and not self.closed and self._adaptive and td is not None:
+            for event in self._detector.set_silence_target(silence_ms):
+                self._on_turn_event(event, td)
 
     async def _judge(self, text: str, marks: Marks) -> float | None:
         """The LLM's probability that ``text`` is a finished turn (``None``: unknown). The
@@ -536,9 +551,11 @@ class Listener:
         """Speech resumed: the early transcript and any speculative reply are stale."""
         if turn.early is not None:
             turn.early.cancel()
+        if turn.judging is not None:
+            turn.judging.cancel()
         if turn.speculation is not None:
             turn.speculation.cancel("turn_detected")
-        turn.early, turn.speculation, turn.marks = None, None, None
+        turn.early, turn.judging, turn.speculation, turn.marks = None, None, None, None
 
     # ---------------------------------------------------------------- the end of a turn
 

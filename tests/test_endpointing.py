@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.endpointing import EndpointSettings, silence_needed
+from pipeline.endpointing import EndpointSettings, longest_silence, silence_needed
 
 S = EndpointSettings(complete_ms=250, statement_ms=600, incomplete_ms=1100)
 
@@ -42,3 +42,27 @@ def test_a_language_models_judgement_moves_the_silence(
     words: str, completion: float | None, ms: int
 ) -> None:
     assert silence_needed(words, S, completion) == ms
+
+
+@pytest.mark.parametrize(
+    ("words", "ms"),
+    [
+        ("Can you tell me?", 600),  # a question: the judge can only shorten it
+        ("Stop!", 600),
+        ("I live in Paris.", 600),
+        ("I would like to book a table for.", 1100),  # trailing: the words alone decide
+        ("Tell me about the weather", 1100),
+        ("", 1100),
+    ],
+)
+def test_the_longest_pause_the_judge_could_ask_for(words: str, ms: int) -> None:
+    assert longest_silence(words, S) == ms
+    judged = [silence_needed(words, S, c) for c in (None, 0.0, 0.005, 0.01, 0.1, 0.2, 0.9, 1.0)]
+    assert max(judged) == ms
+
+
+def test_the_longest_pause_follows_the_settings() -> None:
+    eager = EndpointSettings(complete_ms=100, statement_ms=300, incomplete_ms=500)
+    assert longest_silence("Is it far?", eager) == 300
+    never_unlikely = EndpointSettings(unlikely_complete=0.0)  # a question always ends quickly
+    assert longest_silence("Is it far?", never_unlikely) == never_unlikely.complete_ms

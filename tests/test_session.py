@@ -332,6 +332,51 @@ async def test_a_judge_that_scores_beside_replies_is_asked_with_the_reply_not_be
     assert engines.llm.seen[0] == judge.seen[0]
 
 
+@pytest.mark.parametrize("beside", [True, False])
+async def test_a_slow_judge_cannot_hold_a_finished_sentence_past_its_longest_pause(
+    beside: bool,
+) -> None:
+    """Whatever the judge says of a question, it waits at most ``statement_ms``: a judge slower
+    than that (a busy LLM) no longer keeps the turn open for ``incomplete_ms``. Asked beside the
+    reply, the reply does not wait for it either."""
+    engines = fake_engines(["Is it raining?"], ["No."])
+    engines.judge = judge = ScriptedJudge({}, default=0.9, beside_replies=beside)
+    async with Harness(engines, limits=SessionLimits(judge_timeout=5.0)) as h:
+        judge.delay(h.clock, 2.0)
+        await h.feed(tone(0.6))
+        await h.feed_until(silence(0.02), m.ReplyDone, limit_s=10)
+        stopped_at = h.timed(m.SpeechStopped)[0][0]
+        assert (stopped_at - 0.6) * 1000 == pytest.approx(600, abs=40 + 20)
+        started_at = h.timed(m.ReplyStarted)[0][0]
+        judged_at = 0.6 + 0.1 + 2.0  # the pause (~100 ms), then the judge's 2 s
+        if beside:
+            assert started_at < judged_at - 0.9
+        else:  # the reply is asked for once the judge has spoken
+            assert started_at >= judged_at - 0.05
+        assert h.of(m.ReplyDone)[0].item.text == "No."
+        assert len(h.of(m.InputCommitted)) == 1
+
+
+async def test_a_late_judgement_of_words_the_caller_went_on_from_is_ignored() -> None:
+    """The judge found the first half finished, but only once the caller had spoken again and
+    paused once more: that answer is for words that are no longer the turn's, so it cannot end
+    the turn; the second half's own (unfinished: the longest pause) does."""
+    first, whole = "Can you tell me?", "Can you tell me what time it opens?"
+    engines = fake_engines([first, whole], ["It opens at nine."])
+    engines.judge = judge = ScriptedJudge({first: 0.9, whole: 0.00002}, beside_replies=True)
+    async with Harness(engines) as h:
+        judge.delay(h.clock, 0.9)
+        await h.feed(tone(0.6))
+        await h.feed(silence(0.5))
+        await h.feed(tone(0.3))  # speech again from 1.1 s to 1.4 s
+        # the first half's "finished" comes ~0.2 s into this pause, the second's ~1 s into it
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        assert len(h.of(m.InputCommitted)) == 1
+        assert h.of(m.UserTranscript)[0].transcript == whole
+        stopped_at = h.timed(m.SpeechStopped)[0][0]
+        assert (stopped_at - 1.4) * 1000 == pytest.approx(600, abs=40 + 20)
+
+
 async def test_a_failing_judge_leaves_the_words_to_decide() -> None:
     class BrokenJudge:
         async def end_of_turn(self, messages: list[object]) -> float | None:
