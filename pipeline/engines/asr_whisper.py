@@ -200,12 +200,20 @@ class WhisperAsr:
             raise EngineError(f"transcription failed: {exc}", engine="asr") from exc
         tokens = result.sequences_ids[0]
         if len(self._prompt) + len(tokens) >= max_length - 1:
+            log.debug("fitted window: no end of text in %d tokens; the full window", len(tokens))
             return None  # never reached the end of text: looping
         avg_logprob = result.scores[0] / (len(tokens) + 1)
         if result.no_speech_prob > _NO_SPEECH_PROB and avg_logprob < _LOW_LOGPROB:
             return ""
         text = self._speech_segments(tokens, frames / _FRAMES_PER_S)
-        return None if _loops(text) else text
+        log.debug(
+            "fitted window: %r (%.2f s, log-probability %.3f, no speech %.2f)",
+            text, frames / _FRAMES_PER_S, avg_logprob, result.no_speech_prob,
+        )  # fmt: skip
+        if _loops(text):
+            log.debug("fitted window: the words repeat; the full window")
+            return None
+        return text
 
     def _speech_segments(self, tokens: list[int], audio_s: float) -> str:
         """The text of the timestamped segments that start before the audio ends."""
