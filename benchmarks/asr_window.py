@@ -5,7 +5,10 @@ the encoder on the utterance plus ``window_pad_s`` of silence instead (``pipelin
 asr_whisper.py``). This transcribes the same short conversational sentences with tiny.en in both
 ways and compares the time of ``transcribe_blocking`` and the word error rate.
 
-    python -m benchmarks.asr_window [--pads 3,5,7] [--out DIR]
+    python -m benchmarks.asr_window [--pads 3,5,7] [--beams 1,5] [--out DIR]
+
+``--beams``: the fitted windows also with these beam sizes (greedy decoding is 1, the server's
+``asr.beam_size``), to weigh a wider search's words against its time.
 
 Each sentence is spoken by espeak-ng in three voices, at 16 kHz with 0.1 s of silence before and
 after (the server's VAD margins). Every engine is warmed up, then each item goes through every
@@ -82,6 +85,7 @@ class Variant:
     name: str
     pad_s: float | None
     """``None``: the full 30 s window."""
+    beam: int
     engine: WhisperAsr
     ms: list[float] = field(default_factory=list)
     transcripts: list[str] = field(default_factory=list)
@@ -98,12 +102,16 @@ def make_items() -> list[Item]:
     return items
 
 
-def make_variants(pads: list[float]) -> list[Variant]:
+def make_variants(pads: list[float], beams: list[int] | None = None) -> list[Variant]:
+    """The full window (greedy), then each fitted pad with each beam size."""
     model = whisper_tiny_en()
-    variants = [Variant(FULL, None, WhisperAsr(WhisperOptions(model=model, fit_window=False)))]
+    full = WhisperAsr(WhisperOptions(model=model, fit_window=False))
+    variants = [Variant(FULL, None, 1, full)]
     for pad in pads:
-        options = WhisperOptions(model=model, fit_window=True, window_pad_s=pad)
-        variants.append(Variant(f"fit+{pad:g}s", pad, WhisperAsr(options)))
+        for beam in beams or [1]:
+            options = WhisperOptions(model=model, fit_window=True, window_pad_s=pad, beam_size=beam)
+            name = f"fit+{pad:g}s" + (f"/b{beam}" if beam != 1 else "")
+            variants.append(Variant(name, pad, beam, WhisperAsr(options)))
     return variants
 
 
@@ -131,6 +139,7 @@ def summarize(items: list[Item], variants: list[Variant]) -> dict[str, Any]:
         stats = describe(variant.ms)
         out[variant.name] = {
             "window_pad_s": variant.pad_s,
+            "beam_size": variant.beam,
             "ms": stats,
             "corpus_wer": corpus_wer(
                 (item.text, text) for item, text in zip(items, variant.transcripts, strict=True)
@@ -172,11 +181,11 @@ def print_summary(report: dict[str, Any]) -> None:
         )
 
 
-def benchmark(pads: list[float]) -> dict[str, Any]:
+def benchmark(pads: list[float], beams: list[int] | None = None) -> dict[str, Any]:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     print(f"speaking {len(SENTENCES)} sentences in {len(VOICES)} voices ...", flush=True)
     items = make_items()
-    variants = make_variants(pads)
+    variants = make_variants(pads, beams)
     run(items, variants)
     return {
         "started_utc": started,
@@ -186,14 +195,18 @@ def benchmark(pads: list[float]) -> dict[str, Any]:
             "device": variants[0].engine.options.device,
             "compute_type": variants[0].engine.compute_type,
             "cpu_threads": variants[0].engine.options.cpu_threads,
-            "beam_size": variants[0].engine.options.beam_size,
+            "beam_sizes": sorted({v.beam for v in variants}),
             "voices": list(VOICES),
             "sentences": len(SENTENCES),
             "items": len(items),
             "margin_s": MARGIN_S,
             "rate": RATE,
             "variants": {
-                v.name: {"fit_window": v.pad_s is not None, "window_pad_s": v.pad_s}
+                v.name: {
+                    "fit_window": v.pad_s is not None,
+                    "window_pad_s": v.pad_s,
+                    "beam_size": v.beam,
+                }
                 for v in variants
             },
         },
@@ -228,6 +241,16 @@ def parse_pads(value: str) -> list[float]:
     return list(dict.fromkeys(pads))
 
 
+def parse_beams(value: str) -> list[int]:
+    try:
+        beams = [int(b) for b in value.split(",") if b.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of beam sizes: {value!r}") from exc
+    if not beams or any(not 1 <= b <= 10 for b in beams):
+        raise argparse.ArgumentTypeError(f"beam sizes must be 1..10, got {value!r}")
+    return list(dict.fromkeys(beams))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.asr_window", description=__doc__)
     parser.add_argument(
@@ -235,6 +258,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=parse_pads,
         default=[5.0],
         help="window_pad_s of the fitted variants, a comma list of seconds (default 5)",
+    )
+    parser.add_argument(
+        "--beams",
+        type=parse_beams,
+        default=[1],
+        help="beam sizes of the fitted variants, a comma list (default 1: greedy)",
     )
     parser.add_argument("--out", type=Path, help="folder for the JSON (default benchmarks/results)")
     return parser.parse_args(argv)
@@ -245,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if not espeak_available():
         print("espeak-ng is needed to speak the sentences (apt-get install espeak-ng)")
         return 2
-    report = benchmark(args.pads)
+    report = benchmark(args.pads, args.beams)
     print_summary(report)
     print(f"results: {write_json(report, 'asr_window', args.out)}")
     return 0

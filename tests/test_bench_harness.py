@@ -756,3 +756,18 @@ async def test_a_short_real_run_through_the_realtime_endpoint(server: Any, tmp_p
     assert barge["status"] == "cancelled" and barge["latency_ms"] is not None, barge
     assert 0 < barge["latency_ms"] < 2000
     assert config["summary"]["barge_in_ms"]["n"] == 1
+
+
+def test_the_asr_window_benchmark_weighs_beam_sizes_beside_the_windows() -> None:
+    from benchmarks.asr_window import make_variants, parse_args
+
+    args = parse_args(["--pads", "5", "--beams", "1,5"])
+    assert args.pads == [5.0] and args.beams == [1, 5]
+    variants = make_variants(args.pads, args.beams)
+    assert [(v.name, v.pad_s, v.beam) for v in variants] == [
+        ("full", None, 1), ("fit+5s", 5.0, 1), ("fit+5s/b5", 5.0, 5)
+    ]  # fmt: skip
+    assert [v.engine.options.beam_size for v in variants] == [1, 1, 5]
+    for bad in (["--beams", "0"], ["--beams", "x"], ["--beams", ""]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
