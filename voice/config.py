@@ -156,7 +156,12 @@ class AsrConfig:
         "CTranslate2 compute type; `default` = int8 on CPU, float16 on CUDA.", "default"
     )
     language: str = doc("Language code for multilingual models; empty = detect.", "en")
-    beam_size: int = doc("Beam size (1 = greedy, fastest).", 1)
+    beam_size: int = doc(
+        "Beam size (1 = greedy, fastest). A wider beam hears a few more words right and adds"
+        " 14-26 ms to every transcript on 2 cores (`benchmarks/README.md`, Whisper's encoder"
+        " window).",
+        1,
+    )
     threads: int = doc(
         "CPU threads per transcription (1: a short turn is as fast on one as on two, and never"
         " waits at OpenMP's barriers for a core another caller's work holds).",
