@@ -589,6 +589,7 @@ class Listener:
             self.settings.turn_detection or TurnSettings(),
             early_pause_db=self.tuning.early_pause_db,
             hold_threshold=self.tuning.hold_threshold,
+            silence_from_loudness_ms=self.tuning.silence_from_loudness_ms,
         )
 
     # ---------------------------------------------------------------- an idle caller

@@ -112,10 +112,13 @@ class Tuning:
     backchannel: BackchannelSettings = field(default_factory=BackchannelSettings)
     """Speech over the agent: a backchannel ("mm-hmm", "yeah", a laugh) resumes the held reply
     and stays out of the conversation; other words cancel it (``backchannel.py``)."""
-    early_pause_db: float = 0.0
+    early_pause_db: float = 35.0
     """The tentative pause (early ASR, speculative reply) from the loudness too: windows this
     many dB below the utterance's loudest count as quiet while the VAD's probability is still
     falling (``turns.py``); 0: the VAD alone."""
+    silence_from_loudness_ms: int = 150
+    """With ``early_pause_db``: the silence that ends a turn counts from where the sound fell,
+    at most this many ms before the VAD's silence (``turns.py``); 0: from the VAD's."""
     interim_asr_ms: int = 0
     """Streaming ASR: while the caller speaks, transcribe the words so far after every this
     many ms of new speech (0: off), when the recognizer is idle. Each result is sent as an

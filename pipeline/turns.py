@@ -22,9 +22,14 @@ The VAD's speech probability stays high for 50-150 ms after the last sound (Sile
 tail), so a pause found from it alone is found that much late. With ``early_pause_db`` the
 loudness of each window helps: windows ``early_pause_db`` below the loudest of the utterance
 count as quiet, and ``tentative_silence_ms`` of them send ``PAUSED`` while the VAD still says
-speech (``RESUMED`` when the sound comes back before the VAD agrees). Only the tentative pause
-moves: the turn still ends after the VAD's silence, so a quiet stretch inside a word costs at
-most an early transcription that is dropped.
+speech (``RESUMED`` when the sound comes back before the VAD agrees). A quiet stretch inside a
+word costs at most an early transcription that is dropped.
+
+With ``silence_from_loudness_ms`` as well, the silence that *ends* the turn is counted from
+where the sound fell (the first of the quiet windows that ran into the VAD's pause), at most
+that many ms before the VAD's silence: a caller's pause is timed from their last sound, not
+from the end of Silero's tail. Only a quiet stretch the VAD then agreed was silence moves it,
+so sound within the words never does.
 """
 
 from __future__ import annotations
@@ -121,10 +126,11 @@ class TurnDetector:
         early_pause_db: float = 0.0,
         hold_threshold: float = 0.0,
         hint_max_ms: int = 96,
+        silence_from_loudness_ms: int = 0,
     ) -> None:
         settings.validate()
-        if early_pause_db < 0:
-            raise ValueError("early_pause_db must be >= 0")
+        if early_pause_db < 0 or silence_from_loudness_ms < 0:
+            raise ValueError("early_pause_db and silence_from_loudness_ms must be >= 0")
         if not 0.0 <= hold_threshold < 1.0 or hint_max_ms < 0:
             raise ValueError("hold_threshold must be within [0, 1), hint_max_ms >= 0")
         self.settings = settings
@@ -133,6 +139,9 @@ class TurnDetector:
         self.hold_threshold = hold_threshold
         """A quiet window this probable sends ``HINT`` (0, or at ``threshold`` or above: never)."""
         self.hint_max_ms = hint_max_ms
+        self.silence_from_loudness_s = silence_from_loudness_ms / 1000.0
+        """With ``early_pause_db``: the silence is counted from the quiet windows before the
+        VAD's pause, at most this long before it (0: from the VAD's)."""
         self._hint: float | None = None  # when the hint began (its window's start)
         self._hint_spent = False  # (it timed out: no new one until the probability falls)
         self._peak_db = -math.inf
@@ -205,8 +214,10 @@ class TurnDetector:
             if probability >= s.threshold - s.hysteresis:
                 return self._loudness(start, end, level_db) + self._interrupt_due(end)
             self._silence_start = start
-            # the speech ended where the loudness said, if its pause stood (the silence that
-            # ends the turn still counts from the VAD's)
+            if self._quiet_since is not None and self.silence_from_loudness_s > 0:
+                # the sound fell before the VAD's probability did: the silence began there
+                self._silence_start = max(self._quiet_since, start - self.silence_from_loudness_s)
+            # the speech ended where the loudness said, if its pause stood
             early = self._quiet_since if self._early else None
             self._speech_end = start if early is None else early
             self._state = _State.PAUSE

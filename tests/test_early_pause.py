@@ -67,3 +67,29 @@ async def test_the_loudness_starts_the_transcription_sooner_and_it_is_used() -> 
     assert heard_vad and heard_loud
     assert calls_vad == calls_loud == 1  # the early transcription made the reply both times
     assert vad_only - loud >= 0.09  # the VAD's 96 ms tail no longer delays it
+
+
+async def _turn_ended_after(tuning: Tuning) -> tuple[float, str]:
+    """Virtual seconds from the end of the caller's sound to the turn's end (the committed
+    input), and what was heard."""
+    engines = fake_engines(["what time is it?"], ["It is noon."])
+    engines.vad = TrailingVad()
+    async with Harness(engines, tuning=tuning) as h:
+        await h.feed(silence(0.2))
+        await h.feed(tone(0.8))
+        speech_end = h.clock.now()
+        await h.feed_until(silence(0.02), m.ReplyDone)
+        (committed_at, _), *_ = h.timed(m.InputCommitted)
+        (transcript,) = [e.transcript for e in h.of(m.UserTranscript)]
+    return committed_at - speech_end, transcript
+
+
+async def test_silence_from_loudness_ends_the_turn_a_vad_tail_sooner() -> None:
+    vad, heard_vad = await _turn_ended_after(
+        Tuning(early_pause_db=35.0, silence_from_loudness_ms=0)
+    )
+    loud, heard_loud = await _turn_ended_after(
+        Tuning(early_pause_db=35.0, silence_from_loudness_ms=150)
+    )
+    assert heard_vad == heard_loud == "what time is it?"
+    assert 0.08 <= vad - loud <= 0.11  # the VAD's 96 ms tail (3 windows) no longer counted

@@ -139,6 +139,40 @@ def test_the_loudness_finds_a_pause_before_the_vad_does_and_the_turn_still_ends_
     assert loud[2][1:] == (round(49 * W, 6), round(30 * W, 6))
 
 
+def test_with_silence_from_loudness_the_pause_is_timed_from_the_last_sound() -> None:
+    """The sound falls at 30 W, the VAD's probability 3 windows later: the 500 ms that end the
+    turn count from 30 W (ended at 46 W, not 49 W), or from at most the cap before the VAD's."""
+    speech, tail, quiet = (0.9, -20.0, 30), (0.8, -80.0, 3), (0.0, -80.0, 20)
+    settings = TurnSettings(tentative_silence_ms=96, silence_duration_ms=500)
+
+    def ended(**kw: int) -> tuple[float, float]:
+        d = TurnDetector(settings, early_pause_db=35, **kw)
+        (end,) = [e[1:] for e in run_loud(d, [speech, tail, quiet]) if e[0] is K.TURN_ENDED]
+        return end
+
+    assert ended() == (round(49 * W, 6), round(30 * W, 6))  # from the VAD's silence (33 W)
+    assert ended(silence_from_loudness_ms=150) == (round(46 * W, 6), round(30 * W, 6))
+    assert ended(silence_from_loudness_ms=64) == (round(47 * W, 6), round(30 * W, 6))  # 31 W
+    # without the loudness (early_pause_db 0) the setting changes nothing
+    d = TurnDetector(settings, silence_from_loudness_ms=150)
+    assert [e[1] for e in run_loud(d, [speech, tail, quiet]) if e[0] is K.TURN_ENDED] == [
+        round(49 * W, 6)
+    ]
+
+
+def test_a_quiet_stretch_inside_the_words_does_not_move_the_silence() -> None:
+    """Quiet windows followed by sound again, then the VAD's pause as the sound stops: the
+    silence counts from the VAD's pause."""
+    d = TurnDetector(
+        TurnSettings(tentative_silence_ms=96, silence_duration_ms=500),
+        early_pause_db=35,
+        silence_from_loudness_ms=150,
+    )
+    events = run_loud(d, [(0.9, -20.0, 20), (0.9, -70.0, 2), (0.9, -25.0, 10), (0.0, -90.0, 20)])
+    (end,) = [e[1] for e in events if e[0] is K.TURN_ENDED]
+    assert end == round(48 * W, 6)  # the VAD's silence from 32 W: 16 windows (512 ms) later
+
+
 def test_sound_again_takes_the_early_pause_back() -> None:
     d = TurnDetector(TurnSettings(tentative_silence_ms=96), early_pause_db=35)
     events = run_loud(d, [(0.9, -20.0, 20), (0.9, -70.0, 4), (0.9, -25.0, 10), (0.0, -90.0, 20)])

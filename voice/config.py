@@ -346,9 +346,15 @@ class VadConfig:
     early_pause_db: float = doc(
         "The tentative pause from the loudness too: after `tentative_silence_ms` of windows this"
         " many dB below the utterance's loudest, ASR starts while the VAD's probability is still"
-        " falling (50-150 ms after the last sound); the turn still ends on the VAD's silence."
-        " 0 = the VAD alone.",
+        " falling (30-110 ms after the last sound on the harness's voices). 0 = the VAD alone.",
         _TUNING.early_pause_db,
+    )
+    silence_from_loudness_ms: int = doc(
+        "With `early_pause_db`: the silence that ends a turn counts from where the sound fell"
+        " below it, at most this many ms before the VAD's silence (Silero's probability trails"
+        " the last sound by 30-110 ms on the harness's voices), so a pause is timed from the"
+        " caller's last sound. 0 = from the VAD's silence.",
+        _TUNING.silence_from_loudness_ms,
     )
     pause_on_onset: bool = doc(
         "Hold the agent's audio from the caller's first speech window (resumed if it was not"

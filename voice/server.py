@@ -228,6 +228,7 @@ class VoiceServer:
                 pause_on_onset=v.pause_on_onset,
                 hold_threshold=min(max(0.0, v.hold_threshold), 0.99),
                 early_pause_db=max(0.0, v.early_pause_db),
+                silence_from_loudness_ms=max(0, v.silence_from_loudness_ms),
                 backchannel=v.backchannel_settings(),
                 interim_asr_ms=max(0, p.interim_asr_ms),
                 endpoint=EndpointSettings(

@@ -138,6 +138,7 @@ early ASR, sentence-level TTS, a fixed silence)."""
 REFERENCE_IF_KNOWN = {
     "pipeline.speculative_reply": "false",
     "vad.eot_adaptive": "false",
+    "vad.early_pause_db": "0",
     "vad.pause_on_onset": "false",
     "pipeline.first_clause_words": "0",
     "asr.fit_window": "false",
