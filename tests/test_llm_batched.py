@@ -246,3 +246,46 @@ async def test_warming_up_with_the_instructions_leaves_them_cached_for_the_first
         assert copied and copied[0].length >= 10  # the system prompt, evaluated at warm-up
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("replies_batched", [True, False])
+async def test_a_step_of_several_replies_gets_both_threads_with_batch_threads_replies(
+    replies_batched: bool,
+) -> None:
+    """Two replies generated together: their shared steps (no prompt in them) use the batch
+    threads (2) with ``batch_threads_replies``, the generation threads (1) without."""
+    engine = BatchedLlm(
+        options(), BatchedOptions(parallel=2, batch_threads_replies=replies_batched)
+    )
+    worker = engine._worker
+    threads: list[int] = []
+    steps: list[tuple[int, int]] = []  # (batch threads, replies) of each step without a prompt
+
+    class Recording:  # llama_cpp, with llama_set_n_threads recorded
+        def __getattr__(self, name: str) -> Any:
+            return getattr(llama_cpp, name)
+
+        def llama_set_n_threads(self, ctx: Any, n: int, batch: int) -> None:
+            threads.append(batch)
+            llama_cpp.llama_set_n_threads(ctx, n, batch)
+
+    import llama_cpp
+
+    decode_step = worker._decode_step
+
+    def recorded(entries: list[Any]) -> None:
+        if not any(e.job.prefilling for e in entries):
+            steps.append((threads[-1], len(entries)))
+        decode_step(entries)
+
+    worker._lib = Recording()
+    worker._decode_step = recorded  # type: ignore[method-assign]
+    try:
+        sky, dragon = await asyncio.gather(reply(engine, SKY), reply(engine, DRAGON))
+        assert sky[0] and dragon[0]
+        together = [batch for batch, n in steps if n == 2]
+        assert together, steps  # (32 tokens each: they shared steps)
+        assert set(together) == ({2} if replies_batched else {1})
+        assert all(batch == 1 for batch, n in steps if n == 1)
+    finally:
+        engine.close()

@@ -209,6 +209,12 @@ class LlmConfig:
         " ASR has released its cores).",
         2,
     )
+    batch_threads_replies: bool = doc(
+        "With `parallel` > 1: a step of several replies' tokens also gets `batch_threads` (under"
+        " `batch_threads_alone`'s rule): it costs about the number of replies times one token"
+        " (8 replies: 87 ms on one thread, 60 on two).",
+        True,
+    )
     batch_threads_alone: bool = doc(
         "With `parallel` > 1: a prompt gets `batch_threads` only while no other engine job (a"
         " caller's speech recognition or synthesis) is on the CPU, else `threads`: threads that"

@@ -165,6 +165,7 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
                 tail_rate=c.tail_rate,
                 cpu=cpu,
                 batch_threads_alone=c.batch_threads_alone,
+                batch_threads_replies=c.batch_threads_replies,
                 keep_conversations=c.keep_conversations,
                 first_words_chunk=c.first_words_chunk,
             )

@@ -11,8 +11,9 @@ step of generated tokens costs about their number times one (the bundled model i
 thread of the 2-core EPYC used here: 10, 37, 59 and 97 ms for 1, 2, 4 and 8 replies; as shipped,
 Q4_1: 12, 22, 40 and 85 ms), so a reply's first words share steps with few prompt tokens
 (``first_words_chunk``) and the tails of replies read aloud are paced (below).
-Steps of replies' tokens alone use ``threads``; steps with prompt tokens
-``batch_threads``. With ``tail_rate``, a reply read aloud (``GenerationOptions.spoken``) past
+A step of one reply's token uses ``threads``; steps with prompt tokens, or with
+several replies' tokens (``batch_threads_replies``), ``batch_threads`` while nothing else is on
+the CPU. With ``tail_rate``, a reply read aloud (``GenerationOptions.spoken``) past
 its first ``head_tokens`` is paced (it only has to stay ahead of its speech), leaving the cores
 to other callers' first words.
 
@@ -78,6 +79,9 @@ class BatchedOptions:
     leaves go to other callers' first words. 0: as fast as possible."""
     cpu: CpuJobs | None = None
     """Shared with the other engines: a step counts as a job on the CPU."""
+    batch_threads_replies: bool = True
+    """A step of several replies' tokens (no prompt) also gets ``batch_threads`` (under the same
+    rule as a prompt's): such a step costs about the number of replies times one."""
     batch_threads_alone: bool = True
     """A prompt is evaluated on ``batch_threads`` only while nothing else is on the CPU, else
     on ``threads`` (``_cpu.py``)."""
@@ -325,6 +329,7 @@ class _Worker:
         self._options = options
         self._cpu = batched.cpu or CpuJobs()
         self._alone_only = batched.batch_threads_alone  # batch threads only while alone
+        self._replies_batched = batched.batch_threads_replies
         self._plan = Planner(
             batched.parallel,
             batched.chunk,
@@ -446,11 +451,13 @@ class _Worker:
 
     def _decode(self, entries: list[Entry]) -> None:
         # llama.cpp uses its batch threads for any step of more than one token: those are for
-        # prompts, and only while nothing else is on the CPU (_cpu.py: threads that wait for a
-        # busy core at every barrier are slower than one); replies' tokens alone use the
-        # generation threads, leaving the other cores to the ASR and TTS of other callers.
+        # prompts and, with batch_threads_replies, several replies' tokens (a step costs about
+        # their number times one), and only while nothing else is on the CPU (_cpu.py: threads
+        # that wait for a busy core at every barrier are slower than one); one reply's token
+        # uses the generation threads, leaving the other cores to the ASR and TTS of others.
         prompt = any(e.job.prefilling for e in entries)
-        alone = prompt and (self._cpu.alone() or not self._alone_only)
+        several = prompt or (self._replies_batched and len(entries) > 1)  # (replies' tokens)
+        alone = several and (self._cpu.alone() or not self._alone_only)
         threads = self._options.batch_threads if alone else self._options.threads
         self._lib.llama_set_n_threads(self._ctx, self._options.threads, threads)
         with self._cpu.job():
