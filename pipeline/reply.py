@@ -72,6 +72,10 @@ class ReplySettings:
     is due when the reply began): the synthesizer serves other callers' first clauses first."""
     clause_queue: int = 4
     audio_queue: int = 2
+    starved_cut_ms: int = 250
+    """When the audio made so far has less than this left to play and no piece boundary has
+    come (the model writes slower than the voice speaks, or a run with no boundary at all), the
+    complete words pending go to TTS now rather than the listener hearing silence (0 = off)."""
 
 
 class Reply:
@@ -107,6 +111,8 @@ class Reply:
         self._on_call = on_call
         self._held_calls: list[ToolCallDelta] = []  # not told yet (see _flush_calls)
         self._played = False  # every synthesized piece has been handed to the playout
+        self._made = 0  # samples synthesized so far, at the output rate
+        self._synthesizing = False
         self.generated = ""
         self.text_sent = ""
         """Text-only replies: the words sent so far."""
@@ -190,7 +196,10 @@ class Reply:
                 if not self._speech.audio:
                     await self._text_only(event)
                     continue
-                for clause in splitter.feed(event):
+                pieces = splitter.feed(event)
+                if not pieces and self._starving(clauses):
+                    pieces = splitter.take_words()
+                for clause in pieces:
                     self.marks.set_once("first_clause", self._clock.now())
                     await clauses.put(clause)
         if not self._speech.audio:
@@ -200,6 +209,17 @@ class Reply:
             self.marks.set_once("first_clause", self._clock.now())
             await clauses.put(clause)
         await clauses.put(None)
+
+    def _starving(self, clauses: asyncio.Queue[str | None]) -> bool:
+        """The listener hears this reply and will soon run out of it: nothing is waiting for
+        or in the synthesizer, and what it made has under ``starved_cut_ms`` left to play."""
+        margin = self._settings.starved_cut_ms
+        playout = self.playout
+        if margin <= 0 or not self.output_started or playout.paused or playout.stopped:
+            return False
+        if self._synthesizing or not clauses.empty():
+            return False
+        return (self._made - playout.played_samples()) * 1000 < margin * self._rate
 
     async def _text_only(self, delta: str) -> None:
         """``output_modalities: ["text"]``: the words go out as they come, nothing is spoken."""
@@ -234,6 +254,7 @@ class Reply:
         began = self._clock.now()
         runs_out = began  # when the audio made so far has played, at the soonest (played as made)
         while (clause := await clauses.get()) is not None:
+            self._synthesizing = True
             self.marks.set_once("tts_start", self._clock.now())
             due = began if first else runs_out - self._settings.tts_margin
             try:
@@ -249,6 +270,7 @@ class Reply:
                     f"tts: no audio within {self._settings.tts_timeout:.1f} s", engine="tts"
                 ) from None
             if audio.size == 0:
+                self._synthesizing = False
                 continue
             if self._settings.trim_leading_silence and first:
                 audio = trim_leading_silence(audio, self._tts.sample_rate)
@@ -256,6 +278,8 @@ class Reply:
             self.marks.set_once("tts_first_audio", self._clock.now())
             audio = resample(audio, self._tts.sample_rate, self._rate)
             runs_out = max(runs_out, self._clock.now()) + len(audio) / self._rate
+            self._made += len(audio)
+            self._synthesizing = False
             await segments.put(Segment(clause, audio))
         await segments.put(None)
 

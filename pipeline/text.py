@@ -63,6 +63,24 @@ class ClauseSplitter:
         self._pending = ""
         return pieces
 
+    def take_words(self, *, min_chars: int = 12, run_chars: int = 24) -> list[str]:
+        """The listener is about to hear silence (the model is slower than speech, or it is
+        writing a run with no boundary, "100000…"): the complete words pending go now, if
+        they make at least ``min_chars``; a run of ``run_chars`` or more with no space at all
+        goes as it is. Nothing when neither holds."""
+        text = self._pending
+        last = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+        if len(text[: last + 1].strip()) >= min_chars:
+            cut = last + 1
+        elif len(text) - (last + 1) >= run_chars:
+            cut = len(text)
+        else:
+            return []
+        pieces: list[str] = []
+        self._add(text[:cut], pieces)
+        self._pending = text[cut:]
+        return pieces
+
     def _add(self, piece: str, pieces: list[str]) -> None:
         if speakable(piece):
             pieces.append(piece.strip())

@@ -489,6 +489,12 @@ class PipelineConfig:
         "Cut the first piece for TTS after this many words even without punctuation (0 = off).",
         _REPLY.first_clause_words,
     )
+    starved_cut_ms: int = doc(
+        "When a reply's audio has less than this left to play and the model has not reached a"
+        " piece boundary (it writes slower than the voice speaks, or a run like `100000…`), its"
+        " complete words go to TTS now instead of the caller hearing silence (0 = off).",
+        _REPLY.starved_cut_ms,
+    )
     trim_leading_silence: bool = doc(
         "Drop the quiet start of a reply's first synthesized piece (Piper begins with 30-60 ms of"
         " near-silence), so the first sound leaves at once.",

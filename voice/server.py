@@ -205,6 +205,7 @@ class VoiceServer:
                 first_clause_chars=p.first_clause_chars,
                 min_clause_chars=p.min_clause_chars,
                 first_clause_words=p.first_clause_words,
+                starved_cut_ms=p.starved_cut_ms,
                 trim_leading_silence=p.trim_leading_silence,
                 tts_timeout=self.config.tts.timeout,
             ),

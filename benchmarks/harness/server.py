@@ -145,6 +145,7 @@ REFERENCE_IF_KNOWN = {
     "vad.eot_llm": "false",
     "pipeline.interim_asr_ms": "0",
     "pipeline.trim_leading_silence": "false",
+    "pipeline.starved_cut_ms": "0",
 }
 """Also part of the reference, where the server's ``voice config`` knows them (older servers
 predate some of these switches)."""
