@@ -60,6 +60,8 @@ DEFAULT_PAUSE_S = 40.0
 reply), must fit before the next question."""
 LOUD = 0.015
 log = logging.getLogger("benchmarks.webrtc_latency")
+BROWSER_NICE = 0
+"""Chromium's niceness (``--browser-nice``)."""
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -90,7 +92,7 @@ async def browser_session(
     script = write_mic_wav(wav, parts)
     last_end_ms = script["speech_end_s"][-1] * 1000
     async with async_playwright() as pw:
-        context, page = await launch(pw, wav, origin, work / "profile")
+        context, page = await launch(pw, wav, origin, work / "profile", nice=BROWSER_NICE)
         try:
             await open_unticked(page, origin, RAW_MIC if raw_mic else [])
             interleaved = asyncio.create_task(between(page, script))
@@ -176,7 +178,9 @@ async def barge_in_session(
     last_end_ms = script["speech_end_s"][-1] * 1000
     async with async_playwright() as pw:
         muted = speakers == "muted"
-        context, page = await launch(pw, wav, origin, work / "profile-barge-in", muted=muted)
+        context, page = await launch(
+            pw, wav, origin, work / "profile-barge-in", muted=muted, nice=BROWSER_NICE
+        )
         try:
             await connect_storyteller(page, origin, speakers, raw_mic)
             await wait_for(
@@ -661,6 +665,7 @@ def host(args: argparse.Namespace) -> int:
         inner += ["--barge-ins", str(args.barge_ins), "--speakers", args.speakers]
         inner += [f"--set={setting}" for setting in args.set]
         inner += ["--raw-mic"] if args.raw_mic else []
+        inner += ["--browser-nice", str(args.browser_nice)]
         try:
             measured = netns.run_scenarios(f"benchmarks.{NAME}", out, *inner, timeout=budget)
         except AssertionError as exc:
@@ -677,6 +682,7 @@ def host(args: argparse.Namespace) -> int:
             "speakers": args.speakers,
             "server_settings": args.set,
             "raw_mic": args.raw_mic,
+            "browser_nice": args.browser_nice,
             "lead_s": LEAD_S,
             "caller_voice": QUESTIONS_VOICE,
             "page_loud_threshold": LOUD,
@@ -722,6 +728,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the page's noise suppression and automatic gain unticked (both sessions)",
     )
     parser.add_argument(
+        "--browser-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run Chromium at niceness N (default 0): the server on the same cores goes first,"
+        " as if the browser were on the caller's own machine",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -742,7 +756,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BROWSER_NICE
     args = parse_args(argv)
+    BROWSER_NICE = args.browser_nice
     if args.inside:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         report = asyncio.run(

@@ -65,14 +65,28 @@ def chromium_args(mic_wav: Path, origin: str) -> list[str]:
 
 
 async def launch(
-    pw: Playwright, mic_wav: Path, origin: str, user_data_dir: Path, *, muted: bool = True
+    pw: Playwright,
+    mic_wav: Path,
+    origin: str,
+    user_data_dir: Path,
+    *,
+    muted: bool = True,
+    nice: int = 0,
 ) -> tuple[BrowserContext, Page]:
     """Chromium with a fresh profile and ``mic_wav`` as its microphone; one page. ``muted=False``
     plays the page's audio out (as through speakers): the echo canceller then has the agent's
-    voice as its far-end reference (see below)."""
+    voice as its far-end reference (see below). ``nice``: Chromium runs at that niceness (a
+    benchmark's way to let the server on the same cores go first, as if the browser were on
+    the caller's own machine)."""
+    executable = CHROMIUM
+    if nice:
+        wrapper = user_data_dir.parent / f"{user_data_dir.name}-chromium.sh"
+        wrapper.write_text(f'#!/bin/sh\nexec nice -n {int(nice)} {CHROMIUM} "$@"\n')
+        wrapper.chmod(0o755)
+        executable = str(wrapper)
     context = await pw.chromium.launch_persistent_context(
         str(user_data_dir),
-        executable_path=CHROMIUM,
+        executable_path=executable,
         headless=True,
         args=chromium_args(mic_wav, origin),
         ignore_default_args=[] if muted else ["--mute-audio"],
