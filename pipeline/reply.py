@@ -76,6 +76,10 @@ class ReplySettings:
     """When the audio made so far has less than this left to play and no piece boundary has
     come (the model writes slower than the voice speaks, or a run with no boundary at all), the
     complete words pending go to TTS now rather than the listener hearing silence (0 = off)."""
+    starved_cut_behind: bool = False
+    """Cut even while the synthesizer is behind (other syntheses already due wait for it): the
+    piece would only wait behind them, while more words come that could have gone with it, and
+    each cut is one more synthesis for cores that have none to spare."""
 
 
 class Reply:
@@ -211,13 +215,16 @@ class Reply:
         await clauses.put(None)
 
     def _starving(self, clauses: asyncio.Queue[str | None]) -> bool:
-        """The listener hears this reply and will soon run out of it: nothing is waiting for
-        or in the synthesizer, and what it made has under ``starved_cut_ms`` left to play."""
+        """The listener hears this reply and will soon run out of it: nothing of it is waiting
+        for or in the synthesizer, the synthesizer is not behind (``starved_cut_behind``), and
+        what it made has under ``starved_cut_ms`` left to play."""
         margin = self._settings.starved_cut_ms
         playout = self.playout
         if margin <= 0 or not self.output_started or playout.paused or playout.stopped:
             return False
         if self._synthesizing or not clauses.empty():
+            return False
+        if not self._settings.starved_cut_behind and self._tts.overdue():
             return False
         return (self._made - playout.played_samples()) * 1000 < margin * self._rate
 

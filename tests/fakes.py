@@ -131,6 +131,11 @@ class ToneTts:
         """(text, voice, speed) of each synthesis."""
         self.dues: list[float | None] = []
         """When each synthesis said its audio was needed."""
+        self.behind = 0
+        """What :meth:`overdue` says: other syntheses already due that wait."""
+
+    def overdue(self) -> int:
+        return self.behind
 
     async def synthesize(
         self, text: str, *, speed: float = 1.0, voice: str | None = None, due: float | None = None

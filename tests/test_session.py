@@ -551,6 +551,9 @@ class _StuckTts:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
+    def overdue(self) -> int:
+        return 0
+
 
 async def test_timeouts_run_on_the_sessions_clock() -> None:
     """A TTS that never answers fails the reply after ``tts_timeout`` of *virtual* time, and a

@@ -38,17 +38,31 @@ class SlowLlm:
         yield StreamEnd("stop", 0, len(self.tokens))
 
 
-async def _speak(llm: object, starved_cut_ms: int, clock: VirtualClock) -> tuple[ToneTts, float]:
+async def _speak(
+    llm: object,
+    starved_cut_ms: int,
+    clock: VirtualClock,
+    *,
+    behind: int = 0,
+    even_behind: bool = False,
+) -> tuple[ToneTts, float]:
     """Run one reply; return the synthesizer (what it was asked to say) and the longest
-    silence between two of the reply's frames once it has begun (seconds)."""
+    silence between two of the reply's frames once it has begun (seconds). ``behind``: what
+    the synthesizer says of other callers' due syntheses waiting for it."""
     tts = ToneTts(ms_per_word=200)
+    tts.behind = behind
     sent: list[float] = []
+    settings = ReplySettings(
+        trim_leading_silence=False,
+        starved_cut_ms=starved_cut_ms,
+        starved_cut_behind=even_behind,
+    )
     reply = Reply(
         llm=llm,  # type: ignore[arg-type]
         tts=tts,
         messages=[],
         generation=GenerationOptions(),
-        settings=ReplySettings(trim_leading_silence=False, starved_cut_ms=starved_cut_ms),
+        settings=settings,
         clock=clock,
         output_rate=RATE,
         on_audio=lambda frame: sent.append(clock.now()),
@@ -105,6 +119,22 @@ async def test_a_model_ahead_of_speech_is_cut_at_its_boundaries_only() -> None:
     clock = VirtualClock()
     plain, _ = await _speak(Scripted(SENTENCE), 0, clock)
     assert cut.texts == plain.texts
+
+
+async def test_no_cut_while_the_synthesizer_is_behind_unless_asked() -> None:
+    """Other callers' syntheses already due wait for the synthesizer: a cut piece would wait
+    behind them while more words come, so the reply waits for its boundary as without the
+    cut; ``starved_cut_behind`` cuts anyway."""
+    clock = VirtualClock()
+    plain, _ = await _speak(SlowLlm(clock, _words(SENTENCE), 0.25), 0, clock)
+    clock = VirtualClock()
+    held, _ = await _speak(SlowLlm(clock, _words(SENTENCE), 0.25), 250, clock, behind=2)
+    clock = VirtualClock()
+    cut, _ = await _speak(
+        SlowLlm(clock, _words(SENTENCE), 0.25), 250, clock, behind=2, even_behind=True
+    )
+    assert held.texts == plain.texts
+    assert len(cut.texts) > len(plain.texts) + 3, cut.texts
 
 
 def test_take_words_hands_out_complete_words_or_a_long_run() -> None:

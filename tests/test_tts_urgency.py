@@ -165,6 +165,9 @@ class OneAtATime:
             asyncio.get_running_loop().create_task(self._work())
         return await done
 
+    def overdue(self) -> int:
+        return self._queue.overdue(self.clock.now())
+
     async def _work(self) -> None:
         while (job := self._queue.pop()) is not None:
             text, done = job
@@ -304,6 +307,42 @@ def test_the_soonest_job_not_due_yet() -> None:
     assert queue.pop_after(2.0) == "c" and queue.pop_after(4.5) == "e"
     assert queue.pop_after(9.0) is None
     assert [queue.pop() for _ in range(3)] == ["now", "a", "d"] and len(queue) == 0
+
+
+async def test_the_pool_is_behind_while_a_due_job_waits_for_a_worker() -> None:
+    """``overdue``: what the starved-reply cut asks before adding one more synthesis."""
+    queue: UrgentQueue[str] = UrgentQueue(8)
+    for due, job in [(5.0, "e"), (1.0, "a"), (None, "now")]:
+        queue.push(due, job)
+    assert [queue.overdue(t) for t in (0.0, 1.0, 9.0)] == [1, 2, 3]
+    now = 100.0
+    pool = UrgentThreads("tts", 1, now=lambda: now)
+    gate, busy = threading.Event(), threading.Event()
+
+    def job(name: str, block: bool = False) -> str:
+        if block:
+            busy.set()
+            gate.wait(timeout=60)
+        return name
+
+    try:
+        running = pool.submit(100.0, job, "running", True)
+        assert await asyncio.to_thread(busy.wait, 30)
+        assert pool.overdue() == 0  # started: not waiting
+        later = pool.submit(200.0, job, "later")
+        assert pool.overdue() == 0  # waits, but is not needed yet
+        due = pool.submit(90.0, job, "due")
+        assert pool.overdue() == 1
+        gate.set()
+        assert await asyncio.wait_for(asyncio.gather(running, due, later), 30) == [
+            "running",
+            "due",
+            "later",
+        ]
+        assert pool.overdue() == 0
+    finally:
+        gate.set()
+        pool.shutdown()
 
 
 # ------------------------------------------------------------------ the real engine

@@ -495,6 +495,11 @@ class PipelineConfig:
         " complete words go to TTS now instead of the caller hearing silence (0 = off).",
         _REPLY.starved_cut_ms,
     )
+    starved_cut_behind: bool = doc(
+        "Make that cut even while the synthesizer is behind (other callers' syntheses already"
+        " due wait for it): the piece would wait behind them while more words come.",
+        _REPLY.starved_cut_behind,
+    )
     trim_leading_silence: bool = doc(
         "Drop the quiet start of a reply's first synthesized piece (Piper begins with 30-60 ms of"
         " near-silence), so the first sound leaves at once.",

@@ -206,6 +206,7 @@ class VoiceServer:
                 min_clause_chars=p.min_clause_chars,
                 first_clause_words=p.first_clause_words,
                 starved_cut_ms=p.starved_cut_ms,
+                starved_cut_behind=p.starved_cut_behind,
                 trim_leading_silence=p.trim_leading_silence,
                 tts_timeout=self.config.tts.timeout,
             ),

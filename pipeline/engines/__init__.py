@@ -126,6 +126,11 @@ class SpeechSynthesizer(Protocol):
         sessions serves the most urgent first, ``None``: at once. Cancel-safe."""
         ...
 
+    def overdue(self) -> int:
+        """Syntheses already due that wait for the engine (every session's): it is behind,
+        and a synthesis asked for now waits. 0 for an engine that starts each at once."""
+        ...
+
 
 @dataclass(slots=True)
 class Engines:

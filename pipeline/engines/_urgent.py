@@ -68,6 +68,10 @@ class UrgentQueue(Generic[J]):
         self._seq += 1
         heapq.heappush(self._heap, (float("-inf") if due is None else due, self._seq, job))
 
+    def overdue(self, now: float) -> int:
+        """Jobs waiting that were due at ``now`` or before (``None`` counts: due at once)."""
+        return sum(1 for entry in self._heap if entry[0] <= now)
+
     def next_due(self) -> float | None:
         """The due time of the job :meth:`pop` would return; ``None`` when nothing waits."""
         return self._heap[0][0] if self._heap else None
@@ -147,6 +151,11 @@ class UrgentThreads:
         """Jobs waiting to start."""
         with self._lock:
             return len(self._queue)
+
+    def overdue(self) -> int:
+        """Jobs already due that wait to start: the pool is behind."""
+        with self._lock:
+            return self._queue.overdue(self._now())
 
     def submit(self, due: float | None, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue ``fn(*args)``, needed at ``due``; its result arrives in the returned future.

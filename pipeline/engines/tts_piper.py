@@ -121,6 +121,10 @@ class PiperTts:
             due, functools.partial(self.synthesize_blocking, text, speed=speed, voice=voice)
         )
 
+    def overdue(self) -> int:
+        """See :class:`~pipeline.engines.SpeechSynthesizer`."""
+        return self._threads.overdue()
+
     def close(self) -> None:
         """Stop the workers, waiting a bounded time for the syntheses in progress."""
         self._threads.shutdown(wait_s=CLOSE_WAIT_S)
