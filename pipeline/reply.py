@@ -224,9 +224,9 @@ class Reply:
             return False
         if self._synthesizing or not clauses.empty():
             return False
-        if not self._settings.starved_cut_behind and self._tts.overdue():
+        if (self._made - playout.played_samples()) * 1000 >= margin * self._rate:
             return False
-        return (self._made - playout.played_samples()) * 1000 < margin * self._rate
+        return self._settings.starved_cut_behind or not self._tts.overdue()  # (takes a lock)
 
     async def _text_only(self, delta: str) -> None:
         """``output_modalities: ["text"]``: the words go out as they come, nothing is spoken."""
