@@ -59,6 +59,9 @@ DEFAULT_PAUSE_S = 40.0
 """After each question: the page's reply, then the WebSocket caller's turn (question and
 reply), must fit before the next question."""
 LOUD = 0.015
+CLEAR_S = 2.0
+"""The WebSocket caller's reply still going this long before the page's next question is
+cancelled: each caller's question meets a server that is not busy with the other's reply."""
 log = logging.getLogger("benchmarks.webrtc_latency")
 BROWSER_NICE = 0
 """Chromium's niceness (``--browser-nice``)."""
@@ -402,17 +405,28 @@ def paired(rtc: list[dict[str, Any]], ws: list[dict[str, Any]]) -> dict[str, Any
     voice-to-voice difference and each server stage's, so that a gap can be told apart into the
     page's own path and the server answering it later (both conversations share the server)."""
     by_index = {r["index"]: r for r in ws if not r.get("missed")}
+    overlapped = {r["index"] + 1 for r in ws if r.get("overlapped_page_question")}
     pairs = [
         (t, by_index[t["index"]])
         for t in rtc
         if t["page_voice_to_voice_ms"] is not None and t["index"] in by_index
     ]
+    # a question that met the other caller's reply still being made is left out (the load
+    # differs): the page's question k after WebSocket turn k - 1 ran into it, the WebSocket's
+    # question k asked before the page's reply k was over
+    loaded = [
+        t["index"]
+        for t, w in pairs
+        if t["index"] in overlapped or not w.get("after_page_reply", True)
+    ]
+    pairs = [(t, w) for t, w in pairs if t["index"] not in loaded]
 
     def diff(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
 
     return {
         "questions": len(pairs),
+        "left_out": loaded,
         "voice_to_voice_ms": describe(
             diff(t["page_voice_to_voice_ms"], w["voice_to_voice_ms"]) for t, w in pairs
         ),
@@ -433,8 +447,11 @@ async def websocket_between(
 ) -> list[dict[str, Any]]:
     """The same questions through ``/v1/realtime``, one session through the ``openai`` SDK,
     question k in the pause after the page's question k: once the page's reply to it is over
-    (or 0.4 ``pause_s`` after the question, if it never is). Each record says where in the
-    page's timeline it ran (``page_ms``) and whether it ran into the page's next question."""
+    (or 0.4 ``pause_s`` after the question, if it never is), its own reply cancelled if still
+    going ``CLEAR_S`` before the page's next question. Each record says where in the page's
+    timeline it ran (``page_ms``), whether the page's reply was over when it began
+    (``after_page_reply``), whether it was cut for the page's next question
+    (``cut_for_page_question``) and whether it ran into it all the same."""
     from tests.browser.page import wait_for
 
     timing = Timing(turn_timeout_s=TURN_TIMEOUT_S, metrics_grace_s=METRICS_GRACE_S)
@@ -442,36 +459,66 @@ async def websocket_between(
     starts = [s * 1000 for s in mic["speech_s"]]
     deadline = time.perf_counter() + LEAD_S + len(ends) * (pause_s + 10 + TURN_BUDGET_S)
     spans: list[list[float]] = []
+    over: list[bool] = []
+    cut: set[int] = set()
+    calls: list[Any] = []
+    clear: asyncio.Task[None] | None = None
+
+    def opener(protocol: str, to: str) -> Any:
+        call = open_sdk_call(protocol, to)
+        calls.append(call)
+        return call
+
+    async def clear_for(k: int) -> None:
+        """Cancel turn ``k``'s reply if it is still going ``CLEAR_S`` before question k + 1."""
+        wait_ms = starts[k + 1] - CLEAR_S * 1000 - await page.evaluate(PAGE_TIME)
+        await asyncio.sleep(max(0.0, wait_ms / 1000))
+        if len(spans) == k + 1 and len(spans[k]) == 1:  # turn k is not over
+            cut.add(k)
+            await calls[-1].cancel_reply()
 
     async def before_turn(k: int) -> None:
+        nonlocal clear
+        if clear is not None:
+            clear.cancel()
         if spans:
             spans[-1].append(await page.evaluate(PAGE_TIME))
-        await wait_for(
+        how = await wait_for(
             page,
             f"""([k, end, late]) => {{
                 const now = {PAGE_TIME}, t = voiceClient.turns[k];
-                return now > late || (now > end && t && t.status !== 'in_progress' && t.metrics);
+                if (now > end && t && t.status !== 'in_progress' && t.metrics) return 'over';
+                return now > late ? 'late' : false;
             }}""",
             ends[k] / 1000 + pause_s + 120,
             [k, ends[k] + 500, ends[k] + pause_s * 400],
         )
+        over.append(how == "over")
         spans.append([await page.evaluate(PAGE_TIME)])
+        if k + 1 < len(starts):
+            clear = asyncio.create_task(clear_for(k))
 
-    records, _ = await run_conversation(
-        REALTIME,
-        url,
-        asked,
-        timing,
-        deadline,
-        lambda rec: None,
-        {},
-        opener=open_sdk_call,
-        before_turn=before_turn,
-    )
+    try:
+        records, _ = await run_conversation(
+            REALTIME,
+            url,
+            asked,
+            timing,
+            deadline,
+            lambda rec: None,
+            {},
+            opener=opener,
+            before_turn=before_turn,
+        )
+    finally:
+        if clear is not None:
+            clear.cancel()
     if spans and len(spans[-1]) == 1:
         spans[-1].append(await page.evaluate(PAGE_TIME))
     for k, (rec, span) in enumerate(zip(records, spans, strict=False)):
         rec["page_ms"] = [round(x) for x in span]
+        rec["after_page_reply"] = over[k]
+        rec["cut_for_page_question"] = k in cut
         rec["overlapped_page_question"] = k + 1 < len(starts) and span[-1] > starts[k + 1]
     return records
 
@@ -535,6 +582,8 @@ async def inside(
                 "interleaved": "each question in the pause after the page's, its call up",
                 "summary": summarize(records, REALTIME),
                 "overlapped_page_question": sum(r["overlapped_page_question"] for r in records),
+                "cut_for_page_question": sum(r["cut_for_page_question"] for r in records),
+                "before_page_reply_over": sum(not r["after_page_reply"] for r in records),
                 "turns": records,
             }
             report["page_minus_websocket"] = paired(rtc, records)
@@ -607,7 +656,13 @@ def print_summary(report: dict[str, Any]) -> None:
         f" ms, minimum {fmt(r.get('jitterBufferMinimumDelayMs'))} ms; audio per packet: the"
         f" agent's {fmt(r.get('receivedPacketMs'))} ms, the page's {fmt(r.get('sentPacketMs'))} ms"
     )
-    print(f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured):")
+    between = report["websocket"]
+    cleared = between.get("cut_for_page_question")
+    print(
+        f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured"
+        + (f", {cleared} cut {CLEAR_S:g} s before the page's next question" if cleared else "")
+        + f", {between['overlapped_page_question']} ran into it):"
+    )
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
     pm = report.get("page_minus_websocket")
@@ -617,7 +672,12 @@ def print_summary(report: dict[str, Any]) -> None:
             for name in ("turn_end", "asr_done", "llm_first_token", "first_audio_sent")
             if name in pm["stages_ms"]
         )
-        print(f"Page - WebSocket, question by question ({pm['questions']} pairs):")
+        left = pm.get("left_out") or []
+        print(
+            f"Page - WebSocket, question by question ({pm['questions']} pairs"
+            + (f"; left out, one met the other's reply: {[k + 1 for k in left]}" if left else "")
+            + "):"
+        )
         print(_line("voice-to-voice", pm["voice_to_voice_ms"]))
         print(f"  the server's stages, p50: {stages}")
     if "barge_in" in report:

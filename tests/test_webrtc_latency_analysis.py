@@ -126,3 +126,29 @@ def test_the_page_and_the_websocket_caller_are_compared_question_by_question() -
     assert out["voice_to_voice_ms"]["p50"] == 125.0  # (+50 and +200)
     assert out["stages_ms"]["turn_end"]["p50"] == 15.0  # (-20 and +50)
     assert out["stages_ms"]["asr_done"]["n"] == 0
+
+
+def test_a_question_that_met_the_other_callers_reply_is_left_out() -> None:
+    """Both callers share the server: a question asked while the other's reply is still being
+    made meets a busier server, so its pair says nothing about the path."""
+
+    def rtc(i: int) -> dict[str, Any]:
+        return {"index": i, "page_voice_to_voice_ms": 700.0 + i, "stages_ms": {}}
+
+    def ws(i: int, ran_into_next: bool = False, after_page: bool = True) -> dict[str, Any]:
+        return {
+            "index": i,
+            "voice_to_voice_ms": 600.0,
+            "stages_ms": {},
+            "overlapped_page_question": ran_into_next,
+            "after_page_reply": after_page,
+        }
+
+    page = [rtc(0), rtc(1), rtc(2), rtc(3)]
+    # WebSocket turn 0 ran into the page's question 1; its question 3 came before the page's
+    # reply 3 was over
+    websocket = [ws(0, ran_into_next=True), ws(1), ws(2), ws(3, after_page=False)]
+    out = paired(page, websocket)
+    assert out["left_out"] == [1, 3]
+    assert out["questions"] == 2
+    assert out["voice_to_voice_ms"]["p50"] == 101.0  # +100 and +102

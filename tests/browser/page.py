@@ -8,6 +8,8 @@ Used inside a network namespace (``tests/netns.py``) by ``tests/browser/scenario
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import wave
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +66,10 @@ def chromium_args(mic_wav: Path, origin: str) -> list[str]:
     ]
 
 
+def _can_drop_sys_nice() -> bool:
+    return os.geteuid() == 0 and shutil.which("setpriv") is not None
+
+
 async def launch(
     pw: Playwright,
     mic_wav: Path,
@@ -75,13 +81,19 @@ async def launch(
 ) -> tuple[BrowserContext, Page]:
     """Chromium with a fresh profile and ``mic_wav`` as its microphone; one page. ``muted=False``
     plays the page's audio out (as through speakers): the echo canceller then has the agent's
-    voice as its far-end reference (see below). ``nice``: Chromium runs at that niceness (a
-    benchmark's way to let the server on the same cores go first, as if the browser were on
-    the caller's own machine)."""
+    voice as its far-end reference (see below). ``nice``: Chromium runs at that niceness, every
+    thread of it, without the right to raise its own priority (a benchmark's way to let the
+    server on the same cores go first, as if the browser were on the caller's own machine)."""
     executable = CHROMIUM
     if nice:
+        # Run as root, Chromium would undo the niceness: it sets its threads' own priorities
+        # (nice 0, -8 for its audio and IO threads) and runs its audio threads SCHED_RR, ahead
+        # of every server thread. Without CAP_SYS_NICE (and RLIMIT_RTPRIO 0) it cannot.
+        keep_down = (
+            "setpriv --inh-caps=-sys_nice --bounding-set=-sys_nice " if _can_drop_sys_nice() else ""
+        )
         wrapper = user_data_dir.parent / f"{user_data_dir.name}-chromium.sh"
-        wrapper.write_text(f'#!/bin/sh\nexec nice -n {int(nice)} {CHROMIUM} "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec {keep_down}nice -n {int(nice)} {CHROMIUM} "$@"\n')
         wrapper.chmod(0o755)
         executable = str(wrapper)
     context = await pw.chromium.launch_persistent_context(
