@@ -135,7 +135,7 @@ def last_audible_s(audio: np.ndarray, rate: int) -> float:
 async def measure(turns: int, bit_rate: int, frame_ms: int) -> dict[str, Any]:
     config = load(env={}, overrides={"server.port": "0"})
     loaded = load_engines(config)
-    warm_up(loaded.engines)
+    warm_up(loaded.engines, config.pipeline.instructions)  # as the server does
     server = VoiceServer(config, loaded.engines)
     rendered = Renderer(REALTIME_RATE).render(questions(turns))
     records = []

@@ -283,7 +283,7 @@ async def soak(opts: SoakOptions, say: Callable[[str], None] = print) -> dict[st
         config = load(overrides=overrides)
         say("loading and warming up the models ...")
         loaded = load_engines(config)
-        warm_up(loaded.engines)
+        warm_up(loaded.engines, config.pipeline.instructions)  # as the server does
         server = VoiceServer(config, loaded.engines)
         port = await server.start("127.0.0.1", 0)
         try:

@@ -59,6 +59,10 @@ DEFAULT_PAUSE_S = 40.0
 """After each question: the page's reply, then the WebSocket caller's turn (question and
 reply), must fit before the next question."""
 LOUD = 0.015
+REPLY_TOKENS = 40
+"""The server's ``llm.max_tokens`` here (unless ``--set``): a reply of ~10 s, so that each
+caller's reply is over before the other caller's question, which then meets a server busy with
+nobody's reply (the bundled model's 120-token replies run ~30 s, into the next questions)."""
 CLEAR_S = 2.0
 """The WebSocket caller's reply still going this long before the page's next question is
 cancelled: each caller's question meets a server that is not busy with the other's reply."""
@@ -539,13 +543,17 @@ async def inside(
     from voice.server import VoiceServer
 
     # the address exists only inside the benchmark's own network namespace
-    overrides = {"server.port": "0", "server.allow_unauthenticated": "true"}
+    overrides = {
+        "server.port": "0",
+        "server.allow_unauthenticated": "true",
+        "llm.max_tokens": str(REPLY_TOKENS),
+    }
     if speakers == "no-aec":  # the server cancels the echo the page no longer does
         overrides["webrtc.echo_cancellation"] = "true"
     overrides.update(setting.split("=", 1) for setting in settings)
     config = load(overrides=overrides)
     loaded = load_engines(config)
-    warm_up(loaded.engines)
+    warm_up(loaded.engines, config.pipeline.instructions)  # as the server does
     server = VoiceServer(config, loaded.engines)
     port = await server.start(SERVER_IP, 0)
     report: dict[str, Any] = {}
@@ -740,7 +748,7 @@ def host(args: argparse.Namespace) -> int:
             "barge_ins": args.barge_ins,
             "barge_in_pause_s": BARGE_PAUSE_S,
             "speakers": args.speakers,
-            "server_settings": args.set,
+            "server_settings": [f"llm.max_tokens={REPLY_TOKENS}", *args.set],
             "raw_mic": args.raw_mic,
             "browser_nice": args.browser_nice,
             "lead_s": LEAD_S,

@@ -236,7 +236,7 @@ async def inside(count: int) -> dict[str, Any]:
     overrides = {"server.port": "0", "server.allow_unauthenticated": "true", "sip.enabled": "false"}
     config = load(overrides=overrides)
     loaded = load_engines(config)
-    warm_up(loaded.engines)
+    warm_up(loaded.engines, config.pipeline.instructions)  # as the server does
     server = VoiceServer(config, loaded.engines)
     port = await server.start(SERVER_IP, 0)
     rendered = await asyncio.to_thread(Renderer(WEBRTC_RATE).render, questions(count))
