@@ -369,6 +369,54 @@ def test_paced_tails_due_soon_share_a_step() -> None:
     assert [e.job for e in plan.step(now=0.75)] == [a, b]  # b's is due at 0.85, c's at 1.05
 
 
+def test_a_tail_yields_to_another_callers_first_words() -> None:
+    """While another caller's prompt is evaluated and their reply makes its first words, a
+    paced tail goes at ``yield_pace`` only: those steps hold fewer tokens. A tail behind even
+    that rate still goes; once the other reply is past its first words, ``pace`` again."""
+    plan = Planner(slots=2, head=2, pace=4.0, yield_pace=2.0, first_words=2)
+    tail = Job([1, 2], budget=50)
+    assert paced_tail(plan, tail, now=10.0) == []  # 4th token: due at 10.5 (11.0 yielding)
+    other = Job([5, 6], budget=50)
+    plan.add(other)
+    plan.assign()
+    # 10.5: the tail is due at its pace, but the other caller's prompt is being evaluated
+    assert [e.job for e in plan.step(now=10.5)] == [other, other]
+    plan.evaluated(plan.step(now=10.5))
+    plan.sampled(other, 7, now=10.5)
+    assert plan.wait(now=10.5) == 0.0  # the other's first words
+    assert [e.job for e in plan.step(now=10.6)] == [other]
+    plan.evaluated([Entry(other, 7, 2, True)])
+    plan.sampled(other, 7, now=10.6)
+    assert plan.wait(now=10.6) == 0.0
+    assert [e.job for e in plan.step(now=10.9)] == [tail, other]  # due within 1 / pace of 11.0
+    plan.evaluated(plan.step(now=10.9))
+    plan.sampled(tail, 7, now=10.9)
+    plan.sampled(other, 7, now=10.9)  # the other's 3rd token: past its first words
+    # the tail's 5th: due at 10.75 at its pace (yielding it would wait until 11.5)
+    assert [e.job for e in plan.step(now=10.95)] == [tail, other]
+
+
+def test_a_job_waiting_for_a_slot_does_not_hold_tails_back() -> None:
+    """With every slot busy, a waiting job needs a tail to finish: tails keep their pace."""
+    plan = Planner(slots=1, head=2, pace=4.0, yield_pace=2.0)
+    tail = Job([1, 2], budget=50)
+    paced_tail(plan, tail, now=10.0)
+    plan.add(Job([5, 6], budget=50))
+    assert plan.assign() == []
+    assert plan.wait(now=10.01) == pytest.approx(0.49)
+    assert [e.job for e in plan.step(now=10.5)] == [tail]
+
+
+def test_without_a_yield_pace_tails_keep_their_pace() -> None:
+    plan = Planner(slots=2, head=2, pace=4.0)
+    tail = Job([1, 2], budget=50)
+    paced_tail(plan, tail, now=10.0)
+    other = Job([5, 6], budget=50)
+    plan.add(other)
+    plan.assign()
+    assert [e.job for e in plan.step(now=10.5)] == [tail, other, other]
+
+
 def test_without_keeping_conversations_the_longest_prefix_wins() -> None:
     """``llm.keep_conversations`` off (for A/Bs): the slot of the conversation sharing the
     system prompt is taken, as the planner used to."""

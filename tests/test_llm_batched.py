@@ -175,7 +175,9 @@ async def test_a_prompt_gets_both_threads_only_while_nothing_else_is_on_the_cpu(
         engine.close()
 
 
-@pytest.mark.parametrize("bad", [{"first_words_chunk": -1}, {"tail_rate": -1.0}])
+@pytest.mark.parametrize(
+    "bad", [{"first_words_chunk": -1}, {"tail_rate": -1.0}, {"tail_yield_rate": -1.0}]
+)
 def test_negative_step_settings_are_refused_before_the_model_loads(bad: dict[str, Any]) -> None:
     from pipeline.errors import ConfigError
 

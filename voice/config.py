@@ -254,6 +254,13 @@ class LlmConfig:
         " recognition); text replies and tool-call arguments are never paced; 0 = off.",
         8.0,
     )
+    tail_yield_rate: float = doc(
+        "With `tail_rate`: while another caller waits for their first words (their prompt being"
+        " evaluated, or their reply's first 12 tokens), a tail goes at only this many tokens a"
+        " second (still faster than speech), so those words' steps are not lengthened by tails"
+        " far ahead of their voice; 0 = `tail_rate` throughout.",
+        5.0,
+    )
     base_url: str = doc("Endpoint for `openai`, e.g. `http://127.0.0.1:8000/v1`.", "")
     model: str = doc("Model name for `openai`.", "")
     api_key: str = doc("API key for `openai` (also read from `OPENAI_API_KEY`).", "")

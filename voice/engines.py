@@ -163,6 +163,7 @@ def _load_llm(config: Config, cpu: CpuJobs, times: dict[str, float]) -> Language
             batched = BatchedOptions(
                 parallel=c.parallel,
                 tail_rate=c.tail_rate,
+                tail_yield_rate=c.tail_yield_rate,
                 cpu=cpu,
                 batch_threads_alone=c.batch_threads_alone,
                 batch_threads_replies=c.batch_threads_replies,

@@ -42,7 +42,10 @@ and first clause) meanwhile — whether or not another reply is in progress now:
 words are still being recognized has no job here yet. ``_due()`` says when a paced reply may go
 on; a step that runs anyway takes the paced replies due within one token's time
 (``1 / pace``) along, so paced tails share steps instead of each waking the context alone.
-``pace`` 0: no pacing.
+While another caller waits for their first words (a job evaluates its prompt, or a reply is
+within its first words), a paced tail goes at only ``yield_pace`` (still
+faster than speech): a step's time grows with its tokens, so those words' steps are not made
+longer by tails far ahead of their speech. ``pace`` 0: no pacing; ``yield_pace`` 0: ``pace``.
 """
 
 from __future__ import annotations
@@ -159,11 +162,14 @@ class Planner:
         first_chunk: int = 0,
         first_words: int = FIRST_WORDS,
         shift: bool = True,
+        yield_pace: float = 0.0,
     ) -> None:
         if slots < 1 or chunk < 1:
             raise ValueError(f"slots and chunk must be at least 1, got {slots}, {chunk}")
-        if head < 0 or pace < 0 or first_chunk < 0 or first_words < 0:
-            raise ValueError("head, pace, first_chunk and first_words must not be negative")
+        if head < 0 or pace < 0 or first_chunk < 0 or first_words < 0 or yield_pace < 0:
+            raise ValueError(
+                "head, pace, first_chunk, first_words and yield_pace must not be negative"
+            )
         self.chunk = chunk
         self.first_chunk = first_chunk
         """While a reply is within its ``first_words`` tokens, a step evaluates at most this
@@ -171,6 +177,8 @@ class Planner:
         self.first_words = first_words
         self.head = head
         self.pace = pace
+        self.yield_pace = min(yield_pace, pace) if yield_pace > 0 else pace
+        """A paced tail's rate while another caller waits for their first words."""
         self.keep = keep
         """Choose slots by what they would lose (else: longest prefix, least recently used)."""
         self.shift = shift
@@ -297,9 +305,10 @@ class Planner:
         whole prompt at every one of them."""
         entries: list[Entry] = []
         along = now + (1.0 / self.pace if self.pace > 0 else 0.0)  # due soon: share this step
+        pace = self.yield_pace if self._awaited() else self.pace
         room = self.chunk
         for job in self._running:
-            if not job.prefilling and job.next_token is not None and self._due(job) <= along:
+            if not job.prefilling and job.next_token is not None and self._due(job, pace) <= along:
                 pos = len(self._slots[_slot(job)].tokens)
                 entries.append(Entry(job, job.next_token, pos, True))
                 if self.first_chunk and job.generated <= self.first_words:
@@ -337,16 +346,33 @@ class Planner:
             return 0.0
         if any(j.prefilling for j in self._running):
             return 0.0
-        due = [self._due(j) for j in self._running if j.next_token is not None]
+        pace = self.yield_pace if self._awaited() else self.pace  # as ``step`` will
+        due = [self._due(j, pace) for j in self._running if j.next_token is not None]
         return max(0.0, min(due) - now) if due else None
 
-    def _due(self, job: Job) -> float:
+    def _due(self, job: Job, pace: float | None = None) -> float:
         """When ``job`` may evaluate its next token: at once within its head, then at
         ``pace`` tokens a second from its first token (a reply not read aloud, or a tool
         call's arguments, are never held back)."""
-        if self.pace <= 0 or not job.paced or job.generated <= self.head or job.first_at is None:
+        pace = self.pace if pace is None else pace
+        if pace <= 0 or not job.paced or job.generated <= self.head or job.first_at is None:
             return float("-inf")
-        return job.first_at + (job.generated - self.head) / self.pace
+        return job.first_at + (job.generated - self.head) / pace
+
+    def _paced(self, job: Job) -> bool:
+        return self._due(job) != float("-inf")
+
+    def _awaited(self) -> bool:
+        """Another caller waits for their first words: a job evaluates its prompt, or a reply
+        is within its first words (not a job waiting for a slot: a tail held back would only
+        free its slot later)."""
+        if self.yield_pace == self.pace:
+            return False
+        return any(
+            job.prefilling
+            or (job.budget > 0 and job.generated <= self.first_words and not self._paced(job))
+            for job in self._running
+        )
 
     def finish(self, job: Job) -> None:
         """``job`` is done; its slot keeps what it evaluated."""

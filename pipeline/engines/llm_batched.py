@@ -77,6 +77,8 @@ class BatchedOptions:
     tail_rate: float = 0.0
     """Tokens a second the tail of a reply read aloud is paced at (speech is 3-4): the cores it
     leaves go to other callers' first words. 0: as fast as possible."""
+    tail_yield_rate: float = 0.0
+    """The tail's rate while another caller waits for their first words (0: ``tail_rate``)."""
     cpu: CpuJobs | None = None
     """Shared with the other engines: a step counts as a job on the CPU."""
     batch_threads_replies: bool = True
@@ -121,8 +123,10 @@ class BatchedLlm(LlamaLlm):
         batched = batched or BatchedOptions()
         if batched.parallel < 1 or batched.chunk < 1:
             raise ConfigError("llm.parallel must be at least 1")
-        if batched.first_words_chunk < 0 or batched.tail_rate < 0:
-            raise ConfigError("llm.first_words_chunk and llm.tail_rate must not be negative")
+        if min(batched.first_words_chunk, batched.tail_rate, batched.tail_yield_rate) < 0:
+            raise ConfigError(
+                "llm.first_words_chunk, llm.tail_rate and llm.tail_yield_rate must not be negative"
+            )
         self.batched = batched
         super().__init__(options)
         self._threads = EngineThreads("llm", batched.parallel + 2)
@@ -335,6 +339,7 @@ class _Worker:
             batched.chunk,
             head=batched.head_tokens,
             pace=batched.tail_rate,
+            yield_pace=batched.tail_yield_rate,
             keep=batched.keep_conversations,
             first_chunk=batched.first_words_chunk,
             shift=bool(llama_cpp.llama_memory_can_shift(self._memory)),
