@@ -43,9 +43,9 @@ words are still being recognized has no job here yet. ``_due()`` says when a pac
 on; a step that runs anyway takes the paced replies due within one token's time
 (``1 / pace``) along, so paced tails share steps instead of each waking the context alone.
 While another caller waits for their first words (a job evaluates its prompt, or a reply is
-within its first words), a paced tail goes at only ``yield_pace`` (still
-faster than speech): a step's time grows with its tokens, so those words' steps are not made
-longer by tails far ahead of their speech. ``pace`` 0: no pacing; ``yield_pace`` 0: ``pace``.
+within its first words), a paced tail goes at only ``yield_pace`` (still faster than speech): a
+step's time grows with its tokens, so those words' steps are not made longer by tails far ahead
+of their speech. ``pace`` 0: no pacing; ``yield_pace`` 0: ``pace``.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ class Planner:
         whole prompt at every one of them."""
         entries: list[Entry] = []
         along = now + (1.0 / self.pace if self.pace > 0 else 0.0)  # due soon: share this step
-        pace = self.yield_pace if self._awaited() else self.pace
+        pace = self._pace_now()
         room = self.chunk
         for job in self._running:
             if not job.prefilling and job.next_token is not None and self._due(job, pace) <= along:
@@ -346,7 +346,7 @@ class Planner:
             return 0.0
         if any(j.prefilling for j in self._running):
             return 0.0
-        pace = self.yield_pace if self._awaited() else self.pace  # as ``step`` will
+        pace = self._pace_now()  # as ``step`` will
         due = [self._due(j, pace) for j in self._running if j.next_token is not None]
         return max(0.0, min(due) - now) if due else None
 
@@ -358,6 +358,10 @@ class Planner:
         if pace <= 0 or not job.paced or job.generated <= self.head or job.first_at is None:
             return float("-inf")
         return job.first_at + (job.generated - self.head) / pace
+
+    def _pace_now(self) -> float:
+        """The tails' rate for the next step."""
+        return self.yield_pace if self._awaited() else self.pace
 
     def _paced(self, job: Job) -> bool:
         return self._due(job) != float("-inf")
