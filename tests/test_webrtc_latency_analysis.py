@@ -1,7 +1,8 @@
-"""The browser benchmark's reading of its runs (``benchmarks/webrtc_latency.py``): the page's
-path split at the server; in a barge-in run, where the caller starts to speak on the page's level
-timeline, and what became of each cut-in: the story it cut short, a story already over (nothing
-to interrupt), or a story that played on over it. Page data made by hand; no browser."""
+"""The browser benchmark's reading of its runs (``benchmarks/webrtc_latency_analysis.py``): the
+page's path split at the server; the page against the WebSocket caller question by question; in a
+barge-in run, where the caller starts to speak on the page's level timeline, and what became of
+each cut-in: the story it cut short, a story already over (nothing to interrupt), or a story that
+played on over it. Page data made by hand; no browser."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.webrtc_latency import (
+from benchmarks.webrtc_latency_analysis import (
     REACTION_MS,
     cut_in_outcomes,
     page_path,
@@ -152,3 +153,15 @@ def test_a_question_that_met_the_other_callers_reply_is_left_out() -> None:
     assert out["left_out"] == [1, 3]
     assert out["questions"] == 2
     assert out["voice_to_voice_ms"]["p50"] == 101.0  # +100 and +102
+    assert out["outside_server_ms"]["n"] == 0  # no server stages in these records
+
+
+def test_the_pages_own_path_is_told_apart_from_the_servers_stages() -> None:
+    """The server answered the page 60 ms later (its reply began with a longer clause): of
+    the +90 ms between the callers, 30 is the page's own path."""
+    page = [{"index": 0, "page_voice_to_voice_ms": 900.0, "stages_ms": {"first_audio_sent": 840.0}}]
+    websocket = [{"index": 0, "voice_to_voice_ms": 810.0, "stages_ms": {"first_audio_sent": 780.0}}]
+    out = paired(page, websocket)
+    assert out["voice_to_voice_ms"]["p50"] == 90.0
+    assert out["stages_ms"]["first_audio_sent"]["p50"] == 60.0
+    assert out["outside_server_ms"]["p50"] == 30.0
