@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.webrtc_latency import utterance_onsets
+from benchmarks.webrtc_latency_analysis import utterance_onsets
 from tests import netns
 from tests.browser.page import CHROMIUM
 
