@@ -15,7 +15,8 @@ page's question k, once the page's reply is over, while the same browser is open
 up, so both callers meet the same load.
 
 Both run against one in-process server inside a private network namespace
-(``tests/netns.py``: WebRTC's ICE needs a real interface, loopback does not do).
+(``tests/netns.py``: WebRTC's ICE needs a real interface, loopback does not do). What the run
+recorded is read in ``webrtc_latency_analysis.py`` (the page's turns, the pairs, the cut-ins).
 
     python -m benchmarks.webrtc_latency [--turns K] [--pause S] [--barge-ins N] [--out DIR]
 
