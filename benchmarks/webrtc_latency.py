@@ -347,6 +347,49 @@ async def websocket_between(
     return records
 
 
+def server_overrides(speakers: str, settings: list[str]) -> dict[str, str]:
+    """The benchmark's server settings, then ``--set``'s."""
+    # the address exists only inside the benchmark's own network namespace
+    overrides = {
+        "server.port": "0",
+        "server.allow_unauthenticated": "true",
+        "llm.max_tokens": str(REPLY_TOKENS),
+    }
+    if speakers == "no-aec":  # the server cancels the echo the page no longer does
+        overrides["webrtc.echo_cancellation"] = "true"
+    overrides.update(setting.split("=", 1) for setting in settings)
+    return overrides
+
+
+def questions_report(
+    texts: list[str], session: dict[str, Any], took_s: float
+) -> dict[str, dict[str, Any]]:
+    """The questions' part of the report: the page's turns, the WebSocket caller's, the pairs."""
+    page, records = session["page"], session["between"]
+    rtc = webrtc_turns(texts, page)
+    return {
+        "webrtc": {
+            "took_s": round(took_s, 1),
+            "summary": webrtc_summary(rtc, len(texts)),
+            "turns": rtc,
+            "user_transcripts": page["user"],
+            "errors": page["errors"],
+            "local_candidates": page["localCandidates"],
+            "jitter_buffer_target_ms": page.get("jitterBufferTarget"),
+            "receiver": page["receiver"],
+        },
+        "websocket": {
+            "interleaved": "each question in the pause after the page's, its call up",
+            "summary": summarize(records, REALTIME),
+            "overlapped_page_question": sum(r["overlapped_page_question"] for r in records),
+            "cut_for_page_question": sum(r["cut_for_page_question"] for r in records),
+            "before_page_reply_over": sum(not r["after_page_reply"] for r in records),
+            "turns": records,
+        },
+        "page_minus_websocket": paired(rtc, records),
+    }
+
+
 async def inside(
     turns: int,
     pause_s: float,
@@ -362,16 +405,7 @@ async def inside(
     from voice.engines import close_engines, load_engines, warm_up
     from voice.server import VoiceServer
 
-    # the address exists only inside the benchmark's own network namespace
-    overrides = {
-        "server.port": "0",
-        "server.allow_unauthenticated": "true",
-        "llm.max_tokens": str(REPLY_TOKENS),
-    }
-    if speakers == "no-aec":  # the server cancels the echo the page no longer does
-        overrides["webrtc.echo_cancellation"] = "true"
-    overrides.update(setting.split("=", 1) for setting in settings)
-    config = load(overrides=overrides)
+    config = load(overrides=server_overrides(speakers, settings))
     loaded = load_engines(config)
     warm_up(loaded.engines, config.pipeline.instructions)  # as the server does
     server = VoiceServer(config, loaded.engines)
@@ -394,27 +428,7 @@ async def inside(
                 lambda page, mic: websocket_between(page, url, on_ws, mic, pause_s),
                 raw_mic,
             )
-            rtc = webrtc_turns(texts, session["page"])
-            report["webrtc"] = {
-                "took_s": round(time.perf_counter() - began, 1),
-                "summary": webrtc_summary(rtc, len(texts)),
-                "turns": rtc,
-                "user_transcripts": session["page"]["user"],
-                "errors": session["page"]["errors"],
-                "local_candidates": session["page"]["localCandidates"],
-                "jitter_buffer_target_ms": session["page"].get("jitterBufferTarget"),
-                "receiver": session["page"]["receiver"],
-            }
-            records = session["between"]
-            report["websocket"] = {
-                "interleaved": "each question in the pause after the page's, its call up",
-                "summary": summarize(records, REALTIME),
-                "overlapped_page_question": sum(r["overlapped_page_question"] for r in records),
-                "cut_for_page_question": sum(r["cut_for_page_question"] for r in records),
-                "before_page_reply_over": sum(not r["after_page_reply"] for r in records),
-                "turns": records,
-            }
-            report["page_minus_websocket"] = paired(rtc, records)
+            report.update(questions_report(texts, session, time.perf_counter() - began))
         if barge_ins:
             print(f"Barge-in: {barge_ins} cut-ins over the agent's stories ...", flush=True)
             began = time.perf_counter()
@@ -460,31 +474,44 @@ def _line(name: str, stats: dict[str, Any]) -> str:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    rtc, ws = report["webrtc"]["summary"], report["websocket"]["summary"]
     for t in report["webrtc"]["turns"]:
         server = t["stages_ms"].get("first_audio_sent")
         print(
             f"WebRTC turn {t['index'] + 1}: page {fmt(t['page_voice_to_voice_ms'])} ms,"
             f" server {fmt(server)} ms ({t['status']})  heard: {t['user_transcript']!r}"
         )
+    m = report["machine"]
     print("\n== voice-to-voice latency: WebRTC in Chromium, beside the WebSocket ==")
     print(f"machine: {m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['platform']},")
     print(f"         Python {m['python']}, {report['settings']['chromium']}")
+    _print_webrtc(report["webrtc"])
+    _print_websocket(report["websocket"])
+    pm = report.get("page_minus_websocket")
+    if pm:  # (runs before 2026-12-02 have none)
+        _print_pairs(pm)
+    if "barge_in" in report:
+        _print_barge_in(report["barge_in"]["summary"])
+
+
+def _print_webrtc(webrtc: dict[str, Any]) -> None:
+    rtc = webrtc["summary"]
     cut = rtc["cut_by_next_question"]
     print(f"WebRTC ({rtc['measured']}/{rtc['questions']} turns measured, {cut} cut by the next):")
     print(_line("page: last speech frame sent -> first agent sound", rtc["page_voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", rtc["stages_ms"]["first_audio_sent"]))
     print(_line("page uplink: last speech -> the server's end of speech", rtc["page_uplink_ms"]))
     print(_line("page downlink: output_audio_buffer.started -> sound", rtc["page_downlink_ms"]))
-    r = report["webrtc"].get("receiver") or {}
+    r = webrtc.get("receiver") or {}
     print(
         "  Chromium's jitter buffer for the agent's track (mean per sample): delay"
         f" {fmt(r.get('jitterBufferDelayMs'))} ms, target {fmt(r.get('jitterBufferTargetDelayMs'))}"
         f" ms, minimum {fmt(r.get('jitterBufferMinimumDelayMs'))} ms; audio per packet: the"
         f" agent's {fmt(r.get('receivedPacketMs'))} ms, the page's {fmt(r.get('sentPacketMs'))} ms"
     )
-    between = report["websocket"]
+
+
+def _print_websocket(between: dict[str, Any]) -> None:
+    ws = between["summary"]
     cleared = between.get("cut_for_page_question")
     print(
         f"WebSocket ({ws['turns'] - ws['missed']}/{ws['turns']} turns measured"
@@ -493,42 +520,34 @@ def print_summary(report: dict[str, Any]) -> None:
     )
     print(_line("client: last speech chunk sent -> first audible delta", ws["voice_to_voice_ms"]))
     print(_line("server: first_audio_sent", ws["stages_ms"].get("first_audio_sent", {})))
-    pm = report.get("page_minus_websocket")
-    if pm:  # (runs before 2026-12-02 have none)
-        stages = ", ".join(
-            f"{name} {fmt(pm['stages_ms'][name]['p50'])}"
-            for name in ("turn_end", "asr_done", "llm_first_token", "first_audio_sent")
-            if name in pm["stages_ms"]
-        )
-        left = pm.get("left_out") or []
-        print(
-            f"Page - WebSocket, question by question ({pm['questions']} pairs"
-            + (f"; left out, one met the other's reply: {[k + 1 for k in left]}" if left else "")
-            + "):"
-        )
-        print(_line("voice-to-voice", pm["voice_to_voice_ms"]))
-        if "outside_server_ms" in pm:  # (runs before 2026-12-03 afternoon have none)
-            print(_line("outside the server (v2v - first_audio_sent)", pm["outside_server_ms"]))
-        print(f"  the server's stages, p50: {stages}")
-    if "barge_in" in report:
-        b = report["barge_in"]["summary"]
-        print(
-            f"Barge-in ({b['measured']}/{b['cut_ins']} cut-ins measured, {b['step_ms']} ms steps):"
-        )
-        print(f"  cut-ins: {b['outcomes']}")
-        print(f"  agent held {b['holds']} times, {b['resumed_holds']} resumed (not a cut-in)")
-        print(
-            _line(
-                "page: caller's speech -> agent audibly stops",
-                b["agent_audibly_stopped_after_cut_in_ms"],
-            )
-        )
-        print(
-            _line(
-                "page: caller's speech -> output_audio_buffer.cleared",
-                b["server_cleared_after_cut_in_ms"],
-            )
-        )
+
+
+def _print_pairs(pm: dict[str, Any]) -> None:
+    stages = ", ".join(
+        f"{name} {fmt(pm['stages_ms'][name]['p50'])}"
+        for name in ("turn_end", "asr_done", "llm_first_token", "first_audio_sent")
+        if name in pm["stages_ms"]
+    )
+    left = pm.get("left_out") or []
+    print(
+        f"Page - WebSocket, question by question ({pm['questions']} pairs"
+        + (f"; left out, one met the other's reply: {[k + 1 for k in left]}" if left else "")
+        + "):"
+    )
+    print(_line("voice-to-voice", pm["voice_to_voice_ms"]))
+    if "outside_server_ms" in pm:  # (runs before 2026-12-03 afternoon have none)
+        print(_line("outside the server (v2v - first_audio_sent)", pm["outside_server_ms"]))
+    print(f"  the server's stages, p50: {stages}")
+
+
+def _print_barge_in(b: dict[str, Any]) -> None:
+    print(f"Barge-in ({b['measured']}/{b['cut_ins']} cut-ins measured, {b['step_ms']} ms steps):")
+    print(f"  cut-ins: {b['outcomes']}")
+    print(f"  agent held {b['holds']} times, {b['resumed_holds']} resumed (not a cut-in)")
+    stopped = b["agent_audibly_stopped_after_cut_in_ms"]
+    print(_line("page: caller's speech -> agent audibly stops", stopped))
+    cleared = b["server_cleared_after_cut_in_ms"]
+    print(_line("page: caller's speech -> output_audio_buffer.cleared", cleared))
 
 
 def host(args: argparse.Namespace) -> int:
