@@ -15,6 +15,7 @@ from typing import Any
 
 from .audio import CHUNK_MS, LOUD
 from .clients import REALTIME_RATE, TWILIO_RATE, WEBRTC_RATE, CallOpener
+from .cpu import level_cpu, sample
 from .echo import EchoPath
 from .machine import machine_info, usable_cores
 from .report import format_turn
@@ -192,6 +193,8 @@ async def _run_levels(
         rest = await asyncio.to_thread(server.rss_mb) if server is not None else None
         peak = [rest or 0.0]
         sampler = asyncio.create_task(_sample_rss(server, peak)) if server is not None else None
+        pid = server.proc.pid if server is not None else None
+        cpu_start, started = await asyncio.to_thread(sample, pid), _now()
         try:
             records, time_up = await run_level(
                 opts, url, rendered, level, level_deadline, name, echo
@@ -201,6 +204,8 @@ async def _run_levels(
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler
+        cpu_end, wall = await asyncio.to_thread(sample, pid), _now() - started
+        answered = sum(1 for r in records if not r.get("cut") and not r.get("missed"))
         result["levels"].append(
             {
                 "concurrency": level,
@@ -208,6 +213,7 @@ async def _run_levels(
                 "time_up": time_up,
                 "summary": summarize(records, opts.protocol),
                 "rss_mb": _level_memory(rest, peak[0] or None, level),
+                "cpu": level_cpu(cpu_start, cpu_end, wall, answered, usable_cores()),
             }
         )
         result["turns"] += records
@@ -238,6 +244,12 @@ def finish_config(result: dict[str, Any], cores: int) -> None:
     sweep["rss_mb_per_session"] = {
         str(lv["concurrency"]): (lv.get("rss_mb") or {}).get("per_session") for lv in levels
     }
+    sweep["server_cores"] = {
+        str(lv["concurrency"]): (lv.get("cpu") or {}).get("server_cores") for lv in levels
+    }
+    sweep["server_ms_per_turn"] = {
+        str(lv["concurrency"]): (lv.get("cpu") or {}).get("server_ms_per_turn") for lv in levels
+    }
     result["sweep"] = sweep
     summary: dict[str, Any] = dict(levels[0]["summary"]) if levels else {}
     if levels:
@@ -245,6 +257,8 @@ def finish_config(result: dict[str, Any], cores: int) -> None:
     server = result.get("server") or {}
     if server.get("rss_mb"):
         summary["server_rss_mb"] = dict(server["rss_mb"])
+    if levels and levels[0].get("cpu"):
+        summary["server_cpu"] = dict(levels[0]["cpu"])
     summary["sessions_per_core"] = sweep["sessions_per_core"]
     result["summary"] = summary
 

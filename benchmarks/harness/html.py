@@ -498,7 +498,14 @@ def _concurrency(report: Mapping[str, Any]) -> list[str]:
         sweep = c.get("sweep") or {}
         for level, p50 in (sweep.get("p50_ms") or {}).items():
             rows.append(
-                [c["name"], str(level), fmt(p50), fmt((sweep.get("p95_ms") or {}).get(level))]
+                [
+                    c["name"],
+                    str(level),
+                    fmt(p50),
+                    fmt((sweep.get("p95_ms") or {}).get(level)),
+                    fmt((sweep.get("server_cores") or {}).get(level), "rate"),
+                    fmt((sweep.get("server_ms_per_turn") or {}).get(level)),
+                ]
             )
         rows.append(
             [
@@ -506,9 +513,14 @@ def _concurrency(report: Mapping[str, Any]) -> list[str]:
                 "sessions per core",
                 fmt(sweep.get("sessions_per_core"), "rate"),
                 f"max level {sweep.get('max_level')} on {sweep.get('cores')} cores",
+                "",
+                "",
             ]
         )
-    header = ["configuration", "concurrency", "p50 (ms)", "p95 (ms)"]
+    header = [
+        "configuration", "concurrency", "p50 (ms)", "p95 (ms)", "server CPU (cores)",
+        "server CPU a turn (ms)",
+    ]  # fmt: skip
     return ["<h2>Concurrency</h2>", concurrency_chart(report), _table_html(header, rows)]
 
 

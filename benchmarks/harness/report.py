@@ -78,6 +78,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f", cut by the time limit {s.get('cut_by_time_limit', 0)}"
             f"; p50 voice-to-voice per concurrency: {per_level or '-'}"
         )
+        if cpu := _cpu_line(c):
+            lines.append(cpu)
         if c.get("skipped_reference_keys"):
             lines.append(f"  (not known to this server: {', '.join(c['skipped_reference_keys'])})")
         if c.get("error"):
@@ -85,6 +87,24 @@ def summary_text(report: Mapping[str, Any]) -> str:
     header, rows = table(report)
     lines += ["", render_table(header, rows)]
     return "\n".join(lines)
+
+
+def _cpu_line(config: Mapping[str, Any]) -> str:
+    """Per level: the server's cores' worth of CPU, its CPU per answered turn, and how busy the
+    whole host was (the callers' own work included)."""
+    parts = []
+    for level in config.get("levels", []):
+        cpu = level.get("cpu") or {}
+        if cpu.get("server_cores") is None:
+            continue
+        busy = cpu.get("host_busy")
+        parts.append(
+            f"x{level['concurrency']}: {cpu['server_cores']:.2f} cores"
+            f" ({fmt(cpu.get('server_ms_per_turn'))} ms a turn"
+            + (f", host {100 * busy:.0f} % busy" if busy is not None else "")
+            + ")"
+        )
+    return "  server CPU per concurrency: " + "  ".join(parts) if parts else ""
 
 
 def write_json(report: Mapping[str, Any], name: str, out_dir: Path | None = None) -> Path:

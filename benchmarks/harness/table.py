@@ -61,6 +61,9 @@ def summary_rows(configs: list[Mapping[str, Any]]) -> list[tuple[str, Getter, st
     if any(_get("overhead_ms", "p50")(c.get("summary", {})) is not None for c in configs):
         rows.append(("framework overhead p50 (ms)", _get("overhead_ms", "p50"), "ms"))
     rows.append(("server RSS peak (MB)", _get("server_rss_mb", "peak"), "mb"))
+    if any(_get("server_cpu", "server_cores")(c.get("summary", {})) for c in configs):
+        rows.append(("server CPU (cores)", _get("server_cpu", "server_cores"), "rate"))
+        rows.append(("server CPU a turn (ms)", _get("server_cpu", "server_ms_per_turn"), "ms"))
     rows.append(("sessions per core", _get("sessions_per_core"), "rate"))
     return rows
 
