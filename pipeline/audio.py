@@ -133,19 +133,34 @@ class Polyphase:
             self._x, self._x0 = self._x[keep:], self._x0 + keep
         if last:  # (the zeros that stood in after the end go)
             self._x = self._x[: self._n_in - self._x0]
-        y = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+        if not out:
+            return np.zeros(0, dtype=np.int16)
+        y = np.concatenate(out) if len(out) > 1 else out[0]
+        return np.rint(y, out=y).clip(-32768, 32767, out=y).astype(np.int16)
 
     def _top(self, k: int | np.ndarray) -> Any:
         """The newest input that output ``k`` weighs."""
         return (k * self.down + self.delay) // self.up
 
     def _compute(self, first: int, end: int) -> np.ndarray:
-        k = np.arange(first, end)
-        n = k * self.down + self.delay
-        windows = np.lib.stride_tricks.sliding_window_view(self._x, self.width)
-        rows = windows[n // self.up - self.width + 1 - self._x0]
-        return np.einsum("kt,kt->k", rows, self._phases[n % self.up])
+        """Outputs ``first .. end - 1``. Those a multiple of ``up`` apart share a phase, and
+        their inputs are ``down`` apart: each such class is one matrix of input windows (a
+        strided view, copied contiguous for BLAS) times its phase's taps. (A gather of every
+        output's window and a row-wise ``einsum`` cost five times as much per 20 ms chunk: a
+        few % of a core per caller.)"""
+        y = np.empty(end - first, dtype=np.float32)
+        x, item = self._x, self._x.itemsize
+        for r in range(min(self.up, end - first)):
+            n = (first + r) * self.down + self.delay
+            count = len(range(first + r, end, self.up))
+            start = n // self.up - self.width + 1 - self._x0
+            if start < 0 or start + (count - 1) * self.down + self.width > len(x):
+                raise AssertionError("resampler: an output needs input it does not have")
+            rows = np.ndarray(
+                (count, self.width), np.float32, x, start * item, (self.down * item, item)
+            )
+            y[r :: self.up] = np.ascontiguousarray(rows) @ self._phases[n % self.up]
+        return y
 
 
 def trim_leading_silence(

@@ -122,3 +122,32 @@ def test_the_benchmark_compares_both_resamplers_on_speech() -> None:
         # what the new one holds is the filter's half length, never a block
         assert row["polyphase"]["held_ms"]["max"] < 3.0 < row["soxr"]["held_ms"]["max"]
         assert row["polyphase"]["snr_in_band_db"] > 60
+
+
+@pytest.mark.parametrize(
+    ("rate_in", "rate_out"),
+    [(24_000, 16_000), (48_000, 16_000), (8_000, 16_000), (16_000, 24_000), (16_000, 8_000)],
+)
+def test_the_stream_is_the_filter_computed_sample_by_sample(rate_in: int, rate_out: int) -> None:
+    """Chunk by chunk, odd chunk sizes included, every output is the filter's sum at that
+    sample (float64, written out plainly here) to within one step of rounding."""
+    rng = np.random.default_rng(7)
+    audio = (rng.standard_normal(rate_in // 2) * 6_000).clip(-32768, 32767).astype(np.int16)
+    resampler = Resampler(rate_in, rate_out)
+    poly = resampler._stream
+    assert isinstance(poly, Polyphase)
+    sizes = [rate_in // 50, 7, 1, rate_in // 100 + 3, 0, rate_in // 25]
+    pieces, i, j = [], 0, 0
+    while i < len(audio):
+        pieces.append(resampler.process(audio[i : i + sizes[j % len(sizes)]]))
+        i, j = i + sizes[j % len(sizes)], j + 1
+    out = np.concatenate([*pieces, resampler.flush()])
+    up, down, width = poly.up, poly.down, poly.width
+    padded = np.concatenate([np.zeros(width), audio.astype(np.float64), np.zeros(width * 2)])
+    expected = []
+    for k in range(len(out)):
+        n = k * down + poly.delay
+        top = n // up + width  # (index in ``padded``)
+        taps = poly._phases[n % up].astype(np.float64)
+        expected.append(float(padded[top - width + 1 : top + 1] @ taps))
+    assert np.abs(out - np.clip(np.rint(expected), -32768, 32767)).max() <= 1
