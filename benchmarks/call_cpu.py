@@ -1,8 +1,9 @@
-"""What one idle call costs in CPU, per transport: the server's share of a core and the caller's
+"""What an idle call costs in CPU, per transport: the server's share of a core and the caller's
 while a caller is connected and silent (the harness's microphone sending silence in real time,
-as a quiet caller's does), sampled once a second.
+as a quiet caller's does), sampled once a second; with ``--calls N``, N such calls at once (what
+N lines kept open take from a box's turns).
 
-    python -m benchmarks.call_cpu [--protocol realtime,webrtc,twilio] [--seconds S]
+    python -m benchmarks.call_cpu [--protocol realtime,webrtc,twilio] [--seconds S] [--calls N]
         [--config NAME=SECTION.KEY=VALUE,...] [--out DIR]
 
 Each configuration gets its own server (``python -m voice serve``, the embedded models), its
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -45,6 +47,8 @@ DEFAULT_CONFIGS = ["default=", "continuous=webrtc.dtx=false"]
 SETTLE_S = 3.0
 """After the server is ready, and after a call connects, before sampling (start-up work ends)."""
 READY_TIMEOUT_S = 300.0
+MAX_CALLS = 32
+"""A bound on ``--calls`` (every load run is bounded)."""
 
 
 def _server_cpu(proc: psutil.Process) -> float:
@@ -76,12 +80,17 @@ async def _sample(server: psutil.Process, seconds: int) -> dict[str, list[float]
     return out
 
 
-async def measure(config: NamedConfig, protocols: list[str], seconds: int) -> dict[str, Any]:
+async def measure(
+    config: NamedConfig, protocols: list[str], seconds: int, calls: int = 1
+) -> dict[str, Any]:
     from benchmarks.harness.webrtc_client import open_any_call
     from tests.netns import SERVER_IP
 
+    settings = dict(config.settings)
+    if calls > 1:  # (not refused by the default capacity)
+        settings.setdefault("server.max_sessions", str(max(calls, 4)))
     with tempfile.TemporaryDirectory(prefix=f"{NAME}-") as tmp:
-        server = LocalServer(config.settings, Path(tmp) / "server.log", host=SERVER_IP)
+        server = LocalServer(settings, Path(tmp) / "server.log", host=SERVER_IP)
         try:
             await asyncio.to_thread(server.wait_ready, READY_TIMEOUT_S)
             proc = psutil.Process(server.proc.pid)
@@ -92,11 +101,18 @@ async def measure(config: NamedConfig, protocols: list[str], seconds: int) -> di
                 "no_call": {"server_pct": describe(idle["server"])},
             }
             for protocol in protocols:
-                print(f"[{config.name}] one idle {protocol} call, {seconds} s ...", flush=True)
-                async with open_any_call(protocol, server.url(protocol)):
+                print(
+                    f"[{config.name}] {calls} idle {protocol} call(s), {seconds} s ...", flush=True
+                )
+                async with contextlib.AsyncExitStack() as stack:
+                    for _ in range(calls):
+                        await stack.enter_async_context(
+                            open_any_call(protocol, server.url(protocol))
+                        )
                     await asyncio.sleep(SETTLE_S)
                     got = await _sample(proc, seconds)
                 result[protocol] = {
+                    "calls": calls,
                     "server_pct": describe(got["server"]),
                     "caller_pct": describe(got["caller"]),
                 }
@@ -107,12 +123,14 @@ async def measure(config: NamedConfig, protocols: list[str], seconds: int) -> di
 
 async def inside(args: argparse.Namespace) -> dict[str, Any]:
     configs = [parse_config(text) for text in args.config or DEFAULT_CONFIGS]
-    return {c.name: await measure(c, args.protocol, args.seconds) for c in configs}
+    return {c.name: await measure(c, args.protocol, args.seconds, args.calls) for c in configs}
 
 
 def print_summary(report: dict[str, Any]) -> None:
     m = report["machine"]
-    print("\n== CPU of one idle call (% of a core, p50 / p95 of 1 s samples) ==")
+    calls = report["settings"].get("calls", 1)
+    what = "one idle call" if calls == 1 else f"{calls} idle calls at once"
+    print(f"\n== CPU of {what} (% of a core, p50 / p95 of 1 s samples) ==")
     print(f"machine: {m['cpu']}, {m['usable_cores']}/{m['cores']} cores usable, {m['platform']}")
     for name, result in report["configs"].items():
         settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items()) or "the defaults"
@@ -121,7 +139,8 @@ def print_summary(report: dict[str, Any]) -> None:
         for protocol in report["settings"]["protocols"]:
             s, c = result[protocol]["server_pct"], result[protocol]["caller_pct"]
             server, caller = f"{s['p50']:>5} / {s['p95']:<5}", f"{c['p50']:>5} / {c['p95']}"
-            print(f"  {protocol:<9} server {server}  caller {caller}")
+            each = f" ({s['p50'] / calls:.1f} a call)" if calls > 1 else ""
+            print(f"  {protocol:<9} server {server}{each}  caller {caller}")
 
 
 def host(args: argparse.Namespace) -> int:
@@ -134,9 +153,11 @@ def host(args: argparse.Namespace) -> int:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     configs = args.config or DEFAULT_CONFIGS
     forwarded = ["--protocol", ",".join(args.protocol), "--seconds", str(args.seconds)]
+    forwarded += ["--calls", str(args.calls)]
     for text in configs:
         forwarded += ["--config", text]
-    budget = len(configs) * (READY_TIMEOUT_S + (len(args.protocol) + 1) * (args.seconds + 30))
+    each = args.seconds + 30 + 5 * args.calls  # (a call connects in well under 5 s)
+    budget = len(configs) * (READY_TIMEOUT_S + (len(args.protocol) + 1) * each)
     with tempfile.TemporaryDirectory(prefix=f"{NAME}-") as tmp:
         out = Path(tmp) / "inside.json"
         try:
@@ -152,6 +173,7 @@ def host(args: argparse.Namespace) -> int:
         "settings": {
             "protocols": args.protocol,
             "seconds": args.seconds,
+            "calls": args.calls,
             "callers": "benchmarks/harness (realtime, twilio: websockets; webrtc: aiortc),"
             " microphone sending silence in real time",
             "network": "veth pair in a private network namespace (tests/netns.py)",
@@ -182,10 +204,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a named server configuration (repeat to compare; default: the defaults and"
         " continuous=webrtc.dtx=false)",
     )
+    parser.add_argument("--calls", type=int, default=1, help="idle calls at once (default 1)")
     parser.add_argument("--out", type=Path, help=f"the output folder (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.seconds < 1:
         parser.error("--seconds must be at least 1")
+    if not 1 <= args.calls <= MAX_CALLS:
+        parser.error(f"--calls must be 1 to {MAX_CALLS}")
     unknown = [p for p in args.protocol if p not in PROTOCOLS]
     if unknown:
         parser.error(f"--protocol: {', '.join(unknown)} (use {', '.join(PROTOCOLS)})")
