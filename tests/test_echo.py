@@ -361,6 +361,33 @@ def test_the_next_reply_starts_cancelled() -> None:
     assert _db(echo[second]) - _db(cleaned[second]) > 20
 
 
+def test_the_module_rests_while_nothing_of_the_agent_can_come_back() -> None:
+    """Past the longest echo delay (and a margin) after the agent's last sound, the caller's
+    audio passes as it came and the module is not fed; the echo's tail before that is still
+    cancelled, and so is the next reply's echo from its start."""
+    agent = espeak(STORY, RATE, AGENT_VOICE)[: 3 * RATE]
+    line = np.concatenate([agent, np.zeros(3 * RATE, np.int16), agent])
+    echo = np.concatenate([np.zeros(1600), line * 10 ** (-12 / 20)])[: len(line)]  # 200 ms
+    speech = espeak(INTERRUPTION, RATE, CALLER_VOICE)[: 2 * RATE]
+    mic = echo.copy()
+    mic[4 * RATE : 4 * RATE + len(speech)] += speech  # the caller, in the agent's silence
+    mic = np.clip(mic, -32768, 32767).astype(np.int16)
+    canceller = EchoCanceller(RATE)
+    out = []
+    for k in range(0, len(line) - CHUNK, CHUNK):
+        canceller.far_end(line[k : k + CHUNK], k / RATE)
+        out.append(canceller.near_end(mic[k : k + CHUNK], k / RATE + 0.02))
+    cleaned = np.concatenate(out)
+    rest = 3 * RATE // canceller.frame - 80  # (3 s of silence, less 600 + 200 ms)
+    assert abs(canceller.resting - rest) <= 2, canceller.resting
+    tail = slice(3 * RATE, 3 * RATE + 1600)  # the echo of the agent's last 200 ms
+    assert _db(echo[tail]) - _db(cleaned[tail]) > 15
+    said = slice(4 * RATE, 4 * RATE + len(speech))
+    assert np.array_equal(cleaned[said], mic[said])
+    second = slice(6 * RATE + 1600, 6 * RATE + 1600 + 4000)  # the next reply's first 500 ms
+    assert _db(echo[second]) - _db(cleaned[second]) > 20
+
+
 def test_the_gate_mutes_what_the_echo_alone_explains() -> None:
     """The residual echo gate's decision: 10 ms of the caller against the echo path (delay 200 ms,
     gain 0.25) from the reference's energy around that delay."""
