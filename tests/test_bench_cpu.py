@@ -84,7 +84,10 @@ def test_the_sweep_and_the_summary_report_the_cpu_of_each_level() -> None:
     assert config["sweep"]["server_ms_per_turn"] == {"4": 1800.0, "8": 1750.0}
     assert config["summary"]["server_cpu"]["server_ms_per_turn"] == 1800.0
     machine = {"cpu": "x", "usable_cores": 2, "cores": 2, "platform": "p", "python": "3"}
-    text = summary_text({"machine": machine, "protocol": REALTIME, "configs": [config]})
+    probe = {"start": 20.5, "end": 23.1}
+    report = {"machine": machine, "protocol": REALTIME, "configs": [config], "host_probe_ms": probe}
+    text = summary_text(report)
+    assert "20.5 at the start, 23.1 at the end" in text
     assert "x4: 1.20 cores (1800 ms a turn, host 65 % busy)" in text
     assert "x8: 1.90 cores (1750 ms a turn, host 100 % busy)" in text
     assert "server CPU a turn (ms)" in text

@@ -756,6 +756,10 @@ async def test_a_short_real_run_through_the_realtime_endpoint(server: Any, tmp_p
     assert barge["status"] == "cancelled" and barge["latency_ms"] is not None, barge
     assert 0 < barge["latency_ms"] < 2000
     assert config["summary"]["barge_in_ms"]["n"] == 1
+    probe = data["host_probe_ms"]
+    assert probe["start"] > 0 and probe["end"] > 0
+    level = config["levels"][0]["cpu"]  # (``--url``: no server process of its own to read)
+    assert level["server_cores"] is None and 0 < level["host_busy"] <= 1
 
 
 def test_the_asr_window_benchmark_weighs_beam_sizes_beside_the_windows() -> None:

@@ -17,7 +17,7 @@ from .audio import CHUNK_MS, LOUD
 from .clients import REALTIME_RATE, TWILIO_RATE, WEBRTC_RATE, CallOpener
 from .cpu import level_cpu, sample
 from .echo import EchoPath
-from .machine import machine_info, usable_cores
+from .machine import host_probe_ms, machine_info, usable_cores
 from .report import format_turn
 from .runner import Timing, run_conversation
 from .scenarios import DEFAULT_SCENARIOS, RenderedScenario, Renderer, Scenario, select_turns
@@ -283,6 +283,7 @@ async def benchmark(
 ) -> dict[str, Any]:
     """Run everything; returns the full report (not yet written anywhere)."""
     started = datetime.now(UTC)
+    probe_start = await asyncio.to_thread(host_probe_ms)
     t0 = _now()
     deadline = t0 + opts.time_limit_s
     chosen = select_turns(list(scenarios or DEFAULT_SCENARIOS), opts.turns)
@@ -305,6 +306,7 @@ async def benchmark(
         "protocol": opts.protocol,
         "url": opts.url,
         "machine": machine_info(),
+        "host_probe_ms": {"start": probe_start, "end": await asyncio.to_thread(host_probe_ms)},
         "options": {
             "levels": opts.levels,
             "turns": sum(len(s.turns) for s in chosen),

@@ -1,5 +1,6 @@
 """The machine a benchmark ran on, for its report: CPU model, cores (all and usable), memory,
-its NVIDIA GPUs (when ``nvidia-smi`` answers), platform and Python."""
+its NVIDIA GPUs (when ``nvidia-smi`` answers), platform and Python; and how fast it is right now
+(:func:`host_probe_ms`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import contextlib
 import os
 import platform
 import shutil
+import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 
@@ -56,3 +60,23 @@ def machine_info() -> dict[str, Any]:
 def usable_cores() -> int:
     info = machine_info()
     return int(info.get("usable_cores") or info.get("cores") or 1)
+
+
+def host_probe_ms(rounds: int = 9) -> float:
+    """Milliseconds for a fixed piece of work on one core (float32 matrix products, FFTs and a
+    pure-Python loop, as the server's stages mix them), the median of ``rounds``: a shared host
+    whose neighbours are busy is slower by the same work, invisibly to the CPU counters (no
+    steal time), and a run's figures move with it. Taken at a run's start and end, it tells a
+    slower host from a slower build."""
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((160, 160)).astype(np.float32)
+    signal = rng.standard_normal(8192)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(40):
+            matrix @ matrix
+            np.fft.rfft(signal)
+            sum(i * i for i in range(3000))
+        times.append(time.perf_counter() - t0)
+    return round(1000 * statistics.median(times), 2)

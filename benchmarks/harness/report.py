@@ -66,6 +66,11 @@ def summary_text(report: Mapping[str, Any]) -> str:
     ]
     if m.get("gpus"):
         lines.append("GPU: " + "; ".join(m["gpus"]))
+    if probe := report.get("host_probe_ms"):
+        lines.append(
+            f"host probe (fixed work, median ms; more = a slower host): {probe['start']} at the"
+            f" start, {probe['end']} at the end"
+        )
     for c in report["configs"]:
         default = f"the server at {report['url']}" if report.get("url") else "server defaults"
         settings = ",".join(f"{k}={v}" for k, v in c["settings"].items()) or default
