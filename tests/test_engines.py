@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -215,6 +217,24 @@ async def test_multilingual_base_model_is_joined_and_loads(tmp_path) -> None:  #
     assert wer(QUESTION, await asr.transcribe(espeak(QUESTION))) <= 0.2
 
 
+def test_a_cache_key_follows_the_content_not_the_path(tmp_path: Path) -> None:
+    first = tmp_path / "a" / "model.bin"
+    first.parent.mkdir()
+    first.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: both ends and a middle
+    copy = tmp_path / "b" / "model.bin"
+    copy.parent.mkdir()
+    shutil.copyfile(first, copy)
+    os.utime(copy, (0, 0))
+    assert models.content_key(first) == models.content_key(copy)
+    changed = bytearray(first.read_bytes())
+    changed[-1] ^= 1
+    copy.write_bytes(bytes(changed))
+    assert models.content_key(first) != models.content_key(copy)
+    renamed = tmp_path / "b" / "other.bin"
+    shutil.copyfile(first, renamed)
+    assert models.content_key(first) != models.content_key(renamed)
+
+
 async def test_requantized_weights_are_made_once_and_answer_as_the_shipped_ones(
     tmp_path: Path,
 ) -> None:
@@ -229,6 +249,11 @@ async def test_requantized_weights_are_made_once_and_answer_as_the_shipped_ones(
     assert models.requantized(shipped, "q8_0", cache_dir=tmp_path) == converted
     assert converted.stat().st_mtime_ns == made  # converted once
     assert list(converted.parent.iterdir()) == [converted]  # no temporary file left
+    elsewhere = tmp_path / "another-venv" / shipped.name  # (installed again: another path, mtime)
+    elsewhere.parent.mkdir()
+    shutil.copyfile(shipped, elsewhere)
+    assert models.requantized(elsewhere, "q8_0", cache_dir=tmp_path) == converted
+    assert converted.stat().st_mtime_ns == made  # the same weights: not converted again
     llms = [LlamaLlm(LlamaOptions(model_path=path, n_ctx=512)) for path in (shipped, converted)]
     try:
         assert llms[1]._llama.metadata["general.file_type"] == "7"  # LLAMA_FTYPE_MOSTLY_Q8_0

