@@ -35,6 +35,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.harness.cpu import process_seconds
 from benchmarks.harness.machine import machine_info
 from benchmarks.harness.protocols import parse_protocols
 from benchmarks.harness.report import RESULTS, write_json
@@ -52,14 +53,7 @@ MAX_CALLS = 32
 
 
 def _server_cpu(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
+    return process_seconds(proc.pid) or 0.0
 
 
 def _own_cpu() -> float:

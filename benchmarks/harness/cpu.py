@@ -28,7 +28,7 @@ class CpuSample:
     host_total_s: float
 
 
-def _process_seconds(pid: int) -> float | None:
+def process_seconds(pid: int) -> float | None:
     """User + system CPU seconds of ``pid`` and of its live and reaped children."""
     try:
         proc = psutil.Process(pid)
@@ -51,7 +51,7 @@ def sample(server_pid: int | None) -> CpuSample:
     if hasattr(host, "guest"):  # (already counted in user on Linux)
         total -= host.guest + getattr(host, "guest_nice", 0.0)
     return CpuSample(
-        server_s=_process_seconds(server_pid) if server_pid is not None else None,
+        server_s=process_seconds(server_pid) if server_pid is not None else None,
         harness_s=own.user + own.system,
         host_busy_s=total - idle,
         host_total_s=total,
