@@ -191,7 +191,8 @@ class LlmConfig:
     model_path: str = doc("GGUF file for `llama`; empty = bundled SmolLM2-135M-Instruct.", "")
     requantize: str = doc(
         "`llama`: convert the GGUF's weights to `q8_0` or `q4_0` once, at the first start (cached"
-        " in `~/.cache/voice-agent`, 0.5 s); empty = as shipped. llama.cpp has no batched Q4_1"
+        " in `~/.cache/voice-agent` by the file's content, so installing again re-uses it;"
+        " 0.5 s); empty = as shipped. llama.cpp has no batched Q4_1"
         " kernels on x86, so the bundled Q4_1 model evaluates a prompt at almost a generated"
         " token's cost per token; `q8_0` keeps its outputs (perplexity +0.4%, the end-of-turn"
         " judge's probabilities within a few %) and evaluates prompts 1.6x faster (+45 MB of"
