@@ -45,12 +45,11 @@ def gpus() -> list[str]:
 
 
 def machine_info() -> dict[str, Any]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "gpus": gpus(),
@@ -58,8 +57,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def usable_cores() -> int:
-    info = machine_info()
-    return int(info.get("usable_cores") or info.get("cores") or 1)
+    """The cores this process may run on (its affinity), without asking ``nvidia-smi``."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def host_probe_ms(rounds: int = 9) -> float:
