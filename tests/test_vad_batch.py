@@ -119,3 +119,14 @@ async def test_closing_fails_what_waits_and_refuses_more(audio: list[np.ndarray]
         await asyncio.wait_for(task, 10)
     with pytest.raises(EngineError, match="shut down"):
         await stream.probabilities(audio[0][:1])
+
+
+async def test_a_malformed_request_fails_alone(vad: SileroVad, audio: list[np.ndarray]) -> None:
+    stream = vad.stream()
+    with pytest.raises(EngineError, match="windows must be"):
+        await stream.probabilities(audio[0].reshape(-1, WINDOW // 2))
+    assert await stream.probabilities(audio[0][:0]) == []
+    # the stream goes on as if nothing had been asked
+    expected = await _alone(vad, audio[0][:5])
+    got = await asyncio.wait_for(stream.probabilities(audio[0][:5]), 30)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

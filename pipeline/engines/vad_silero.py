@@ -98,6 +98,12 @@ class SileroStream:
     async def probabilities(self, windows: np.ndarray) -> list[float]:
         """Speech probability of each ``(n, 512)`` int16 window, in order. Cancel-safe: the
         windows are scored (the state moves on) whether or not the result is awaited."""
+        if windows.ndim != 2 or windows.shape[1] != WINDOW:  # (checked here: a run is shared)
+            raise EngineError(
+                f"VAD windows must be (n, {WINDOW}), not {windows.shape}", engine="vad"
+            )
+        if not len(windows):
+            return []
         loop = asyncio.get_running_loop()
         request = _Request(self, windows, loop, loop.create_future())
         self._batcher.submit(request)
