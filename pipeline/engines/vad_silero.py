@@ -72,6 +72,20 @@ class SileroVad:
     def stream(self) -> SileroStream:
         return SileroStream(self._batcher)
 
+    def run_windows(
+        self, windows: np.ndarray, state: np.ndarray, context: np.ndarray
+    ) -> tuple[list[float], np.ndarray, np.ndarray]:
+        """Blocking, on the calling thread (a test on virtual time scores inline): ``windows``
+        in order from ``state``/``context``; returns their probabilities and the new ones."""
+        stream = SileroStream(self._batcher)
+        stream.state, stream.context = state, context
+        request = _Request(stream, windows)
+        try:
+            self._batcher.score([request])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+            raise EngineError(f"VAD inference failed: {exc}", engine="vad") from exc
+        return request.probs, stream.state, stream.context
+
     @property
     def runs(self) -> tuple[int, int]:
         """Model runs so far and the windows they scored (a run: one window of each session in
@@ -105,17 +119,17 @@ class SileroStream:
         if not len(windows):
             return []
         loop = asyncio.get_running_loop()
-        request = _Request(self, windows, loop, loop.create_future())
-        self._batcher.submit(request)
-        return await request.future
+        future: asyncio.Future[list[float]] = loop.create_future()
+        self._batcher.submit(_Request(self, windows, loop, future))
+        return await future
 
 
 @dataclass(slots=True, eq=False)
 class _Request:
     stream: SileroStream
     windows: np.ndarray
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[float]]
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[list[float]] | None = None
     probs: list[float] = field(default_factory=list)
 
 
@@ -150,7 +164,7 @@ class _Batcher:
         while (batch := self._next()) is not None:
             error: EngineError | None = None
             try:
-                self._score(batch)
+                self.score(batch)
             except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
                 error = EngineError(f"VAD inference failed: {exc}", engine="vad")
             _deliver(batch, error)
@@ -180,7 +194,8 @@ class _Batcher:
             self._waiting = later
             return batch
 
-    def _score(self, batch: list[_Request]) -> None:
+    def score(self, batch: list[_Request]) -> None:
+        """Blocking: every request's windows, one window of each per run."""
         for k in range(max(len(r.windows) for r in batch)):
             rows = [r for r in batch if len(r.windows) > k]
             x = np.empty((len(rows), CONTEXT + WINDOW), dtype=np.float32)
@@ -199,17 +214,18 @@ class _Batcher:
 
 def _deliver(requests: list[_Request], error: EngineError | None) -> None:
     """Hand the results to each request's loop, one callback per loop."""
-    by_loop: dict[int, list[_Request]] = {}
+    by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[_Request]]] = {}
     for r in requests:
-        by_loop.setdefault(id(r.loop), []).append(r)
-    for group in by_loop.values():
+        if r.loop is not None:
+            by_loop.setdefault(id(r.loop), (r.loop, []))[1].append(r)
+    for loop, group in by_loop.values():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody awaits these
-            group[0].loop.call_soon_threadsafe(_resolve, group, error)
+            loop.call_soon_threadsafe(_resolve, group, error)
 
 
 def _resolve(requests: list[_Request], error: EngineError | None) -> None:
     for r in requests:
-        if r.future.done():  # (cancelled)
+        if r.future is None or r.future.done():  # (cancelled)
             continue
         if error is not None:
             r.future.set_exception(error)
