@@ -80,10 +80,7 @@ class SileroVad:
         stream = SileroStream(self._batcher)
         stream.state, stream.context = state, context
         request = _Request(stream, windows)
-        try:
-            self._batcher.score([request])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
-            raise EngineError(f"VAD inference failed: {exc}", engine="vad") from exc
+        self._batcher.score([request])
         return request.probs, stream.state, stream.context
 
     @property
@@ -165,8 +162,8 @@ class _Batcher:
             error: EngineError | None = None
             try:
                 self.score(batch)
-            except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
-                error = EngineError(f"VAD inference failed: {exc}", engine="vad")
+            except EngineError as exc:
+                error = exc
             _deliver(batch, error)
         with self._lock:
             left, self._waiting = list(self._waiting), deque()
@@ -196,6 +193,12 @@ class _Batcher:
 
     def score(self, batch: list[_Request]) -> None:
         """Blocking: every request's windows, one window of each per run."""
+        try:
+            self._score(batch)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+            raise EngineError(f"VAD inference failed: {exc}", engine="vad") from exc
+
+    def _score(self, batch: list[_Request]) -> None:
         for k in range(max(len(r.windows) for r in batch)):
             rows = [r for r in batch if len(r.windows) > k]
             x = np.empty((len(rows), CONTEXT + WINDOW), dtype=np.float32)
